@@ -16,6 +16,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
@@ -94,7 +95,7 @@ class Preprocess:
         if self.fill == "black":
             return (0, 0, 0)
         # Median of the border: white for studio shots, the backdrop's colour for photos.
-        a = np.asarray(img)
+        a = np.asarray(img.convert("RGB"))
         border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
         return tuple(int(v) for v in np.median(border, axis=0))
 
@@ -309,7 +310,8 @@ class _OrtTower:
         import onnxruntime as ort
         buf = io.BytesIO()
         dummy = torch.zeros(2, 3, size, size)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's constant-folding notes are not actionable
             torch.onnx.export(tower, (dummy,), buf, input_names=["x"], output_names=["y"],
                               dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
         opts = ort.SessionOptions()

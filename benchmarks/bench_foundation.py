@@ -1,0 +1,83 @@
+"""Benchmark of the foundation: retrieval quality, extraction throughput and index load time.
+
+    python benchmarks/bench_foundation.py [--data-root DIR] [--device auto]
+
+Measures, on the catalogue with the shipped lite encoder:
+  - text->image R@1/5/10 and image->image P@10 on the test split (993 images), as evaluate.py computes them;
+  - extraction throughput in images/s, JPEG decode included, on the whole catalogue (9,583 images), from
+    scratch into a temporary folder (nothing cached);
+  - the time to load the 9,583-image feature folder (imports excluded), median of 5.
+Prints a markdown table for README.md and, last, one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import data_utils  # noqa: E402
+import encoders  # noqa: E402
+from evaluate import image2image, text2image  # noqa: E402
+from extract_features import extract_index  # noqa: E402
+from index import load_index  # noqa: E402
+from utils import setup_logging  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=None, help="catalogue folder (default: $CIR_DATA_ROOT or ../shared/data)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
+    p.add_argument("--workers", type=int, default=None, help="decoding workers (default: min(4, cores))")
+    p.add_argument("--split", default="all", help="catalogue split to extract for the throughput figure")
+    args = p.parse_args()
+    setup_logging()
+    root = data_utils.resolve_data_root("catalog", args.data_root)
+    enc = encoders.load("lite", args.device)
+    rows, out = [], {"device": str(enc.device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                     "machine": platform.machine()}
+    with tempfile.TemporaryDirectory() as tmp:
+        recs = data_utils.catalog_images(root, args.split)
+        res = extract_index(recs, enc, Path(tmp) / "all", batch_size=args.batch_size, workers=args.workers)
+        out["extract_images"] = res.count
+        out["extract_img_per_s"] = round(len(recs) / res.seconds, 1)
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            idx = load_index(Path(tmp) / "all")
+            times.append(time.perf_counter() - t)
+        out["load_index_ms"] = round(1000 * statistics.median(times), 1)
+        test = data_utils.catalog_images(root, "test")
+        names = {r.name for r in test}
+        rows_ = [i for i, n in enumerate(idx.names) if n in names]
+        from index import FeatureIndex
+        test_idx = FeatureIndex(idx.features[rows_], [idx.names[i] for i in rows_])
+        out["text2image"] = text2image(enc, test_idx, test)
+        out["image2image"] = image2image(test_idx, test)
+    t2i, i2i = out["text2image"], out["image2image"]
+    rows = [
+        ("text->image R@1 / R@5 / R@10, catalogue test (993)", f"{t2i['R@1']} / {t2i['R@5']} / {t2i['R@10']}", "R@10 >= 88, R@1 >= 40"),
+        ("image->image P@10 same type+colour (type only / colour only)", f"{i2i['P@10']} ({i2i['P@10_type']} / {i2i['P@10_colour']})", "-"),
+        (f"lite extraction, {out['extract_images']} JPEGs, decode included, {out['device']}, {out['cpu_count']} cores",
+         f"{out['extract_img_per_s']} img/s", ">= 40 img/s"),
+        (f"load {out['extract_images']}-image feature folder (median of 5)", f"{out['load_index_ms']} ms", "well under 1 s"),
+    ]
+    print("| measure | result | target |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]} | {r[2]} |")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

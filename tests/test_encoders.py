@@ -1,0 +1,524 @@
+"""Tests for encoders: the hf backend on a tiny random CLIP saved offline, the openai backend (skipped
+when `clip` cannot be imported, plus a stand-in `clip` module), name handling in `load`, the
+preprocessing geometry, the colour descriptor, and the shipped lite encoder (shapes, norms and the
+ONNX Runtime / PyTorch equivalence only: no semantic checks)."""
+
+import json
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from PIL import Image
+
+import encoders
+from encoders import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES, Preprocess, colour_descriptor
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+WHITE = (255, 255, 255)
+
+
+def unit_norm(x: torch.Tensor, atol: float = 1e-5) -> bool:
+    return torch.allclose(x.norm(dim=-1), torch.ones(x.shape[0]), atol=atol)
+
+
+def sample_images() -> list[Image.Image]:
+    """A few images of different sizes, aspect ratios and modes."""
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    return [Image.new("RGB", (64, 48), (200, 30, 30)),
+            Image.new("RGB", (20, 90), (20, 40, 220)),
+            noise,
+            Image.new("L", (33, 33), 128),
+            Image.new("RGBA", (40, 60), (0, 255, 0, 128))]
+
+
+# ----------------------------------------------------------------------------------------------- hf backend
+
+PROJ_DIM = 16
+IMAGE_SIZE = 32
+MAX_POS = 32
+PP_MEAN = [0.5, 0.5, 0.5]
+PP_STD = [0.25, 0.25, 0.25]
+
+
+def bytes_to_unicode() -> list[str]:
+    """GPT-2/CLIP's byte -> printable-character map, in byte order of the mapped characters."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def write_tiny_tokenizer(src: Path, dst: Path) -> tuple[int, int, int]:
+    """A byte-level BPE CLIP tokenizer: vocab.json + merges.txt in `src`, saved loadable into `dst`.
+
+    Returns (vocab size, bos id, eos id)."""
+    from transformers import CLIPTokenizer
+    chars = bytes_to_unicode()
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>")]
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (src / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
+                                    encoding="utf-8")
+    # from_pretrained on the two files works on transformers 4 (slow tokenizer) and 5 (tokenizers backend).
+    tok = CLIPTokenizer.from_pretrained(str(src))
+    tok.save_pretrained(str(dst))
+    return len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"]
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    from transformers import CLIPConfig, CLIPModel
+    root = tmp_path_factory.mktemp("tiny_clip")
+    model_dir = root / "model"
+    vocab_size, bos, eos = write_tiny_tokenizer(root / "tok_src", model_dir)
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+                  projection_dim=PROJ_DIM)
+    config = CLIPConfig(
+        text_config=dict(common, vocab_size=vocab_size, max_position_embeddings=MAX_POS,
+                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
+        vision_config=dict(common, image_size=IMAGE_SIZE, patch_size=8),
+        projection_dim=PROJ_DIM)
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(str(model_dir))
+    # Only image_mean/image_std are read by HFClipEncoder; non-CLIP values show that they are honoured.
+    (model_dir / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "CLIPImageProcessor", "image_mean": PP_MEAN, "image_std": PP_STD}))
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def hf_encoder(tiny_clip_dir):
+    return encoders.load("hf:" + str(tiny_clip_dir), "cpu")
+
+
+def test_hf_tokenizer_ids_fit_the_text_model(hf_encoder):
+    tok, cfg = hf_encoder.tokenizer, hf_encoder.model.config.text_config
+    assert len(tok) == cfg.vocab_size
+    for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
+        assert i is not None and 0 <= i < cfg.vocab_size
+    ids = tok(["the cat and dog"])["input_ids"][0]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+
+
+def test_hf_encoder_basics(hf_encoder, tiny_clip_dir):
+    assert hf_encoder.dim == PROJ_DIM
+    assert hf_encoder.name == "hf:" + str(tiny_clip_dir)
+    assert hf_encoder.device == torch.device("cpu")
+    pp = hf_encoder.preprocess
+    assert pp.mode == "targetpad" and pp.size == IMAGE_SIZE
+    np.testing.assert_allclose(pp.mean.ravel(), PP_MEAN)
+    np.testing.assert_allclose(pp.std.ravel(), PP_STD)
+    d = hf_encoder.describe()
+    assert d["dim"] == PROJ_DIM and d["preprocess"]["size"] == IMAGE_SIZE
+
+
+def test_hf_preprocess_shape(hf_encoder):
+    for im in sample_images():
+        x = hf_encoder.preprocess(im)
+        assert x.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
+
+
+def test_hf_encode_images(hf_encoder):
+    images = sample_images()
+    f = hf_encoder.encode_images(images)
+    assert f.shape == (len(images), PROJ_DIM) and f.dtype == torch.float32
+    assert torch.isfinite(f).all() and unit_norm(f)
+    assert torch.allclose(f, hf_encoder.encode_images(images), atol=1e-6)
+    # Batch composition does not change an image's features.
+    assert torch.allclose(f[1:2], hf_encoder.encode_images(images[1:2]), atol=1e-5)
+    assert hf_encoder.encode_images([]).shape == (0, PROJ_DIM)
+
+
+def test_hf_encode_texts(hf_encoder):
+    texts = ["the red dress", "a blue shirt with long sleeves", "and"]
+    f = hf_encoder.encode_texts(texts)
+    assert f.shape == (3, PROJ_DIM) and f.dtype == torch.float32
+    assert torch.isfinite(f).all() and unit_norm(f)
+    assert torch.allclose(f, hf_encoder.encode_texts(texts), atol=1e-6)
+    assert (f[0] - f[1]).abs().max() > 1e-4 and (f[0] - f[2]).abs().max() > 1e-4
+    # Padding in a batch does not change a short text's features; surrounding blanks are stripped.
+    assert torch.allclose(f[2:3], hf_encoder.encode_texts(["and"]), atol=1e-5)
+    assert torch.allclose(f[0:1], hf_encoder.encode_texts(["  the red dress \n"]), atol=1e-5)
+    assert hf_encoder.encode_texts([]).shape == (0, PROJ_DIM)
+
+
+def test_hf_long_text_is_truncated(hf_encoder):
+    f = hf_encoder.encode_texts(["the cat and the dog " * 40])
+    assert f.shape == (1, PROJ_DIM) and unit_norm(f)
+
+
+@pytest.mark.parametrize("texts", [[""], ["   "], ["a shirt", " \t\n"], [None]])
+def test_hf_blank_text_is_refused(hf_encoder, texts):
+    with pytest.raises(ValueError, match="empty"):
+        hf_encoder.encode_texts(texts)
+
+
+def test_hf_preprocess_override(tiny_clip_dir):
+    enc = encoders.load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
+    assert enc.preprocess.mode == "squarepad"
+    assert enc.encode_images([Image.new("RGB", (10, 40), WHITE)]).shape == (1, PROJ_DIM)
+
+
+# ----------------------------------------------------------------------------------------------- openai backend
+
+def import_clip_or_skip():
+    """Import the OpenAI `clip` package, or skip: it fails with ImportError when absent, and with
+    RuntimeError (or others) when torchvision does not match torch."""
+    try:
+        import clip
+    except Exception as e:  # noqa: BLE001 - any failure to import means the backend is unusable here
+        pytest.skip(f"openai `clip` package not importable: {type(e).__name__}: {e}")
+    return clip
+
+
+def test_openai_real_model():
+    clip = import_clip_or_skip()
+    cache = Path(os.path.expanduser("~/.cache/clip"))
+    url = clip.clip._MODELS.get("RN50", "") if hasattr(clip, "clip") else ""
+    if not url or not (cache / os.path.basename(url)).is_file():
+        pytest.skip("RN50 weights are not cached and there is no internet")
+    enc = encoders.load("openai:RN50", "cpu")
+    assert enc.dim == 1024 and enc.preprocess.size == 224
+    assert unit_norm(enc.encode_images(sample_images()[:2]))
+    assert unit_norm(enc.encode_texts(["a red dress"]))
+
+
+def test_openai_unknown_model_name():
+    with pytest.raises(ValueError) as e:
+        encoders.load("openai:NotAModel", "cpu")
+    msg = str(e.value)
+    assert "NotAModel" in msg
+    for name in encoders.OPENAI_MODELS:
+        assert f"openai:{name}" in msg
+
+
+def test_openai_without_clip_raises_helpful_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "clip", None)  # makes `import clip` raise ImportError
+    with pytest.raises(ImportError, match="clip"):
+        encoders.load("openai:RN50", "cpu")
+
+
+class _FakeClipModel(nn.Module):
+    """Just enough of a `clip` model for OpenAIClipEncoder: visual.input_resolution, text_projection,
+    dtype, encode_image and encode_text."""
+
+    def __init__(self, res: int = 32, width: int = 12, dim: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.visual = nn.Linear(3, dim)
+        self.visual.input_resolution = res
+        self.embed = nn.Embedding(100, width)
+        self.text_projection = nn.Parameter(torch.randn(width, dim))
+
+    @property
+    def dtype(self):
+        return self.visual.weight.dtype
+
+    def encode_image(self, x):
+        return self.visual(x.mean((2, 3))) * 5
+
+    def encode_text(self, tokens):
+        return self.embed(tokens).mean(1) @ self.text_projection
+
+
+def test_openai_encoder_wiring_with_stand_in_clip(monkeypatch):
+    calls = {}
+
+    def fake_load(name, device, jit):
+        calls["load"] = (name, device, jit)
+        return _FakeClipModel(), None
+
+    def fake_tokenize(texts, truncate):
+        calls["tokenize"] = (list(texts), truncate)
+        return torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)] for t in texts])
+
+    monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(load=fake_load, tokenize=fake_tokenize))
+    enc = encoders.load("openai:RN50x4", "cpu")
+    assert calls["load"] == ("RN50x4", torch.device("cpu"), False)
+    assert enc.name == "openai:RN50x4" and enc.dim == 8
+    assert enc.preprocess.size == 32 and enc.preprocess.mode == "targetpad"
+    np.testing.assert_allclose(enc.preprocess.mean.ravel(), CLIP_MEAN, rtol=1e-6)
+    np.testing.assert_allclose(enc.preprocess.std.ravel(), CLIP_STD, rtol=1e-6)
+    f = enc.encode_images(sample_images()[:3])
+    assert f.shape == (3, 8) and unit_norm(f)
+    t = enc.encode_texts([" a red dress ", "a blue shirt"])
+    assert t.shape == (2, 8) and unit_norm(t)
+    assert calls["tokenize"] == (["a red dress", "a blue shirt"], True)
+
+
+# ----------------------------------------------------------------------------------------------- load / names
+
+def test_unknown_encoder_name():
+    with pytest.raises(ValueError) as e:
+        encoders.load("nope", "cpu")
+    msg = str(e.value)
+    assert "lite" in msg and "openai:RN50x4" in msg and "hf:" in msg
+
+
+@pytest.mark.parametrize("name", ["hf:", "openai:", "", "LITE", "clip"])
+def test_malformed_encoder_names(name):
+    with pytest.raises(ValueError, match="unknown encoder"):
+        encoders.load(name, "cpu")
+
+
+def test_unknown_preprocess_in_load():
+    with pytest.raises(ValueError, match="targetpad"):
+        encoders.load("lite", "cpu", preprocess="crop")
+
+
+def test_available_models():
+    names = encoders.available_models()
+    assert "lite" in names and "openai:RN50x4" in names
+    assert any(n.startswith("hf:") for n in names)
+
+
+# ----------------------------------------------------------------------------------------------- preprocessing
+
+S = 32
+
+
+def two_tone(w: int, h: int) -> Image.Image:
+    """Left half red, right half green, so a paste offset shows up."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2] = (255, 0, 0)
+    a[:, w // 2:] = (0, 255, 0)
+    return Image.fromarray(a)
+
+
+def test_targetpad_keeps_near_square_images():
+    pp = Preprocess("targetpad", size=S)
+    for size in [(100, 110), (110, 100), (100, 124), (64, 64)]:
+        im = two_tone(*size)
+        out = pp.pad(im)
+        assert out.size == size
+        assert np.array_equal(np.asarray(out), np.asarray(im))
+
+
+def test_targetpad_pads_at_the_ratio():
+    pp = Preprocess("targetpad", size=S)
+    assert pp.pad(two_tone(100, 125)).size == (125, 125)  # ratio == 1.25: padded, as CLIP4Cir's TargetPad
+    assert Preprocess("targetpad", size=S, target_ratio=2.0).pad(two_tone(100, 150)).size == (100, 150)
+
+
+def test_targetpad_pads_tall_image_centred():
+    pp = Preprocess("targetpad", size=S)
+    im = Image.new("RGB", (100, 200), (10, 200, 30))
+    a = np.asarray(pp.pad(im))
+    assert a.shape == (200, 200, 3)
+    assert (a[:, :50] == 0).all() and (a[:, 150:] == 0).all()  # black pad left and right
+    assert (a[:, 50:150] == (10, 200, 30)).all()                # original, centred
+    assert tuple(a[100, 100]) == (10, 200, 30)
+
+
+def test_targetpad_pads_wide_image_centred():
+    pp = Preprocess("targetpad", size=S)
+    im = two_tone(300, 100)
+    a = np.asarray(pp.pad(im))
+    assert a.shape == (300, 300, 3)
+    assert (a[:100] == 0).all() and (a[200:] == 0).all()
+    assert np.array_equal(a[100:200], np.asarray(im))
+
+
+def test_squarepad_pads_every_non_square_image():
+    pp = Preprocess("squarepad", size=S)
+    im = two_tone(100, 110)
+    a = np.asarray(pp.pad(im))
+    assert a.shape == (110, 110, 3)
+    assert (a[:, :5] == 0).all() and (a[:, 105:] == 0).all()
+    assert np.array_equal(a[:, 5:105], np.asarray(im))
+    assert pp.pad(two_tone(64, 64)).size == (64, 64)
+
+
+def test_resize_mode_squashes():
+    pp = Preprocess("resize", size=S)
+    im = two_tone(300, 60)
+    assert pp.pad(im) is im
+    x = pp(im)
+    assert x.shape == (3, S, S)
+    rgb = pp.unnormalize(x)
+    # No padding and no crop: the left column is red, the right column green, on every row.
+    assert (rgb[0, :, 0] > 0.9).all() and (rgb[1, :, -1] > 0.9).all()
+
+
+@pytest.mark.parametrize("mode", PREPROCESS_MODES)
+@pytest.mark.parametrize("size", [(300, 40), (40, 300), (33, 35), (1, 50), (224, 224)])
+def test_call_gives_square_tensor(mode, size):
+    x = Preprocess(mode, size=S)(two_tone(*size))
+    assert x.shape == (3, S, S) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_targetpad_call_on_wide_image_keeps_whole_image():
+    pp = Preprocess("targetpad", size=S)
+    rgb = pp.unnormalize(pp(two_tone(320, 80)))
+    assert rgb.shape == (3, S, S)
+    assert (rgb[:, :6] < 0.02).all() and (rgb[:, -6:] < 0.02).all()  # black bands top and bottom
+    mid = S // 2
+    assert rgb[0, mid, 2] > 0.9 and rgb[1, mid, -3] > 0.9           # both halves survive (no crop)
+
+
+def test_edge_fill_uses_border_median():
+    pp = Preprocess("targetpad", size=S, fill="edge")
+    a = np.full((200, 100, 3), 255, np.uint8)
+    a[60:140, 20:80] = (200, 0, 0)  # a red item on a white studio background,
+    a[:30, 45:55] = 0               # with a black strap running off the top: the median ignores it
+    out = np.asarray(pp.pad(Image.fromarray(a)))
+    assert out.shape == (200, 200, 3)
+    assert (out[:, :50] == 255).all() and (out[:, 150:] == 255).all()
+    assert tuple(out[100, 100]) == (200, 0, 0)
+    rgb = pp.unnormalize(pp(Image.fromarray(a)))
+    assert (rgb[:, :, 0] > 0.98).all() and (rgb[:, :, -1] > 0.98).all()  # padded sides are white
+
+    grey = np.full((50, 200, 3), (90, 100, 110), np.uint8)
+    grey[20:30, 90:110] = 0
+    out = np.asarray(pp.pad(Image.fromarray(grey)))
+    assert (out[:50] == (90, 100, 110)).all() and (out[-50:] == (90, 100, 110)).all()
+
+
+def test_transparent_pixels_become_white():
+    pp = Preprocess("targetpad", size=S)
+    a = np.zeros((40, 40, 4), np.uint8)
+    a[10:30, 10:30] = (0, 0, 255, 255)  # opaque blue square, fully transparent (black) elsewhere
+    rgb = pp.unnormalize(pp(Image.fromarray(a, "RGBA")))
+    assert rgb.shape == (3, S, S)
+    assert (rgb[:, 0, 0] > 0.99).all() and (rgb[:, -1, -1] > 0.99).all()
+    assert rgb[2, S // 2, S // 2] > 0.99 and rgb[0, S // 2, S // 2] < 0.01
+
+    la = Image.new("LA", (20, 20), (0, 0))
+    assert (pp.unnormalize(pp(la)) > 0.99).all()
+    p = Image.new("P", (20, 20), 0)
+    p.info["transparency"] = 0
+    assert (pp.unnormalize(pp(p)) > 0.99).all()
+
+
+def test_unnormalize_round_trip():
+    pp = Preprocess("resize", size=8)
+    a = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    rgb = pp.unnormalize(pp(Image.fromarray(a)))
+    np.testing.assert_allclose(rgb.numpy().transpose(1, 2, 0), a / 255.0, atol=1e-5)
+    batch = torch.stack([pp(Image.fromarray(a))] * 2)
+    assert pp.unnormalize(batch).shape == (2, 3, 8, 8)
+
+
+def test_unknown_preprocess_mode_and_fill():
+    with pytest.raises(ValueError) as e:
+        Preprocess("centercrop")
+    for mode in PREPROCESS_MODES:
+        assert mode in str(e.value)
+    with pytest.raises(ValueError, match="edge"):
+        Preprocess("targetpad", fill="white")
+
+
+def test_preprocess_describe():
+    d = Preprocess("squarepad", size=S, fill="edge").describe()
+    assert d["mode"] == "squarepad" and d["size"] == S and d["fill"] == "edge"
+    assert len(d["mean"]) == 3 and len(d["std"]) == 3
+    json.dumps(d)  # recorded in feature files
+
+
+# ----------------------------------------------------------------------------------------------- colour
+
+HUE, GREY = 12, 5
+
+
+def square_on_white(colour, size: int = 224) -> torch.Tensor:
+    x = torch.ones(3, size, size)
+    q = size // 4
+    x[:, q:-q, q:-q] = torch.tensor(colour, dtype=torch.float32).view(3, 1, 1)
+    return x
+
+
+def test_colour_descriptor_shape_and_norm():
+    x = torch.stack([square_on_white((1, 0, 0)), square_on_white((0, 0, 1)),
+                     torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0)),
+                     torch.zeros(3, 224, 224), torch.ones(3, 224, 224)])
+    d = colour_descriptor(x, HUE, GREY)
+    assert d.shape == (5, HUE * 6 + GREY)
+    assert torch.isfinite(d).all() and (d >= 0).all()
+    assert torch.allclose(d.norm(dim=1), torch.ones(5), atol=1e-5)
+    d8 = colour_descriptor(x[:2, :, :64, :64], hue_bins=8, grey_bins=3)
+    assert d8.shape == (2, 8 * 6 + 3) and torch.allclose(d8.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_colour_descriptor_separates_colours():
+    red, blue, red2 = colour_descriptor(torch.stack(
+        [square_on_white((1, 0, 0)), square_on_white((0, 0, 1)), square_on_white((0.9, 0.05, 0.05))]))
+    assert float(red @ blue) < 0.5
+    assert float(red @ red2) > 0.9
+
+
+def test_colour_descriptor_white_and_black():
+    white, black = colour_descriptor(torch.stack([torch.ones(3, 224, 224), torch.zeros(3, 224, 224)]))
+    assert not torch.isnan(white).any() and not torch.isnan(black).any()
+    # Achromatic images vote into the grey bins only: white into the brightest, black into the darkest.
+    assert white[: HUE * 6].abs().sum() == 0 and black[: HUE * 6].abs().sum() == 0
+    assert white[-1] == pytest.approx(1.0) and black[HUE * 6] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------- lite
+
+@pytest.fixture(scope="module")
+def lite(lite_encoder):
+    return lite_encoder  # the session-wide one from conftest.py
+
+
+@pytest.fixture(scope="module")
+def lite_torch():
+    return encoders.load("lite", "cpu", runtime="torch")
+
+
+def test_lite_basics(lite):
+    assert lite.name == "lite" and lite.dim == 256
+    assert lite.preprocess.size == 224 and lite.preprocess.fill == "edge"
+    assert lite.preprocess(Image.new("RGB", (50, 90), WHITE)).shape == (3, 224, 224)
+    d = lite.describe()
+    assert d["dim"] == 256 and d["config"]["embed_dim"] == 256
+    json.dumps(d)
+
+
+def test_lite_encode_images_and_texts(lite):
+    images = sample_images()
+    f = lite.encode_images(images)
+    assert f.shape == (len(images), 256) and f.dtype == torch.float32
+    assert torch.isfinite(f).all() and unit_norm(f)
+    assert torch.allclose(f, lite.encode_images(images), atol=1e-5)
+    t = lite.encode_texts(["a red t-shirt", "a long blue dress with white dots"])
+    assert t.shape == (2, 256) and t.dtype == torch.float32 and unit_norm(t)
+    with pytest.raises(ValueError):
+        lite.encode_texts(["  "])
+
+
+def test_lite_onnx_matches_torch(lite, lite_torch):
+    if lite._ort is None:
+        pytest.skip("onnxruntime path not active")
+    assert lite_torch._ort is None
+    images = sample_images()
+    a, b = lite.encode_images(images), lite_torch.encode_images(images)
+    assert (a - b).abs().max() < 1e-3
+    pixels = torch.stack([lite.preprocess(im) for im in images])
+    (pa, ca), (pb, cb) = lite.image_backbone(pixels), lite_torch.image_backbone(pixels)
+    assert pa.shape == (len(images), 1280)
+    assert (pa - pb).abs().max() < 1e-3 and torch.equal(ca, cb)
+
+
+def test_lite_bad_runtime_and_missing_heads(tmp_path):
+    with pytest.raises(ValueError, match="runtime"):
+        encoders.load("lite", "cpu", runtime="tensorrt")
+    with pytest.raises(FileNotFoundError):
+        encoders.load("lite", "cpu", heads=tmp_path / "missing.safetensors")

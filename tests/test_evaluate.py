@@ -1,0 +1,53 @@
+"""Metrics on small hand-computed rankings, caption phrasing, and the torch.hub entry point."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from captions import article_phrase, describe, training_captions
+from evaluate import attribute_precision_at_k, image2image, recall_at_k
+from index import FeatureIndex
+
+
+def test_recall_at_k_by_hand():
+    ranked = torch.tensor([[3, 1, 2], [0, 2, 1], [1, 0, 3]])
+    targets = torch.tensor([3, 1, 9])  # hit at rank 1, hit at rank 3, miss
+    assert recall_at_k(ranked, targets, (1, 2, 3)) == {"R@1": 33.33, "R@2": 33.33, "R@3": 66.67}
+
+
+def test_attribute_precision_by_hand():
+    gallery = [("Shirts", "Red"), ("Shirts", "Blue"), ("Shirts", "Red"), ("Jeans", "Red")]
+    ranked = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    # query 0 wants red shirts: rows 0 and 2 among the first 4 -> 2/4; query 1 wants red jeans: row 3 -> 1/4
+    assert attribute_precision_at_k(ranked, [("Shirts", "Red"), ("Jeans", "Red")], gallery, 4) == 37.5
+    assert attribute_precision_at_k(ranked, [("Shirts", "Red"), ("Jeans", "Red")], gallery, 2) == 50.0
+
+
+def test_image2image_excludes_the_query():
+    import data_utils
+    from pathlib import Path
+    feats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
+    recs = [data_utils.ImageRecord(n, Path(n), {"articleType": t, "baseColour": c})
+            for n, t, c in [("a", "Shirts", "Red"), ("b", "Shirts", "Red"), ("c", "Jeans", "Blue")]]
+    out = image2image(FeatureIndex(feats.half(), ["a", "b", "c"]), recs, k=1)
+    assert out["P@1"] == pytest.approx(66.67)  # a->b and b->a match, c->(b) does not
+
+
+def test_captions_are_deterministic_and_varied():
+    attrs = {"articleType": "Tshirts", "baseColour": "Navy Blue", "usage": "Casual", "gender": "Men",
+             "productDisplayName": "Nike Men Navy Blue T-shirt"}
+    a = training_captions(attrs, random.Random(1), 8)
+    assert a == training_captions(attrs, random.Random(1), 8)
+    assert a[0] == "Nike Men Navy Blue T-shirt" and len(a) == 8
+    many = {describe(attrs, random.Random(s)) for s in range(50)}
+    assert len(many) > 8 and all(m.strip() for m in many)
+    assert article_phrase("Jeans") == "jeans" and article_phrase("Tshirts") == "t-shirt"
+
+
+def test_hub_entry_point_lists_names_on_error():
+    import hubconf
+    assert "lite" in hubconf.available_models()
+    with pytest.raises(ValueError, match="valid names"):
+        hubconf.encoder("no-such-model")

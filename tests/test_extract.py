@@ -1,0 +1,132 @@
+"""Extraction: real lite encoder on a catalogue subset, corrupt files, resume after a kill, index loading."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import data_utils
+from extract_features import extract_index, main as extract_main
+from index import IndexLoadError, load_index, search
+
+
+@pytest.fixture(scope="module")
+def subset(catalog_root):
+    return data_utils.catalog_images(catalog_root, "test")[:50]
+
+
+def test_catalog_subset_extraction(subset, lite_encoder, tmp_path):
+    res = extract_index(subset, lite_encoder, tmp_path / "idx", batch_size=16, workers=2, shard_size=20)
+    assert res.count == 50 and res.skipped == []
+    idx = load_index(tmp_path / "idx")
+    assert idx.names == [r.name for r in subset]
+    assert idx.features.dtype == torch.float16 and idx.features.shape == (50, lite_encoder.dim)
+    assert torch.allclose(idx.features.float().norm(dim=1), torch.ones(50), atol=2e-3)
+    m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert m["encoder"] == "lite" and m["dim"] == 256 and m["count"] == 50 and m["preprocess"]["mode"] == "targetpad"
+    assert not (tmp_path / "idx" / ".partial").exists()
+    # Same features as encoding the images directly (batching does not change results beyond fp16).
+    from PIL import Image
+    direct = lite_encoder.encode_images([Image.open(r.path) for r in subset[:5]])
+    assert torch.allclose(direct, idx.features[:5].float(), atol=3e-3)
+    # A second identical run is a no-op.
+    again = extract_index(subset, lite_encoder, tmp_path / "idx", batch_size=16, workers=0, shard_size=20)
+    assert again.seconds == 0.0 and again.count == 50
+
+
+def test_resume_after_kill_gives_identical_files(subset, lite_encoder, tmp_path):
+    kw = dict(batch_size=8, workers=0, shard_size=16)
+    extract_index(subset, lite_encoder, tmp_path / "full", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        extract_index(subset, lite_encoder, tmp_path / "resumed", _stop_after_shards=2, **kw)
+    assert not (tmp_path / "resumed" / "manifest.json").exists()  # an interrupted index is never 'complete'
+    assert len(list((tmp_path / "resumed" / ".partial").glob("shard-*.safetensors"))) == 2
+    res = extract_index(subset, lite_encoder, tmp_path / "resumed", **kw)
+    assert res.resumed_shards == 2
+    for f in ("features.safetensors", "names.json", "manifest.json"):
+        assert (tmp_path / "full" / f).read_bytes() == (tmp_path / "resumed" / f).read_bytes(), f
+
+
+def test_partial_work_of_another_job_is_discarded(subset, lite_encoder, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        extract_index(subset[:20], lite_encoder, tmp_path / "i", batch_size=8, workers=0, shard_size=8,
+                      _stop_after_shards=1)
+    res = extract_index(subset[:30], lite_encoder, tmp_path / "i", batch_size=8, workers=0, shard_size=8)
+    assert res.resumed_shards == 0 and res.count == 30
+
+
+def test_corrupt_images_are_skipped_and_reported(catalog_root, lite_encoder, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    good = data_utils.catalog_images(catalog_root, "test")[:4]
+    for r in good:
+        shutil.copy(r.path, folder / r.path.name)
+    data = good[0].path.read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "notanimage.jpg").write_bytes(b"this is not a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    records = data_utils.folder_images(folder)
+    res = extract_index(records, lite_encoder, tmp_path / "out", batch_size=3, workers=2, shard_size=4)
+    assert res.count == 4
+    assert sorted(s["name"] for s in res.skipped) == ["empty.png", "notanimage.jpg", "truncated.jpg"]
+    assert all(s["error"] for s in res.skipped)
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["skipped_count"] == 3 and m["count"] == 4
+    assert sorted(load_index(tmp_path / "out").names) == sorted(r.path.name for r in good)
+
+
+def test_cli_on_a_folder(catalog_root, tmp_path, capsys):
+    folder = tmp_path / "shop" / "sub"
+    folder.mkdir(parents=True)
+    for r in data_utils.catalog_images(catalog_root, "val")[:6]:
+        shutil.copy(r.path, folder / r.path.name)
+    rc = extract_main(["--dataset", "folder", "--data-root", str(tmp_path / "shop"), "--out", str(tmp_path / "f"),
+                       "--batch-size", "4", "--workers", "0", "--device", "cpu"])
+    assert rc == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["count"] == 6
+    assert load_index(tmp_path / "f" / "folder-shop").names[0].startswith("sub/")
+
+
+def _write_index(path: Path, n: int = 5, d: int = 4):
+    from utils import save_tensors, write_json
+    x = torch.nn.functional.normalize(torch.randn(n, d), dim=1).half()
+    save_tensors(path / "features.safetensors", {"features": x})
+    write_json(path / "names.json", [f"img{i}" for i in range(n)])
+    write_json(path / "manifest.json", {"dim": d, "count": n})
+    return x
+
+
+def test_load_index_errors(tmp_path):
+    with pytest.raises(IndexLoadError, match="missing"):
+        load_index(tmp_path)
+    _write_index(tmp_path)
+    data = (tmp_path / "features.safetensors").read_bytes()
+    (tmp_path / "features.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexLoadError, match="corrupt"):
+        load_index(tmp_path)
+    _write_index(tmp_path)
+    (tmp_path / "names.json").write_text('["a", "b"]')
+    with pytest.raises(IndexLoadError, match="5 feature rows but 2 names"):
+        load_index(tmp_path)
+
+
+def test_search_ranks_by_cosine_and_excludes(tmp_path):
+    x = _write_index(tmp_path, n=6, d=8)
+    idx = load_index(tmp_path)
+    scores, ids = search(idx.features[:2], idx, k=3)
+    assert ids[:, 0].tolist() == [0, 1]  # each row is its own nearest neighbour
+    full = idx.features[:2].float() @ x.float().T
+    assert torch.allclose(scores, full.topk(3, dim=1).values, atol=1e-4)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    _, ids = search(idx.features[:2], idx, k=3, exclude=[0, [1, 2]])
+    assert 0 not in ids[0].tolist() and not {1, 2} & set(ids[1].tolist())
+    _, ids = search(idx.features[:1], idx, k=100)
+    assert ids.shape == (1, 6)
+    with pytest.raises(ValueError, match="dim"):
+        search(torch.randn(1, 3), idx, k=2)
+    with pytest.raises(ValueError, match="exclude"):
+        search(idx.features[:2], idx, k=2, exclude=[0])
