@@ -21,7 +21,7 @@ import torch
 
 import data_utils
 from index import FeatureIndex, search
-from utils import setup_logging
+from utils import run_cli, setup_logging
 
 log = logging.getLogger("evaluate")
 
@@ -100,4 +100,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -28,7 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import data_utils
-from utils import save_tensors, setup_logging, write_json
+from utils import run_cli, save_tensors, setup_logging, write_json
 
 log = logging.getLogger("extract")
 FORMAT_VERSION = 1
@@ -110,6 +110,8 @@ def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: s
     """
     out_dir = Path(out_dir)
     names = [r.name for r in records]
+    if records and not any(r.path.is_file() for r in records):
+        data_utils.check_images(records)  # none exists: a wrong --data-root, not a few bad files
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate image names in the index for {out_dir.name}")
     desc = encoder.describe()
@@ -162,9 +164,9 @@ def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: s
         write_json(meta_file, {"names": kept, "skipped": skipped})
     bar.close()
 
+    from safetensors.torch import load_file
     feats, kept, skipped = [], [], []
     for s in range(n_shards):
-        from safetensors.torch import load_file
         feats.append(load_file(partial / f"shard-{s:05d}.safetensors")["features"])
         meta = json.loads((partial / f"shard-{s:05d}.json").read_text())
         kept += meta["names"]
@@ -250,4 +252,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

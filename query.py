@@ -16,7 +16,7 @@ from typing import Sequence
 
 import data_utils
 from index import search
-from utils import setup_logging
+from utils import run_cli, setup_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,4 +79,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import data_utils
 from captions import training_captions
-from utils import WEIGHTS_DIR, get_device, save_tensors, setup_logging, write_json
+from utils import WEIGHTS_DIR, get_device, run_cli, save_tensors, setup_logging, write_json
 
 log = logging.getLogger("train")
 
@@ -75,16 +75,10 @@ def cached_text_backbone(encoder, texts: Sequence[str], cache_dir: Path, tag: st
     return x
 
 
-def recall_at(query: torch.Tensor, gallery: torch.Tensor, target: torch.Tensor, ks=(1, 5, 10)) -> dict:
-    """R@K (%) of `target[i]` among gallery rows ranked for query i (uses the one search function)."""
-    from index import search
-    _, ids = search(query, gallery, max(ks))
-    hit = ids == target[:, None]
-    return {f"R@{k}": round(100 * hit[:, :k].any(1).float().mean().item(), 2) for k in ks}
-
-
 def cmd_align(args) -> int:
     from encoders import LiteConfig, LiteEncoder, LiteHeads
+    from evaluate import recall_at_k
+    from index import search
 
     torch.manual_seed(args.seed)
     device = get_device(args.device)
@@ -147,7 +141,8 @@ def cmd_align(args) -> int:
         with torch.no_grad():
             gi = heads.image(va["pooled"].to(device), va["colour"].to(device)).cpu()
             qt = heads.text(va_text.to(device)).cpu()
-        metrics = recall_at(qt, gi, torch.arange(len(qt)))
+        _, ranked = search(qt, gi, 10)
+        metrics = recall_at_k(ranked, torch.arange(len(qt)), (1, 5, 10))
         score = (metrics["R@1"] + metrics["R@10"]) / 2
         history.append({"epoch": epoch + 1, "loss": round(total / n, 4), **metrics})
         log.info("epoch %d loss %.4f val %s", epoch + 1, total / n, metrics)
@@ -194,4 +189,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

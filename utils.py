@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -81,3 +81,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def run_cli(main: Callable[[], int]) -> int:
+    """Run a command-line entry point: user errors become one clear line and exit code 2, not a traceback."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        logging.getLogger("cli").error("interrupted; run the same command again to resume")
+        return 130
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+        # Missing paths, malformed annotation files, bad names or options: the message says what to fix.
+        logging.getLogger("cli").error("%s", e)
+        return 2

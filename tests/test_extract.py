@@ -130,3 +130,10 @@ def test_search_ranks_by_cosine_and_excludes(tmp_path):
         search(torch.randn(1, 3), idx, k=2)
     with pytest.raises(ValueError, match="exclude"):
         search(idx.features[:2], idx, k=2, exclude=[0])
+
+
+def test_all_images_missing_is_a_clear_error(lite_encoder, tmp_path):
+    records = [data_utils.ImageRecord(f"x{i}", tmp_path / f"x{i}.png") for i in range(3)]
+    with pytest.raises(data_utils.MissingImageError, match="3 of 3 images not found: x0, x1, x2"):
+        extract_index(records, lite_encoder, tmp_path / "out", workers=0)
+    assert not (tmp_path / "out").exists()
