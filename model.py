@@ -1,0 +1,130 @@
+"""The Combiner of CLIP4Cir, and the one place that fuses a reference image with a relative caption.
+
+Combiner (Baldrati et al., CVPR 2022 / TOMM 2023): image and text features are each projected
+(Linear, ReLU, Dropout); their concatenation feeds a fused branch (Linear, ReLU, Dropout, Linear) and a
+λ branch (Linear, ReLU, Dropout, Linear, sigmoid); output = normalize(fused + λ·text + (1−λ)·image).
+Module names follow the original code, so its checkpoints ({'Combiner': state_dict}, RN50x4 sizes
+640/2560/5120) load as they are, as do our own safetensors + JSON config files.
+
+`combine(image, text, method)` is how every caller fuses features: combiner, sum (the zero-shot
+element-wise-sum baseline), image or text alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+COMBINE_METHODS = ("combiner", "sum", "image", "text")
+
+
+@dataclass
+class CombinerConfig:
+    feature_dim: int = 256         # encoder output size (640 for CLIP RN50x4)
+    projection_dim: int = 1024     # size of each projected feature (2560 = 4x640 in the paper)
+    hidden_dim: int = 2048         # fused and λ branches' hidden size (5120 = 8x640 in the paper)
+    dropout: float = 0.5           # dropout everywhere, as the paper
+    logit_scale: float = 100.0     # fixed temperature of the classification loss
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CombinerConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "CombinerConfig":
+        """Infer the sizes from the weights, as openai/CLIP does for its models."""
+        proj, feat = sd["text_projection_layer.weight"].shape
+        hidden = sd["combiner_layer.weight"].shape[0]
+        return cls(feature_dim=feat, projection_dim=proj, hidden_dim=hidden)
+
+
+class Combiner(nn.Module):
+    def __init__(self, cfg: CombinerConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or CombinerConfig()
+        self.text_projection_layer = nn.Linear(cfg.feature_dim, cfg.projection_dim)
+        self.image_projection_layer = nn.Linear(cfg.feature_dim, cfg.projection_dim)
+        self.dropout1 = nn.Dropout(cfg.dropout)
+        self.dropout2 = nn.Dropout(cfg.dropout)
+        self.combiner_layer = nn.Linear(cfg.projection_dim * 2, cfg.hidden_dim)
+        self.output_layer = nn.Linear(cfg.hidden_dim, cfg.feature_dim)
+        self.dropout3 = nn.Dropout(cfg.dropout)
+        self.dynamic_scalar = nn.Sequential(
+            nn.Linear(cfg.projection_dim * 2, cfg.hidden_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden_dim, 1), nn.Sigmoid())
+        self.logit_scale = cfg.logit_scale
+
+    def _joint(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        t = self.dropout1(F.relu(self.text_projection_layer(text)))
+        i = self.dropout2(F.relu(self.image_projection_layer(image)))
+        return torch.cat((t, i), -1)  # text first, as the original (its weights depend on the order)
+
+    def mixing_weight(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """λ in (0, 1) per pair, [B, 1]: how much of the output comes from the text side."""
+        return self.dynamic_scalar(self._joint(image, text))
+
+    def combine_features(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Fused query features [B, feature_dim], L2-normalised."""
+        image, text = image.float(), text.float()
+        joint = self._joint(image, text)
+        fused = self.output_layer(self.dropout3(F.relu(self.combiner_layer(joint))))
+        lam = self.dynamic_scalar(joint)
+        return F.normalize(fused + lam * text + (1 - lam) * image, dim=-1)
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Logits of each fused query against each target (the papers' batch-based classification)."""
+        return self.logit_scale * self.combine_features(image, text) @ F.normalize(target.float(), dim=-1).T
+
+    def save(self, path: str | os.PathLike) -> None:
+        """safetensors weights + the JSON config beside them (same stem)."""
+        from utils import save_tensors, write_json
+        path = Path(path)
+        save_tensors(path, self.state_dict(), metadata={"format": "pt", "kind": "combiner"})
+        write_json(path.with_suffix(".json"), asdict(self.cfg))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Combiner":
+        """Load our safetensors (+ .json) or an original CLIP4Cir checkpoint (.pt/.pth)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"combiner checkpoint {path} not found")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(path, device=str(map_location))
+            cfg_file = path.with_suffix(".json")
+            cfg = (CombinerConfig.from_dict(json.loads(cfg_file.read_text())) if cfg_file.exists()
+                   else CombinerConfig.from_state_dict(sd))
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+            sd = obj.get("Combiner", obj) if isinstance(obj, dict) else None
+            if not isinstance(sd, dict) or "text_projection_layer.weight" not in sd:
+                raise ValueError(f"{path} is not a Combiner checkpoint (expected a state dict, or a dict "
+                                 "whose 'Combiner' entry is one, as CLIP4Cir saves)")
+            cfg = CombinerConfig.from_state_dict(sd)
+        model = cls(cfg)
+        model.load_state_dict(sd)
+        return model.eval()
+
+
+def combine(image: torch.Tensor, text: torch.Tensor, method: str = "combiner",
+            combiner: Combiner | None = None) -> torch.Tensor:
+    """Fuse reference-image and caption features into L2-normalised query features, by method name.
+
+    Inference only: a Combiner passed here should be in eval mode (Combiner.load returns it so).
+    """
+    if method not in COMBINE_METHODS:
+        raise ValueError(f"unknown combine method {method!r}; valid: {', '.join(COMBINE_METHODS)}")
+    if method == "combiner":
+        if combiner is None:
+            raise ValueError("method 'combiner' needs a trained Combiner")
+        with torch.no_grad():
+            return combiner.combine_features(image, text)
+    if method == "sum":
+        return F.normalize(F.normalize(image.float(), dim=-1) + F.normalize(text.float(), dim=-1), dim=-1)
+    return F.normalize((image if method == "image" else text).float(), dim=-1)
