@@ -1,0 +1,150 @@
+"""Composed-retrieval triplets generated from the catalogue's attributes: no annotators needed.
+
+A triplet is (reference, relative caption, target) plus the *wanted* attributes, so every catalogue item
+that has them counts as correct (attribute-match@K), not only the one target. Kinds:
+  same_product_colour  the same product in another colour (names equal but for the colour word)
+  colour               another colour, same gender and type
+  type                 another type of the same family (topwear, shoes, ...), colour and gender kept
+  usage                another usage (casual/formal/sports/ethnic), same gender and type
+  colour+type, colour+usage   both changes at once
+Generation is deterministic from a seed and works within one split's records only, so splits never mix.
+Captions are drawn from many phrasings, as people write them.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from captions import article_phrase, colour_phrase, usage_phrase
+
+WANTED_KEYS = ("gender", "articleType", "baseColour", "usage")
+KINDS = ("same_product_colour", "colour", "type", "usage", "colour+type", "colour+usage")
+
+
+@dataclass(frozen=True)
+class CatalogTriplet:
+    reference: str
+    caption: str
+    target: str
+    kind: str
+    wanted: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+def _colour_caption(rng: random.Random, new: str, old: str) -> str:
+    c, o = colour_phrase(new), colour_phrase(old)
+    return rng.choice([
+        f"is {c} instead of {o}", f"in {c}", f"make it {c}", f"the same but in {c}", f"change the colour to {c}",
+        f"{c} rather than {o}", f"I want it in {c}", f"is {c}", f"same style, {c} colour", f"a {c} one",
+        f"not {o}, {c}", f"switch to {c}", f"has a {c} colour", f"{c} version please",
+    ])
+
+
+def _type_caption(rng: random.Random, new_type: str, old_type: str, colour_kept: bool) -> str:
+    n, o = article_phrase(new_type), article_phrase(old_type)
+    shapes = [f"make it {_a(n)}", f"{_a(n)} instead of {_a(o)}", f"is {_a(n)}", f"change it to {_a(n)}",
+              f"I'd like {_a(n)} instead", f"turn it into {_a(n)}", f"{n}, not {o}"]
+    if colour_kept:  # only true when the colour does not change as well
+        shapes += [f"same colour but {_a(n)}", f"show {n} in this colour"]
+    return rng.choice(shapes)
+
+
+def _usage_caption(rng: random.Random, new: str) -> str:
+    u = usage_phrase(new)
+    return rng.choice([
+        f"more {u}", f"make it {u}", f"a {u} one", f"is {u}", f"for {u} wear" if new != "Sports" else "for sports",
+        f"something {u}", f"a {u} version", f"I need it {u}",
+    ])
+
+
+def _a(phrase: str) -> str:
+    if phrase.startswith("pair of") or phrase.endswith("s") and not phrase.endswith("ss"):
+        return phrase if not phrase.startswith("pair of") else "a " + phrase
+    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
+
+
+def _join(rng: random.Random, a: str, b: str) -> str:
+    return rng.choice([f"{a} and {b}", f"{a}, {b}", f"{b} and {a}", f"{a}; also {b}"])
+
+
+def _strip_colour(name: str, colour: str) -> str:
+    words = re.sub(re.escape(colour), " ", name, flags=re.IGNORECASE) if colour else name
+    return " ".join(words.lower().split())
+
+
+def generate(records: Sequence, seed: int = 0, per_kind: int = 1000,
+             kinds: Sequence[str] = KINDS) -> list[CatalogTriplet]:
+    """Triplets among `records` (one split's catalogue ImageRecords), `per_kind` at most of each kind."""
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"unknown triplet kind {k!r}; valid: {', '.join(KINDS)}")
+    rng = random.Random(seed)
+    items = sorted(records, key=lambda r: r.name)
+    usable = [r for r in items if r.attrs.get("baseColour") not in ("", "NA") and r.attrs.get("usage") not in ("", "NA")]
+    attrs_of = {r.name: {k: r.attrs.get(k, "") for k in WANTED_KEYS} for r in usable}
+    family = {r.name: r.attrs.get("subCategory", "") for r in usable}
+    family_types: dict[str, set[str]] = defaultdict(set)  # subCategory -> its article types
+    for n, a in attrs_of.items():
+        family_types[family[n]].add(a["articleType"])
+    by_attrs: dict[tuple, list[str]] = defaultdict(list)
+    for r in usable:
+        by_attrs[tuple(attrs_of[r.name][k] for k in WANTED_KEYS)].append(r.name)
+
+    def targets_for(wanted: Mapping[str, str]) -> list[str]:
+        return by_attrs.get(tuple(wanted[k] for k in WANTED_KEYS), [])
+
+    out: list[CatalogTriplet] = []
+    for kind in kinds:
+        cands: list[CatalogTriplet] = []
+        if kind == "same_product_colour":
+            groups: dict[tuple, list] = defaultdict(list)
+            for r in usable:
+                a = attrs_of[r.name]
+                # Usage is in the key too: only the colour may differ, or the caption would be incomplete.
+                groups[(_strip_colour(r.attrs.get("productDisplayName", ""), a["baseColour"]), a["gender"],
+                        a["articleType"], a["usage"])].append(r.name)
+            for names in groups.values():
+                for ref in names:
+                    for tgt in names:
+                        ra, ta = attrs_of[ref], attrs_of[tgt]
+                        if ra["baseColour"] != ta["baseColour"]:
+                            cands.append(CatalogTriplet(ref, _colour_caption(rng, ta["baseColour"], ra["baseColour"]),
+                                                        tgt, kind, dict(ta)))
+        else:
+            values = {k: sorted({a[k] for a in attrs_of.values()}) for k in WANTED_KEYS}
+            refs = list(attrs_of)
+            rng.shuffle(refs)
+            for ref in refs:
+                if len(cands) >= per_kind * 3:
+                    break
+                ra = attrs_of[ref]
+                change = kind.split("+")
+                wanted = dict(ra)
+                opts = {}
+                if "colour" in change:
+                    opts["baseColour"] = [c for c in values["baseColour"] if c != ra["baseColour"]]
+                if "type" in change:
+                    opts["articleType"] = sorted(family_types[family[ref]] - {ra["articleType"]})
+                if "usage" in change:
+                    opts["usage"] = [u for u in values["usage"] if u != ra["usage"]]
+                if any(not v for v in opts.values()):
+                    continue
+                for key, choices in opts.items():
+                    wanted[key] = rng.choice(choices)
+                pool = targets_for(wanted)
+                if not pool:
+                    continue
+                parts = []
+                if "colour" in change:
+                    parts.append(_colour_caption(rng, wanted["baseColour"], ra["baseColour"]))
+                if "type" in change:
+                    parts.append(_type_caption(rng, wanted["articleType"], ra["articleType"], "colour" not in change))
+                if "usage" in change:
+                    parts.append(_usage_caption(rng, wanted["usage"]))
+                caption = parts[0] if len(parts) == 1 else _join(rng, parts[0], parts[1])
+                cands.append(CatalogTriplet(ref, caption, rng.choice(pool), kind, wanted))
+        rng.shuffle(cands)
+        out.extend(cands[:per_kind])
+    return out
