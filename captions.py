@@ -56,6 +56,12 @@ def article_phrase(article_type: str, plural: bool = False) -> str:
     return sing
 
 
+def article_with_a(article_type: str) -> str:
+    """'Tshirts' -> 'a t-shirt', 'Jeans' -> 'jeans' (plural-only items take no article)."""
+    phrase = article_phrase(article_type)
+    return phrase if article_type in PLURAL_ONLY else _a(phrase)
+
+
 def colour_phrase(colour: str) -> str:
     return COLOUR_PHRASES.get(colour, colour.lower())
 

@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from captions import article_phrase, colour_phrase, usage_phrase
+from captions import article_phrase, article_with_a, colour_phrase, usage_phrase
 
 WANTED_KEYS = ("gender", "articleType", "baseColour", "usage")
 KINDS = ("same_product_colour", "colour", "type", "usage", "colour+type", "colour+usage")
@@ -44,10 +44,11 @@ def _colour_caption(rng: random.Random, new: str, old: str) -> str:
 
 def _type_caption(rng: random.Random, new_type: str, old_type: str, colour_kept: bool) -> str:
     n, o = article_phrase(new_type), article_phrase(old_type)
-    shapes = [f"make it {_a(n)}", f"{_a(n)} instead of {_a(o)}", f"is {_a(n)}", f"change it to {_a(n)}",
-              f"I'd like {_a(n)} instead", f"turn it into {_a(n)}", f"{n}, not {o}"]
+    an, ao = article_with_a(new_type), article_with_a(old_type)
+    shapes = [f"make it {an}", f"{an} instead of {ao}", f"is {an}", f"change it to {an}",
+              f"I'd like {an} instead", f"turn it into {an}", f"{n}, not {o}"]
     if colour_kept:  # only true when the colour does not change as well
-        shapes += [f"same colour but {_a(n)}", f"show {n} in this colour"]
+        shapes += [f"same colour but {an}", f"show {n} in this colour"]
     return rng.choice(shapes)
 
 
@@ -57,12 +58,6 @@ def _usage_caption(rng: random.Random, new: str) -> str:
         f"more {u}", f"make it {u}", f"a {u} one", f"is {u}", f"for {u} wear" if new != "Sports" else "for sports",
         f"something {u}", f"a {u} version", f"I need it {u}",
     ])
-
-
-def _a(phrase: str) -> str:
-    if phrase.startswith("pair of") or phrase.endswith("s") and not phrase.endswith("ss"):
-        return phrase if not phrase.startswith("pair of") else "a " + phrase
-    return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
 def _join(rng: random.Random, a: str, b: str) -> str:

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from captions import article_phrase, describe, training_captions
+from captions import article_phrase, article_with_a, describe, training_captions
 from evaluate import attribute_precision_at_k, image2image, recall_at_k
 from index import FeatureIndex
 
@@ -44,6 +44,8 @@ def test_captions_are_deterministic_and_varied():
     many = {describe(attrs, random.Random(s)) for s in range(50)}
     assert len(many) > 8 and all(m.strip() for m in many)
     assert article_phrase("Jeans") == "jeans" and article_phrase("Tshirts") == "t-shirt"
+    assert article_with_a("Jeans") == "jeans" and article_with_a("Innerwear Vests") == "a vest"
+    assert article_with_a("Tshirts") == "a t-shirt" and article_with_a("Watches") == "a watch"
 
 
 def test_hub_entry_point_lists_names_on_error():
