@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from utils import WEIGHTS_DIR, get_device
+from utils import WEIGHTS_DIR, config_from_dict, get_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -183,8 +183,7 @@ class LiteConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "LiteConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
 
 def colour_descriptor(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> torch.Tensor:
@@ -266,12 +265,8 @@ class LiteHeads(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors weights + a JSON config beside them (same stem)."""
-        from utils import save_tensors, write_json
-        path = Path(path)
         # float16 on disk halves the shipped file; weights are used in float32.
-        save_tensors(path, {k: v.half() for k, v in self.state_dict().items()},
-                     metadata={"format": "pt", "kind": "lite-heads"})
-        write_json(path.with_suffix(".json"), asdict(self.cfg))
+        save_checkpoint(path, {k: v.half() for k, v in self.state_dict().items()}, self.cfg, "lite-heads")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "LiteHeads":

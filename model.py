@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from utils import config_from_dict, save_checkpoint
 
 COMBINE_METHODS = ("combiner", "sum", "image", "text")
 
@@ -33,8 +35,7 @@ class CombinerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CombinerConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return config_from_dict(cls, d)
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "CombinerConfig":
@@ -83,10 +84,7 @@ class Combiner(nn.Module):
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors weights + the JSON config beside them (same stem)."""
-        from utils import save_tensors, write_json
-        path = Path(path)
-        save_tensors(path, self.state_dict(), metadata={"format": "pt", "kind": "combiner"})
-        write_json(path.with_suffix(".json"), asdict(self.cfg))
+        save_checkpoint(path, self.state_dict(), self.cfg, "combiner")
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Combiner":

@@ -70,6 +70,21 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         f.write(data)
 
 
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: Any, kind: str) -> None:
+    """Weights as safetensors at `path`, the dataclass `config` as JSON beside it (same stem, .json)."""
+    from dataclasses import asdict
+    path = Path(path)
+    save_tensors(path, tensors, metadata={"format": "pt", "kind": kind})
+    write_json(path.with_suffix(".json"), asdict(config))
+
+
+def config_from_dict(cls: type, d: dict) -> Any:
+    """Build a config dataclass from a dict, ignoring keys it does not know (files from other versions)."""
+    from dataclasses import fields
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in known})
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

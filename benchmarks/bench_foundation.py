@@ -29,7 +29,7 @@ import data_utils  # noqa: E402
 import encoders  # noqa: E402
 from evaluate import image2image, text2image  # noqa: E402
 from extract_features import extract_index  # noqa: E402
-from index import load_index  # noqa: E402
+from index import FeatureIndex, load_index  # noqa: E402
 from utils import setup_logging  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> int:
     setup_logging()
     root = data_utils.resolve_data_root("catalog", args.data_root)
     enc = encoders.load("lite", args.device)
-    rows, out = [], {"device": str(enc.device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    out = {"device": str(enc.device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine()}
     with tempfile.TemporaryDirectory() as tmp:
         recs = data_utils.catalog_images(root, args.split)
@@ -59,9 +59,8 @@ def main() -> int:
         out["load_index_ms"] = round(1000 * statistics.median(times), 1)
         test = data_utils.catalog_images(root, "test")
         names = {r.name for r in test}
-        rows_ = [i for i, n in enumerate(idx.names) if n in names]
-        from index import FeatureIndex
-        test_idx = FeatureIndex(idx.features[rows_], [idx.names[i] for i in rows_])
+        test_rows = [i for i, n in enumerate(idx.names) if n in names]
+        test_idx = FeatureIndex(idx.features[test_rows], [idx.names[i] for i in test_rows])
         out["text2image"] = text2image(enc, test_idx, test)
         out["image2image"] = image2image(test_idx, test)
     t2i, i2i = out["text2image"], out["image2image"]
