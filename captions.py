@@ -59,7 +59,7 @@ def article_phrase(article_type: str, plural: bool = False) -> str:
 def article_with_a(article_type: str) -> str:
     """'Tshirts' -> 'a t-shirt', 'Jeans' -> 'jeans' (plural-only items take no article)."""
     phrase = article_phrase(article_type)
-    return phrase if article_type in PLURAL_ONLY else _a(phrase)
+    return phrase if article_type in PLURAL_ONLY else with_a(phrase)
 
 
 def colour_phrase(colour: str) -> str:
@@ -70,7 +70,8 @@ def usage_phrase(usage: str) -> str:
     return USAGE_PHRASES.get(usage, usage.lower())
 
 
-def _a(phrase: str) -> str:
+def with_a(phrase: str) -> str:
+    """'olive one' -> 'an olive one'."""
     return ("an " if phrase[:1] in "aeiou" else "a ") + phrase
 
 
@@ -88,14 +89,14 @@ def describe(attrs: Mapping[str, str], rng: random.Random) -> str:
 
     noun = join(col if rng.random() < 0.85 else "", use if rng.random() < 0.5 else "", art)
     shapes = [
-        lambda: noun if plural_only else _a(noun),
-        lambda: join(noun if plural_only else _a(noun), f"for {g_noun}" if g_noun else ""),
+        lambda: noun if plural_only else with_a(noun),
+        lambda: join(noun if plural_only else with_a(noun), f"for {g_noun}" if g_noun else ""),
         lambda: join(g_adj, noun),
         lambda: join(art, f"in {col}" if col else ""),
         lambda: join(col, art),
         lambda: join(g_adj, col, art),
         lambda: join(use, art, f"for {g_noun}" if g_noun else ""),
-        lambda: join("a photo of", noun if plural_only else _a(noun)),
+        lambda: join("a photo of", noun if plural_only else with_a(noun)),
         lambda: join(col, use, art),
         lambda: join(art, "that is", col) if col else art,
     ]

@@ -12,6 +12,7 @@ server and evaluation all prepare images the same way. Outputs are always L2-nor
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -161,6 +162,59 @@ class Encoder(nn.Module):
     def describe(self) -> dict:
         """What a feature file needs to record about the encoder that made it."""
         return {"encoder": self.name, "dim": self.dim, "preprocess": self.preprocess.describe()}
+
+    # -- the text side, for stage-1 fine-tuning (train.py text) and selecting its checkpoints
+
+    text_checkpoint: str = "base"   # which text side is loaded: "base" or a checkpoint path
+
+    def text_prefixes(self, layers: int = 0) -> list[str]:
+        """State-dict prefixes of what stage 1 fine-tunes: the text head / encoder (+ its top `layers`)."""
+        raise NotImplementedError(f"{self.name} does not support text fine-tuning")
+
+    def text_forward(self, texts: list[str]) -> torch.Tensor:
+        """Like encode_texts but differentiable (for training), on the encoder's device."""
+        raise NotImplementedError(f"{self.name} does not support text fine-tuning")
+
+    def save_text(self, path: str | os.PathLike, prefixes: Sequence[str], info: dict | None = None) -> None:
+        """Write the text-side weights under `prefixes` as a stage-1 checkpoint (safetensors + JSON)."""
+        sd = {k: v.half() for k, v in self.state_dict().items() if k.startswith(tuple(prefixes))}
+        save_checkpoint(path, sd, TextCheckpointInfo(self.name, list(prefixes), info or {}), "text-encoder")
+
+    def with_text(self, path: str | os.PathLike | None) -> "Encoder":
+        """This encoder with its text side from a stage-1 checkpoint ("base"/None: unchanged).
+
+        The image side is shared, not copied: image features (and extracted indexes) stay valid.
+        """
+        if path is None or str(path) == "base":
+            return self
+        from safetensors.torch import load_file
+        path = Path(path)
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
+                                    "make one with `python train.py text` or use 'base'")
+        meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
+        if meta.encoder != self.name:
+            raise ValueError(f"text checkpoint {path} was trained for encoder {meta.encoder!r}, not {self.name!r}")
+        sd = load_file(path)
+        own = self.state_dict()
+        bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
+        if bad:
+            raise ValueError(f"text checkpoint {path} does not fit {self.name}: {bad[:3]} ...")
+        new = copy.copy(self)
+        new._modules = dict(self._modules)  # copy only the top-level modules the checkpoint changes
+        for top in {k.split(".")[0] for k in sd}:
+            new._modules[top] = copy.deepcopy(self._modules[top])
+        new.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+        new.text_checkpoint = str(path)
+        return new.eval()
+
+
+@dataclass
+class TextCheckpointInfo:
+    encoder: str                    # the encoder name the checkpoint belongs to (lite, hf:..., openai:...)
+    prefixes: list[str]             # state-dict prefixes it replaces
+    info: dict                      # training summary (triplets, epochs, validation metrics)
 
 
 # ----------------------------------------------------------------------------------------------- lite
@@ -383,6 +437,28 @@ class LiteEncoder(Encoder):
     def describe(self) -> dict:
         return {**super().describe(), "config": asdict(self.cfg)}
 
+    def text_prefixes(self, layers: int = 0) -> list[str]:
+        n = len(self._minilm_layers())
+        if not 0 <= layers <= n:
+            raise ValueError(f"--layers must be between 0 and {n}")
+        return ["heads.text."] + [f"text_model.0.auto_model.encoder.layer.{i}." for i in range(n - layers, n)]
+
+    def _minilm_layers(self) -> nn.ModuleList:
+        return self.text_model[0].auto_model.encoder.layer
+
+    def text_forward(self, texts: list[str]) -> torch.Tensor:
+        if any(p.requires_grad for p in self.text_model.parameters()):
+            feats = self.text_model.tokenize(list(texts))
+            feats = {k: v.to(self._device) for k, v in feats.items()}
+            x = self.text_model(feats)["sentence_embedding"]
+        else:  # frozen tower: a constant per text, worth memoising across training epochs
+            memo = self.__dict__.setdefault("_frozen_text_memo", {})
+            missing = [t for t in dict.fromkeys(texts) if t not in memo]
+            if missing:
+                memo.update(zip(missing, self.text_backbone(missing).clone()))  # clone leaves inference mode
+            x = torch.stack([memo[t] for t in texts]).to(self._device)
+        return self.heads.text(x)
+
 
 # ----------------------------------------------------------------------------------------------- CLIP backends
 
@@ -423,6 +499,20 @@ class HFClipEncoder(Encoder):
                                                           attention_mask=tok["attention_mask"]))
         return F.normalize(f.float(), dim=-1).cpu()
 
+    def text_prefixes(self, layers: int = 0) -> list[str]:
+        if layers <= 0:  # the whole text tower, as CLIP4Cir's stage 1
+            return ["model.text_model.", "model.text_projection."]
+        n = self.model.config.text_config.num_hidden_layers
+        return (["model.text_model.final_layer_norm.", "model.text_projection."]
+                + [f"model.text_model.encoder.layers.{i}." for i in range(max(0, n - layers), n)])
+
+    def text_forward(self, texts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_len,
+                             return_tensors="pt").to(self._device)
+        f = self._pooled(self.model.get_text_features(input_ids=tok["input_ids"],
+                                                      attention_mask=tok["attention_mask"]))
+        return F.normalize(f.float(), dim=-1)
+
 
 class OpenAIClipEncoder(Encoder):
     """The OpenAI `clip` package (downloads weights on first use; needs torchvision)."""
@@ -449,16 +539,41 @@ class OpenAIClipEncoder(Encoder):
         tokens = self._clip.tokenize(texts, truncate=True).to(self._device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
 
+    def text_prefixes(self, layers: int = 0) -> list[str]:
+        return ["model.token_embedding.", "model.positional_embedding", "model.transformer.", "model.ln_final.",
+                "model.text_projection"]
+
+    def text_forward(self, texts: list[str]) -> torch.Tensor:
+        tokens = self._clip.tokenize(list(texts), truncate=True).to(self._device)
+        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+
 
 # ----------------------------------------------------------------------------------------------- entry point
 
+def resolve_text(text: str | os.PathLike | None) -> str:
+    """A text-side choice: "base", "stage1" (the shipped stage-1 checkpoint) or a checkpoint path."""
+    if text is None or str(text) == "base":
+        return "base"
+    if str(text) == "stage1":
+        return str(WEIGHTS_DIR / "lite-text.safetensors")
+    if not Path(text).exists() and (WEIGHTS_DIR / str(text)).exists():  # a bare name of a shipped file
+        return str(WEIGHTS_DIR / str(text))
+    return str(text)
+
+
 def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess: str | None = None,
-         heads: str | os.PathLike | None = None, runtime: str = "auto") -> Encoder:
+         heads: str | os.PathLike | None = None, runtime: str = "auto",
+         text: str | os.PathLike | None = None) -> Encoder:
     """Load an encoder by name (see `available_models()`).
 
     preprocess overrides the backend's default preprocessing mode; heads points the lite encoder at other
-    trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime.
+    trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime;
+    text picks the text side: "base", "stage1" or a checkpoint path from `train.py text`.
     """
+    return _load(name, device, preprocess, heads, runtime).with_text(None if text is None else resolve_text(text))
+
+
+def _load(name: str, device, preprocess, heads, runtime) -> Encoder:
     dev = get_device(device)
     if preprocess is not None and preprocess not in PREPROCESS_MODES:
         raise ValueError(f"unknown preprocessing {preprocess!r}; valid: {', '.join(PREPROCESS_MODES)}")

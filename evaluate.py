@@ -2,9 +2,26 @@
 
     python evaluate.py --task text2image  --dataset catalog --split test
     python evaluate.py --task image2image --dataset catalog --split test
+    python evaluate.py --task composed --dataset catalog --split test --combiner sum
+    python evaluate.py --task composed --dataset fashioniq --data-root DIR --split val --categories dress shirt toptee
+    python evaluate.py --task composed --dataset cirr --data-root DIR --split val
+    python evaluate.py --task composed --dataset cirr --data-root DIR --split test1 --submission out/sub.json
 
 text2image: each product name queries the index of the split's images; R@1/5/10 (%) of its own photo.
 image2image: precision@10 (%) of results sharing the query's articleType and baseColour (query removed).
+composed: (reference image, relative caption) -> target, the query made by model.compose:
+  catalog    triplets.generate over the split's images (seeded); R@1/10/50 of the target, reference removed,
+             and attr@1/attr@10: the share (%) of the top K having every wanted attribute of the triplet.
+  fashioniq  one index per category (its split's images); the two captions joined as CLIP4Cir does;
+             <category>_R@10/R@50, their averages and "average" = their mean. The reference stays in the
+             ranking, as in the original evaluation.
+  cirr       R@1/5/10/50 with the reference removed, Rsubset@1/2/3 among the query's img_set members
+             (reference removed), avg = (R@5 + Rsubset@1) / 2. test1 has no targets: --submission writes
+             the evaluation server's two files, recall_submission_<name>.json and
+             recall_subset_submission_<name>.json, beside the given path.
+  An annotation whose captions are all empty (the real files hold a few) is queried with its reference
+  image alone, with a warning; the count is reported as "empty_captions".
+--save-rankings writes the top-50 image names of every query, in annotation order.
 Index features come from extracted files under --features when present, else are extracted (and kept).
 All ranking goes through index.search. The last printed line is one JSON object with the metrics.
 """
@@ -14,16 +31,21 @@ import argparse
 import json
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
 import data_utils
 from index import FeatureIndex, search
-from utils import run_cli, setup_logging
+from utils import WEIGHTS_DIR, run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
+TOP = 50                      # ranking length saved and scored (R@50), as the papers
+CIRR_SUBSET_TOP = 3           # the evaluation server reads the first 3 subset results
+DEFAULT_SPLITS = {"catalog": "test", "fashioniq": "val", "cirr": "val"}
 
 
 def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
@@ -66,28 +88,448 @@ def image2image(index: FeatureIndex, records: Sequence[data_utils.ImageRecord], 
     return out
 
 
+
+# ----------------------------------------------------------------------------------------------- composed: metrics
+
+def attribute_match_at_k(ranked: torch.Tensor, wanted: Sequence[Mapping[str, str]],
+                         gallery_attrs: Sequence[Mapping[str, str]], k: int) -> float:
+    """Attribute-match@K in %: the share of the first K results having every wanted attribute of their query.
+
+    Only the keys present in each `wanted` dict are compared; gallery_attrs[row] holds a row's attributes.
+    """
+    shares = []
+    for row, want in zip(ranked.tolist(), wanted):
+        top = row[:k]
+        hits = sum(all(gallery_attrs[j].get(a) == v for a, v in want.items()) for j in top)
+        shares.append(hits / max(len(top), 1))
+    return round(100 * sum(shares) / max(len(shares), 1), 2)
+
+
+def recall_subset_at_k(ranked: Sequence[Sequence[str]], targets: Sequence[str | None],
+                       groups: Sequence[Sequence[str]], ks: Sequence[int],
+                       references: Sequence[str] | None = None) -> dict[str, float]:
+    """Rsubset@K in % (CIRR): each ranking restricted to its query's group members, reference removed.
+
+    `ranked` may be a full ranking or one already restricted to the group; a target outside its group
+    can never be found, so it counts as a miss.
+    """
+    hits = {k: 0 for k in ks}
+    for i, (row, target, group) in enumerate(zip(ranked, targets, groups)):
+        members = set(group) - ({references[i]} if references is not None else set())
+        sub = [n for n in row if n in members]
+        for k in ks:
+            hits[k] += target in members and target in sub[:k]
+    n = max(len(targets), 1)
+    return {f"Rsubset@{k}": round(100 * hits[k] / n, 2) for k in ks}
+
+
+def fiq_caption(captions: Sequence[str]) -> str:
+    """FashionIQ's two relative captions as one query text, as CLIP4Cir joins them.
+
+    "<first, cleaned and capitalised> and <second, cleaned>", cleaning = strip('.?, '). The real files
+    hold a few entries with one empty caption: the other one (cleaned) is used alone rather than
+    " and <...>", and "" is returned when none has any text.
+    """
+    cleaned = [c.strip().strip(".?, ") for c in captions]
+    cleaned = [c for c in cleaned if c]
+    if len(cleaned) >= 2:
+        return f"{cleaned[0].capitalize()} and {cleaned[1]}"
+    return cleaned[0] if cleaned else ""
+
+
+def cirr_submission(pair_ids: Sequence[int], rankings: Sequence[Sequence[str]],
+                    subset_rankings: Sequence[Sequence[str]]) -> tuple[dict, dict]:
+    """The CIRR evaluation server's two payloads: (recall: top 50 per pair id, recall_subset: top 3)."""
+    if len(set(pair_ids)) != len(pair_ids):
+        raise ValueError("duplicate CIRR pair ids: the submission needs one entry per pair id")
+    if not len(pair_ids) == len(rankings) == len(subset_rankings):
+        raise ValueError(f"{len(pair_ids)} pair ids but {len(rankings)} rankings and "
+                         f"{len(subset_rankings)} subset rankings")
+    recall = {"version": "rc2", "metric": "recall"}
+    subset = {"version": "rc2", "metric": "recall_subset"}
+    for pid, full, sub in zip(pair_ids, rankings, subset_rankings):
+        recall[str(int(pid))] = list(full[:TOP])
+        subset[str(int(pid))] = list(sub[:CIRR_SUBSET_TOP])
+    return recall, subset
+
+
+def submission_paths(path: str | Path) -> tuple[Path, Path]:
+    """out/sub.json -> (out/recall_submission_sub.json, out/recall_subset_submission_sub.json), the
+    names CLIP4Cir's submission script writes."""
+    path = Path(path)
+    return (path.with_name(f"recall_submission_{path.stem}.json"),
+            path.with_name(f"recall_subset_submission_{path.stem}.json"))
+
+
+# ----------------------------------------------------------------------------------------------- composed: queries
+
+@dataclass
+class ComposedResult:
+    metrics: dict                                  # what the final JSON line reports
+    rankings: list[list[str]]                      # top-50 names per query, in annotation order
+    subset_rankings: list[list[str]] | None = None  # CIRR: the group members ranked, reference removed
+    pair_ids: list[int] | None = None              # CIRR: one per query
+
+
+def reference_features(names: Sequence[str], index: FeatureIndex,
+                       extra: FeatureIndex | None = None) -> torch.Tensor:
+    """float32 features [B,d] of the reference images: from `index`, else from `extra` (references
+    outside the index, e.g. FashionIQ references not in the category's split)."""
+    rows = []
+    missing = []
+    for n in names:
+        if n in index:
+            rows.append(index.matrix()[index.id_of(n)])
+        elif extra is not None and n in extra:
+            rows.append(extra.matrix()[extra.id_of(n)])
+        else:
+            missing.append(n)
+    if missing:
+        raise ValueError(f"{len(missing)} reference image(s) have no features (not in the index, or skipped "
+                         f"at extraction): {', '.join(sorted(set(missing))[:10])}")
+    return torch.stack(rows) if rows else torch.zeros(0, index.dim)
+
+
+def compose_queries(encoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
+                    combiner=None, batch: int = 256) -> tuple[torch.Tensor, int]:
+    """Query features [B,d] via model.compose, in caption batches; returns (queries, empty captions).
+
+    A query with an empty caption has nothing to compose: it becomes its reference image alone.
+    """
+    from model import compose
+    out = torch.zeros(len(captions), ref_feats.shape[1])
+    empty = [i for i, c in enumerate(captions) if not c.strip()]
+    full = [i for i, c in enumerate(captions) if c.strip()]
+    if empty:
+        log.warning("%d quer%s with an empty caption: querying with the reference image alone",
+                    len(empty), "y" if len(empty) == 1 else "ies")
+        out[empty] = compose(encoder, ref_feats[empty], None, "image")
+    for lo in range(0, len(full), batch):
+        rows = full[lo:lo + batch]
+        caps = None if method == "image" else [captions[i] for i in rows]
+        out[rows] = compose(encoder, ref_feats[rows], caps, method, combiner).float()
+    return out, len(empty)
+
+
+def _target_ids(index: FeatureIndex, targets: Sequence[str]) -> torch.Tensor:
+    """Rows of the targets; -1 (never ranked, so a miss) for a target without features."""
+    ids = [index.id_of(t) if t in index else -1 for t in targets]
+    if -1 in ids:
+        log.warning("%d target(s) are not in the index (skipped at extraction?); they count as misses",
+                    ids.count(-1))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _names(index: FeatureIndex, ids: torch.Tensor) -> list[list[str]]:
+    return [[index.names[j] for j in row] for row in ids.tolist()]
+
+
+# ----------------------------------------------------------------------------------------------- composed: protocols
+
+def composed_catalog(encoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord],
+                     triplets: Sequence, method: str, combiner=None) -> ComposedResult:
+    """Catalogue triplets (triplets.generate): R@1/10/50 of the target and attr@1/10, reference excluded.
+
+    Also attr@10_ceiling (the best attr@10 possible given how many items have the wanted attributes) and,
+    per triplet kind, queries, R@10 and attr@10 (under "kinds").
+    """
+    refs = reference_features([t.reference for t in triplets], index)
+    queries, empty = compose_queries(encoder, refs, [t.caption for t in triplets], method, combiner)
+    _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
+    targets = _target_ids(index, [t.target for t in triplets])
+    attrs_of = {r.name: r.attrs for r in records}
+    gallery = [attrs_of.get(n, {}) for n in index.names]
+    wanted = [t.wanted for t in triplets]
+
+    # The best attr@10 any ranking could reach: a triplet whose wanted attributes only 3 other items
+    # have caps at 30%. Reported so the metric reads against its real maximum.
+    counts = Counter(tuple(sorted(a.items())) for a in gallery)
+
+    def ceiling(i: int) -> float:
+        t = triplets[i]
+        ref = attrs_of.get(t.reference, {})
+        n = sum(c for key, c in counts.items() if all(dict(key).get(a) == v for a, v in t.wanted.items()))
+        n -= all(ref.get(a) == v for a, v in t.wanted.items())  # the reference is never ranked
+        return min(10, n) / 10
+
+    def scores(rows: list[int]) -> dict:
+        sel = torch.tensor(rows, dtype=torch.long)
+        r = recall_at_k(ids[sel], targets[sel], (1, 10, 50))
+        w = [wanted[i] for i in rows]
+        return {**r, "attr@1": attribute_match_at_k(ids[sel], w, gallery, 1),
+                "attr@10": attribute_match_at_k(ids[sel], w, gallery, 10),
+                "attr@10_ceiling": round(100 * sum(ceiling(i) for i in rows) / max(len(rows), 1), 2)}
+
+    metrics = {"queries": len(triplets), "empty_captions": empty, **scores(list(range(len(triplets))))}
+    kinds = {}
+    for kind in dict.fromkeys(t.kind for t in triplets):
+        rows = [i for i, t in enumerate(triplets) if t.kind == kind]
+        m = scores(rows)
+        kinds[kind] = {"queries": len(rows), "R@10": m["R@10"], "attr@10": m["attr@10"],
+                       "attr@10_ceiling": m["attr@10_ceiling"]}
+    metrics["kinds"] = kinds
+    return ComposedResult(metrics, _names(index, ids))
+
+
+def composed_fashioniq(encoder, indexes: Mapping[str, FeatureIndex], triplets: Sequence[data_utils.Triplet],
+                       method: str, combiner=None,
+                       extra: Mapping[str, FeatureIndex] | None = None) -> ComposedResult:
+    """FashionIQ: each category's queries ranked in its own index, reference kept (as CLIP4Cir).
+
+    extra[category] holds features of references outside that category's index. Metrics need targets
+    (the test split has none: then only the rankings are produced).
+    """
+    cats = list(dict.fromkeys(t.category for t in triplets))
+    unknown = [c for c in cats if c not in indexes]
+    if unknown:
+        raise ValueError(f"no index for FashionIQ categor{'y' if len(unknown) == 1 else 'ies'} "
+                         f"{', '.join(map(str, unknown))}; have {', '.join(indexes)}")
+    rankings: list[list[str]] = [[] for _ in triplets]
+    metrics: dict = {"queries": len(triplets), "empty_captions": 0}
+    scored = []
+    for c in cats:
+        pos = [i for i, t in enumerate(triplets) if t.category == c]
+        ts = [triplets[i] for i in pos]
+        index = indexes[c]
+        refs = reference_features([t.reference for t in ts], index, (extra or {}).get(c))
+        queries, empty = compose_queries(encoder, refs, [fiq_caption(t.captions) for t in ts], method, combiner)
+        metrics["empty_captions"] += empty
+        _, ids = search(queries, index, TOP)
+        for i, names in zip(pos, _names(index, ids)):
+            rankings[i] = names
+        if all(t.target is not None for t in ts):
+            r = recall_at_k(ids, _target_ids(index, [t.target for t in ts]), (10, 50))
+            metrics.update({f"{c}_{k}": v for k, v in r.items()})
+            scored.append(c)
+    if scored:
+        for k in ("R@10", "R@50"):
+            metrics[f"average_{k}"] = round(sum(metrics[f"{c}_{k}"] for c in scored) / len(scored), 2)
+        metrics["average"] = round((metrics["average_R@10"] + metrics["average_R@50"]) / 2, 2)
+    return ComposedResult(metrics, rankings)
+
+
+def group_rankings(queries: torch.Tensor, index: FeatureIndex, references: Sequence[str],
+                   groups: Sequence[Sequence[str]], k: int = CIRR_SUBSET_TOP) -> list[list[str]]:
+    """Per query, its group members ranked by index.search over a sub-index of just those rows; the
+    reference (and any member without features) is left out."""
+    out = []
+    for q, ref, group in zip(queries, references, groups):
+        members = [m for m in dict.fromkeys(group) if m != ref and m in index]
+        if not members:
+            out.append([])
+            continue
+        rows = torch.tensor([index.id_of(m) for m in members])
+        _, ids = search(q[None], index.features[rows], k)
+        out.append([members[j] for j in ids[0].tolist()])
+    return out
+
+
+def composed_cirr(encoder, index: FeatureIndex, triplets: Sequence[data_utils.Triplet], method: str,
+                  combiner=None) -> ComposedResult:
+    """CIRR: R@1/5/10/50 (reference removed), Rsubset@1/2/3 and avg = (R@5 + Rsubset@1) / 2.
+
+    Without targets (test1) only rankings, subset rankings and pair ids are produced (for --submission).
+    """
+    refs = reference_features([t.reference for t in triplets], index)
+    queries, empty = compose_queries(encoder, refs, [t.captions[0] for t in triplets], method, combiner)
+    _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
+    subset = group_rankings(queries, index, [t.reference for t in triplets], [t.group for t in triplets])
+    metrics: dict = {"queries": len(triplets), "empty_captions": empty}
+    if triplets and all(t.target is not None for t in triplets):
+        targets = [t.target for t in triplets]
+        metrics.update(recall_at_k(ids, _target_ids(index, targets), (1, 5, 10, 50)))
+        metrics.update(recall_subset_at_k(subset, targets, [t.group for t in triplets], (1, 2, 3),
+                                          [t.reference for t in triplets]))
+        metrics["avg"] = round((metrics["R@5"] + metrics["Rsubset@1"]) / 2, 2)
+    return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets])
+
+
+# ----------------------------------------------------------------------------------------------- composed: the run
+
+def fashioniq_image_records(root: Path, names: Sequence[str]) -> list[data_utils.ImageRecord]:
+    """Records for FashionIQ images by name (images/<name>.png|.jpg|.jpeg, as data_utils looks them up)."""
+    folder = Path(root) / "images"
+    records = []
+    for n in dict.fromkeys(names):
+        found = [folder / f"{n}{ext}" for ext in data_utils.FASHIONIQ_EXTENSIONS if (folder / f"{n}{ext}").is_file()]
+        records.append(data_utils.ImageRecord(n, found[0] if found else folder / f"{n}.png"))
+    return records
+
+
+def load_text_side(combiner, text_encoder: str | None) -> str:
+    """The text side to load: --text-encoder if given, else the one the combiner was trained with, else base."""
+    from encoders import resolve_text
+    trained = getattr(getattr(combiner, "cfg", None), "text_encoder", None) or "base"
+    if text_encoder is None:
+        return trained
+    # Compare resolved paths: "stage1" and the shipped file's name are the same choice.
+    if combiner is not None and Path(resolve_text(text_encoder)).resolve() != Path(resolve_text(trained)).resolve():
+        log.warning("--text-encoder %s differs from the text side the combiner was trained with (%s)",
+                    text_encoder, trained)
+    return text_encoder
+
+
+def check_combiner(combiner, encoder) -> None:
+    """A combiner only makes sense on the features it was trained on."""
+    if combiner is None:
+        return
+    if combiner.cfg.encoder and combiner.cfg.encoder != encoder.name:
+        raise ValueError(f"the combiner was trained on {combiner.cfg.encoder!r} features, not {encoder.name!r}; "
+                         f"pass --encoder {combiner.cfg.encoder}")
+    if combiner.cfg.feature_dim != encoder.dim:
+        raise ValueError(f"the combiner expects {combiner.cfg.feature_dim}-d features, {encoder.name} gives "
+                         f"{encoder.dim}-d")
+
+
+def _text_side_name(encoder) -> str:
+    t = str(getattr(encoder, "text_checkpoint", "base"))
+    return Path(t).name if t != "base" and Path(t).parent == WEIGHTS_DIR else t
+
+
+def run_composed(args) -> dict:
+    """--task composed: load annotations (fail fast on bad input), then models, indexes, and the protocol."""
+    import encoders
+    from extract_features import ensure_index, index_name
+    from model import load_method
+
+    root = data_utils.resolve_data_root(args.dataset, args.data_root)
+    if args.submission and args.dataset != "cirr":
+        raise ValueError("--submission writes CIRR evaluation-server files; use it with --dataset cirr")
+    if args.dataset == "catalog":
+        records = data_utils.list_images("catalog", root, args.split)
+    else:
+        annotations = data_utils.load_triplets(args.dataset, root, args.split, args.categories)
+        if not annotations:
+            raise ValueError(f"no {args.dataset} {args.split} annotations under {root}")
+
+    method, combiner = load_method(args.combiner)
+    encoder = encoders.load(args.encoder, args.device, text=load_text_side(combiner, args.text_encoder))
+    check_combiner(combiner, encoder)
+    extract = {"batch_size": args.batch_size, "workers": args.workers}
+    feats = Path(args.features)
+
+    def build(recs, name, **info):
+        return ensure_index(recs, encoder, feats / name, **extract,
+                            info={"dataset": args.dataset, "split": args.split, "data_root": str(root), **info})
+
+    if args.dataset == "catalog":
+        from triplets import generate
+        index = build(records, index_name("catalog", args.split))
+        usable = [r for r in records if r.name in index]
+        if len(usable) < len(records):
+            log.warning("%d catalogue images have no features; triplets use the other %d",
+                        len(records) - len(usable), len(usable))
+        trips = generate(usable, seed=args.triplet_seed, per_kind=args.per_kind, phrasings=args.phrasings)
+        log.info("catalog %s: %d triplets (seed %d, %d per kind)", args.split, len(trips), args.triplet_seed,
+                 args.per_kind)
+        t0 = time.time()
+        result, size = composed_catalog(encoder, index, records, trips, method, combiner), len(index)
+    elif args.dataset == "fashioniq":
+        cats = list(dict.fromkeys(t.category for t in annotations))
+        indexes, extra = {}, {}
+        for c in cats:
+            indexes[c] = build(data_utils.list_images("fashioniq", root, args.split, [c]),
+                               index_name("fashioniq", args.split, c), category=c)
+            outside = [t.reference for t in annotations if t.category == c and t.reference not in indexes[c]]
+            if outside:  # references outside the split still need features; kept in their own folder
+                log.info("%s: %d references are not in the %s index; encoding them", c, len(set(outside)),
+                         args.split)
+                extra[c] = build(fashioniq_image_records(root, outside),
+                                 index_name("fashioniq", args.split, c) + "-references", category=c)
+        t0 = time.time()
+        result = composed_fashioniq(encoder, indexes, annotations, method, combiner, extra)
+        size = sum(len(i) for i in indexes.values())
+        result.metrics["index_sizes"] = {c: len(i) for c, i in indexes.items()}
+    elif args.dataset == "cirr":
+        index = build(data_utils.list_images("cirr", root, args.split), index_name("cirr", args.split))
+        t0 = time.time()
+        result, size = composed_cirr(encoder, index, annotations, method, combiner), len(index)
+    else:
+        raise ValueError(f"unknown dataset {args.dataset!r} for --task composed; valid: catalog, fashioniq, cirr")
+
+    if args.dataset != "catalog" and "average" not in result.metrics and "avg" not in result.metrics:
+        log.warning("%s %s has no targets: no metrics, only rankings%s", args.dataset, args.split,
+                    " (use --submission)" if args.dataset == "cirr" and not args.submission else "")
+    if args.save_rankings:
+        write_json(args.save_rankings, result.rankings)
+        log.info("wrote %d rankings to %s", len(result.rankings), args.save_rankings)
+    if args.submission:
+        recall, subset = cirr_submission(result.pair_ids, result.rankings, result.subset_rankings)
+        for path, payload in zip(submission_paths(args.submission), (recall, subset)):
+            write_json(path, payload)
+            log.info("wrote %s (%d pair ids)", path, len(payload) - 2)
+    metrics = dict(result.metrics)
+    return {"task": "composed", "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
+            "combiner": args.combiner, "text_encoder": _text_side_name(encoder), "index_size": size,
+            "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["text2image", "image2image"], help="what to measure")
-    p.add_argument("--dataset", default="catalog", choices=["catalog"],
-                   help="dataset (text2image and image2image need the catalogue's attributes)")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data)")
-    p.add_argument("--split", default="test", help="split whose images form the index and the queries")
+    p.add_argument("--task", required=True, choices=["text2image", "image2image", "composed"],
+                   help="what to measure: product name -> photo, photo -> similar photos, or composed "
+                        "retrieval (reference image + relative caption -> target)")
+    p.add_argument("--dataset", default="catalog", choices=["catalog", "fashioniq", "cirr"],
+                   help="dataset: catalog (all tasks; composed uses generated triplets), fashioniq or cirr "
+                        "(composed only, from their annotation files)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
+                        "dataset's usual subfolder)")
+    p.add_argument("--split", default=None,
+                   help="split whose images form the index and whose annotations are the queries "
+                        "(default: test for catalog, val for fashioniq and cirr; cirr's test split is test1)")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="FashionIQ categories, in this order (default: every category found); each is "
+                        "ranked in its own index")
+    p.add_argument("--combiner", default="combiner",
+                   help="composed: how the reference and the caption are fused: a Combiner (combiner, "
+                        "combiner-stage1: the shipped checkpoints; or a checkpoint path) or the baselines "
+                        "sum (element-wise sum), image (reference only), text (caption only); default: combiner")
+    p.add_argument("--text-encoder", default=None,
+                   help="text side of the encoder: base, stage1 (shipped stage-1 checkpoint) or a checkpoint "
+                        "path (default: the one the combiner was trained with; base for sum/image/text and "
+                        "the other tasks)")
+    p.add_argument("--triplet-seed", type=int, default=0,
+                   help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
+    p.add_argument("--per-kind", type=int, default=500,
+                   help="composed, catalog: at most this many triplets of each kind (triplets.py kinds)")
+    p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
+                   help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
+                        "`train.py --phrasings train` never trains on")
+    p.add_argument("--save-rankings", default=None, metavar="FILE",
+                   help="composed: write a JSON list with the top-50 image names of every query, in "
+                        "annotation order (fashioniq: categories in the given order)")
+    p.add_argument("--submission", default=None, metavar="FILE",
+                   help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
+                        "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
+                        "(top 3 of the img_set); needed for test1, which has no targets")
     p.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
     p.add_argument("--features", default="features",
-                   help="features root: an index is read from <root>/<dataset>-<split> or extracted there")
+                   help="features root: an index is read from <root>/<dataset>[-<category>]-<split> or "
+                        "extracted there")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch if extraction is needed")
     p.add_argument("--workers", type=int, default=None, help="decoding workers if extraction is needed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    args.split = args.split or DEFAULT_SPLITS[args.dataset]
+    if args.per_kind < 1:
+        raise ValueError("--per-kind must be at least 1")
+    if args.categories is not None and args.dataset != "fashioniq":
+        raise ValueError(f"--categories only applies to fashioniq, not {args.dataset}")
+
+    if args.task == "composed":
+        print(json.dumps(run_composed(args)))
+        return 0
+    if args.dataset != "catalog":
+        raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
 
     import encoders
     from extract_features import ensure_index, index_name
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     records = data_utils.list_images(args.dataset, root, args.split)
-    encoder = encoders.load(args.encoder, args.device)
+    encoder = encoders.load(args.encoder, args.device, text=args.text_encoder)
     index = ensure_index(records, encoder, Path(args.features) / index_name(args.dataset, args.split),
                          batch_size=args.batch_size, workers=args.workers,
                          info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})

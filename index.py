@@ -87,7 +87,8 @@ def search(queries: torch.Tensor, index: FeatureIndex | torch.Tensor, k: int,
     """Top-k cosine similarity of normalised queries [B,d] against the index rows.
 
     exclude: one entry per query, a row id or ids that must not be returned for that query (e.g. the
-    reference image itself). Returns (scores [B,k'], ids [B,k']) with k' = min(k, N), best first.
+    reference image itself). Returns (scores [B,k'], ids [B,k']) with k' = min(k, N - most ids excluded
+    for one query), best first.
     """
     mat = index.matrix() if isinstance(index, FeatureIndex) else index.float()
     q = queries.float()
@@ -96,15 +97,18 @@ def search(queries: torch.Tensor, index: FeatureIndex | torch.Tensor, k: int,
     if q.shape[1] != mat.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} does not match index dim {mat.shape[1]}")
     scores = q @ mat.T
+    most_excluded = 0
     if exclude is not None:
         if len(exclude) != len(q):
             raise ValueError(f"exclude has {len(exclude)} entries for {len(q)} queries")
         for row, ex in enumerate(exclude):
             if ex is None:
                 continue
-            ids = [ex] if isinstance(ex, int) else list(ex)
+            ids = sorted({ex} if isinstance(ex, int) else set(ex))
             if ids:
                 scores[row, ids] = float("-inf")
-    k = min(k, mat.shape[0])
+                most_excluded = max(most_excluded, len(ids))
+    # Never return an excluded row, even when k reaches into them (small indexes).
+    k = min(k, mat.shape[0] - most_excluded)
     top = torch.topk(scores, k, dim=1)
     return top.values, top.indices

@@ -20,9 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import config_from_dict, save_checkpoint
+from utils import WEIGHTS_DIR, config_from_dict, save_checkpoint
 
 COMBINE_METHODS = ("combiner", "sum", "image", "text")
+# Shipped checkpoints, by the short names the CLIs and the server accept.
+SHIPPED_COMBINERS = {"combiner": WEIGHTS_DIR / "combiner.safetensors",
+                     "combiner-stage1": WEIGHTS_DIR / "combiner-stage1.safetensors"}
 
 
 @dataclass
@@ -32,6 +35,8 @@ class CombinerConfig:
     hidden_dim: int = 2048         # fused and λ branches' hidden size (5120 = 8x640 in the paper)
     dropout: float = 0.5           # dropout everywhere, as the paper
     logit_scale: float = 100.0     # fixed temperature of the classification loss
+    encoder: str = ""              # encoder whose features it was trained on ("" = unknown, e.g. original .pt)
+    text_encoder: str = "base"     # text side it was trained with: "base" or a stage-1 checkpoint file name
 
     @classmethod
     def from_dict(cls, d: dict) -> "CombinerConfig":
@@ -83,8 +88,8 @@ class Combiner(nn.Module):
         return self.logit_scale * self.combine_features(image, text) @ F.normalize(target.float(), dim=-1).T
 
     def save(self, path: str | os.PathLike) -> None:
-        """safetensors weights + the JSON config beside them (same stem)."""
-        save_checkpoint(path, self.state_dict(), self.cfg, "combiner")
+        """safetensors weights (float16: half the size, no measurable loss) + the JSON config beside them."""
+        save_checkpoint(path, {k: v.half() for k, v in self.state_dict().items()}, self.cfg, "combiner")
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Combiner":
@@ -106,7 +111,7 @@ class Combiner(nn.Module):
                                  "whose 'Combiner' entry is one, as CLIP4Cir saves)")
             cfg = CombinerConfig.from_state_dict(sd)
         model = cls(cfg)
-        model.load_state_dict(sd)
+        model.load_state_dict({k: v.float() for k, v in sd.items()})
         return model.eval()
 
 
@@ -126,3 +131,36 @@ def combine(image: torch.Tensor, text: torch.Tensor, method: str = "combiner",
     if method == "sum":
         return F.normalize(F.normalize(image.float(), dim=-1) + F.normalize(text.float(), dim=-1), dim=-1)
     return F.normalize((image if method == "image" else text).float(), dim=-1)
+
+
+def load_method(spec: str, map_location: str | torch.device = "cpu") -> tuple[str, Combiner | None]:
+    """A fusion choice by name: sum | image | text | combiner | combiner-stage1 | a checkpoint path.
+
+    Returns (method for `combine`, the loaded Combiner or None).
+    """
+    if spec in ("sum", "image", "text"):
+        return spec, None
+    path = SHIPPED_COMBINERS.get(spec, Path(spec))
+    if spec not in SHIPPED_COMBINERS and not path.exists():
+        raise ValueError(f"unknown combiner {spec!r}: give sum, image, text, "
+                         f"{', '.join(SHIPPED_COMBINERS)} or a checkpoint path")
+    return "combiner", Combiner.load(path, map_location)
+
+
+def compose(encoder, image_feats: torch.Tensor | None, captions: list[str] | None, method: str,
+            combiner: Combiner | None = None) -> torch.Tensor:
+    """Query features for reference-image features [B,d] and relative captions, by fusion method.
+
+    The single path from (reference, caption) to a query vector, shared by evaluate.py and the server.
+    `image` needs no captions and `text` no image features.
+    """
+    if method == "image":
+        if image_feats is None:
+            raise ValueError("method 'image' needs reference image features")
+        return F.normalize(image_feats.float(), dim=-1)
+    text = encoder.encode_texts(captions or [])
+    if method == "text":
+        return text
+    if image_feats is None or len(image_feats) != len(text):
+        raise ValueError("need one reference image per caption")
+    return combine(image_feats, text, method, combiner)

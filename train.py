@@ -2,9 +2,15 @@
 
     python train.py align      train the lite encoder's projection heads (locked towers, contrastive loss)
                                on the catalogue's train split; picks the best epoch on val.
+    python train.py text       stage 1 of CLIP4Cir (TOMM 2023): fine-tune the text side on composed
+                               triplets with sum fusion -> a text checkpoint (weights/lite-text.safetensors)
+    python train.py combiner   stage 2: train the Combiner on frozen, cached features
+                               -> weights/combiner.safetensors (+ .json config, .train.json history)
 
-Frozen-tower features are computed once and cached (--cache-dir), so re-training the heads takes a
-minute or two on a small CPU. The test split is never read here.
+Composed training uses triplets generated from the catalogue's train split (triplets.py), fresh ones
+(new targets, new phrasings) each epoch; the best epoch is picked on val triplets. Frozen features are
+computed once and cached, so every command runs in minutes on a small CPU and uses the GPU when present.
+The test split is never read here.
 """
 from __future__ import annotations
 
@@ -23,8 +29,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data_utils
+import triplets
 from captions import training_captions
-from utils import WEIGHTS_DIR, get_device, run_cli, save_tensors, setup_logging, write_json
+from utils import WEIGHTS_DIR, atomic_write, get_device, run_cli, save_tensors, setup_logging, write_json
 
 log = logging.getLogger("train")
 
@@ -159,6 +166,285 @@ def cmd_align(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- composed
+
+class TripletData:
+    """Cached image features of the catalogue's train and val splits, and the triplets over them.
+
+    Each epoch draws fresh train triplets (seed + epoch): other targets among all correct items, other
+    phrasings. `positives` counts every candidate that has all the wanted attributes as correct, not only the
+    triplet's own target: they are all right answers, and penalising them would teach noise.
+    """
+
+    def __init__(self, encoder, args):
+        from extract_features import ensure_index, index_name
+        self.args, self.root = args, data_utils.resolve_data_root("catalog", args.data_root)
+        self.records, self.index, self.attrs, self._epochs = {}, {}, {}, {}
+        for split in ("train", "val"):  # never test
+            recs = data_utils.catalog_images(self.root, split)
+            idx = ensure_index(recs, encoder, Path(args.features) / index_name("catalog", split),
+                               batch_size=args.batch_size, workers=args.workers,
+                               info={"dataset": "catalog", "split": split, "data_root": str(self.root)})
+            self.records[split], self.index[split] = recs, idx
+            by_name = {r.name: r.attrs for r in recs}
+            self.attrs[split] = [tuple(by_name.get(n, {}).get(k, "") for k in triplets.WANTED_KEYS)
+                                 for n in idx.names]
+        self.val = self._usable("val", triplets.generate(self.records["val"], seed=0, per_kind=args.val_per_kind))
+
+    def _usable(self, split: str, trips: list) -> list:
+        idx = self.index[split]
+        return [t for t in trips if t.reference in idx and t.target in idx]
+
+    def epoch(self, epoch: int) -> list:
+        """The train triplets of `epoch` (generated once, then kept)."""
+        if epoch not in self._epochs:
+            self._epochs[epoch] = self._usable("train", triplets.generate(
+                self.records["train"], seed=self.args.seed * 1000 + epoch, per_kind=self.args.per_kind,
+                phrasings=self.args.phrasings))
+        return self._epochs[epoch]
+
+    def tensors(self, split: str, trips: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
+        """(reference rows, target rows, wanted attribute tuples) of `trips`."""
+        idx = self.index[split]
+        refs = torch.tensor([idx.id_of(t.reference) for t in trips])
+        tgts = torch.tensor([idx.id_of(t.target) for t in trips])
+        return refs, tgts, [tuple(t.wanted[k] for k in triplets.WANTED_KEYS) for t in trips]
+
+    def positives(self, wanted: list[tuple], tgt_rows: torch.Tensor, gallery: bool) -> torch.Tensor:
+        """Soft targets over the batch's targets [B,B] (gallery=False) or all train images [B,N].
+
+        Half the mass is on the triplet's own target, half spread over every candidate with all the wanted
+        attributes (the own target included): both the specific item and attribute matches are rewarded.
+        """
+        attrs = self.attrs["train"]
+        if gallery:
+            if not hasattr(self, "_rows_by_attrs"):
+                self._rows_by_attrs = {}
+                for j, a in enumerate(attrs):
+                    self._rows_by_attrs.setdefault(a, []).append(j)
+            cols = tgt_rows
+            pos = torch.zeros(len(wanted), len(attrs))
+            for i, w in enumerate(wanted):
+                pos[i, self._rows_by_attrs.get(w, [])] = 1.0
+        else:
+            cols = torch.arange(len(tgt_rows))
+            pos = torch.tensor([[w == attrs[j] for j in tgt_rows.tolist()] for w in wanted], dtype=torch.float32)
+        own = torch.zeros_like(pos)
+        own[torch.arange(len(wanted)), cols] = 1.0
+        pos = torch.maximum(pos, own)
+        return 0.5 * own + 0.5 * pos / pos.sum(1, keepdim=True)
+
+
+def composed_validation(data: TripletData, queries: torch.Tensor) -> dict:
+    """R@1/10/50 and attribute-match@10 (%) of val triplet queries, reference excluded."""
+    from evaluate import attribute_match_at_k, recall_at_k
+    from index import search
+    refs, tgts, wanted = data.tensors("val", data.val)
+    _, ranked = search(queries, data.index["val"], 50, exclude=refs.view(-1, 1).tolist())
+    attrs = [dict(zip(triplets.WANTED_KEYS, a)) for a in data.attrs["val"]]
+    return {**recall_at_k(ranked, tgts, (1, 10, 50)),
+            "attr@10": attribute_match_at_k(ranked, [dict(zip(triplets.WANTED_KEYS, w)) for w in wanted], attrs, 10)}
+
+
+def _val_score(m: dict) -> float:
+    return m["R@10"] + m["attr@10"]
+
+
+class Checkpointer:
+    """Per-epoch training state under the cache dir, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, args, kind: str):
+        skip = {"restart", "verbose", "workers", "epochs", "func", "cmd", "out"}
+        key = _key(kind, {k: v for k, v in sorted(vars(args).items()) if k not in skip})
+        self.path = Path(args.cache_dir) / f"{kind}-{key}.resume.pt"
+        if args.restart and self.path.exists():
+            self.path.unlink()
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        log.info("resuming from %s (epoch %d done)", self.path, state["epoch"])
+        return state
+
+    def save(self, state: dict) -> None:
+        with atomic_write(self.path) as f:
+            torch.save(state, f)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TripletData, step, validate) -> tuple:
+    """The shared epoch loop: Adam, fresh triplets per epoch, best-on-val, resumable. Returns (best, history)."""
+    torch.manual_seed(args.seed)
+    opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    ckpt = Checkpointer(args, kind)
+    state = ckpt.load()
+    start, best, best_state, history = 0, None, None, []
+    if state:
+        module.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        start, history, best_state = state["epoch"], state["history"], state["best_state"]
+        best = max(history, key=_val_score) if history else None
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    for epoch in range(start, args.epochs):
+        trips = data.epoch(epoch)
+        refs, tgts, wanted = data.tensors("train", trips)
+        perm = torch.randperm(len(trips), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        module.train()
+        total, t0 = 0.0, time.time()
+        bar = tqdm(range(0, len(perm), args.batch), desc=f"{kind} epoch {epoch + 1}/{args.epochs}", leave=False)
+        for b in bar:
+            ib = perm[b:b + args.batch]
+            if len(ib) < 2:
+                continue
+            loss = step([trips[i] for i in ib.tolist()], refs[ib], tgts[ib], [wanted[i] for i in ib.tolist()])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(ib)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        module.eval()
+        with torch.no_grad():
+            metrics = validate()
+        row = {"epoch": epoch + 1, "loss": round(total / len(perm), 4), "triplets": len(trips),
+               "seconds": round(time.time() - t0, 1), **metrics}
+        history.append(row)
+        log.info("%s epoch %d: %s", kind, epoch + 1, row)
+        if best is None or _val_score(row) > _val_score(best):
+            best = row
+            best_state = _trainable_state(module, trainable)
+        ckpt.save({"epoch": epoch + 1, "model": _trainable_state(module, trainable),
+                   "opt": opt.state_dict(), "history": history, "best_state": best_state})
+    module.load_state_dict(best_state, strict=False)
+    module.eval()
+    return best, history, ckpt
+
+
+def _trainable_state(module: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if n in names}
+
+
+def _caption_features(encoder, captions: Sequence[str], batch: int = 512) -> dict[str, torch.Tensor]:
+    """Frozen text features of each distinct caption."""
+    uniq = list(dict.fromkeys(captions))
+    feats = torch.cat([encoder.encode_texts(uniq[i:i + batch])
+                       for i in tqdm(range(0, len(uniq), batch), desc="captions", leave=False)])
+    return dict(zip(uniq, feats))
+
+
+def cmd_combiner(args) -> int:
+    import encoders
+    from model import Combiner, CombinerConfig
+
+    device = get_device(args.device)
+    encoder = encoders.load(args.encoder, device, text=args.text_encoder)
+    data = TripletData(encoder, args)
+    # Every caption of every epoch, encoded once: the text side is frozen in stage 2.
+    text_of = _caption_features(encoder, [t.caption for e in range(args.epochs) for t in data.epoch(e)]
+                                + [t.caption for t in data.val])
+    text_name = encoders.resolve_text(args.text_encoder)
+    if text_name != "base":
+        text_name = Path(text_name).name if Path(text_name).parent.resolve() == WEIGHTS_DIR.resolve() else text_name
+    cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=args.projection_dim, hidden_dim=args.hidden_dim,
+                         dropout=args.dropout, encoder=encoder.name, text_encoder=text_name)
+    combiner = Combiner(cfg).to(device)
+    feats = {s: data.index[s].matrix().to(device) for s in ("train", "val")}
+
+    def step(trips, refs, tgts, wanted):
+        text = torch.stack([text_of[t.caption] for t in trips]).to(device)
+        gallery = feats["train"] if args.negatives == "gallery" else feats["train"][tgts.to(device)]
+        logits = combiner(feats["train"][refs.to(device)], text, gallery)
+        return F.cross_entropy(logits, data.positives(wanted, tgts, args.negatives == "gallery").to(device))
+
+    def validate():
+        refs, _, _ = data.tensors("val", data.val)
+        text = torch.stack([text_of[t.caption] for t in data.val]).to(device)
+        q = torch.cat([combiner.combine_features(feats["val"][refs[i:i + 1024].to(device)], text[i:i + 1024])
+                       for i in range(0, len(refs), 1024)]).cpu()
+        return composed_validation(data, q)
+
+    t0 = time.time()
+    best, history, ckpt = _fit(args, "combiner", combiner, list(combiner.parameters()), data, step, validate)
+    combiner.cpu().save(args.out)
+    _finish(args, ckpt, best, history, time.time() - t0, {"config": asdict(cfg)})
+    return 0
+
+
+def cmd_text(args) -> int:
+    import encoders
+    from model import combine
+
+    device = get_device(args.device)
+    encoder = encoders.load(args.encoder, device)
+    data = TripletData(encoder, args)
+    prefixes = encoder.text_prefixes(args.layers)
+    encoder.requires_grad_(False)
+    params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
+    for p in params:
+        p.requires_grad_(True)
+    feats = {s: data.index[s].matrix().to(device) for s in ("train", "val")}
+
+    def step(trips, refs, tgts, wanted):
+        text = encoder.text_forward([t.caption for t in trips])
+        q = F.normalize(feats["train"][refs.to(device)] + text, dim=-1)  # sum fusion, as CLIP4Cir's stage 1
+        gallery = feats["train"] if args.negatives == "gallery" else feats["train"][tgts.to(device)]
+        logits = args.logit_scale * q @ gallery.T
+        return F.cross_entropy(logits, data.positives(wanted, tgts, args.negatives == "gallery").to(device))
+
+    def validate():
+        refs, _, _ = data.tensors("val", data.val)
+        caps = [t.caption for t in data.val]
+        text = torch.cat([encoder.text_forward(caps[i:i + 512]) for i in range(0, len(caps), 512)])
+        return composed_validation(data, combine(feats["val"][refs.to(device)], text, "sum").cpu())
+
+    t0 = time.time()
+    best, history, ckpt = _fit(args, "text", encoder, params, data, step, validate)
+    encoder.cpu()
+    encoder.save_text(args.out, prefixes, {"best_val": best, "layers": args.layers})
+    _finish(args, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
+    return 0
+
+
+def _finish(args, ckpt: Checkpointer, best: dict, history: list, seconds: float, extra: dict) -> None:
+    out = Path(args.out)
+    write_json(out.with_name(out.stem + ".train.json"),
+               {"args": {k: v for k, v in vars(args).items() if k != "func"}, "best": best, "history": history,
+                "seconds": round(seconds, 1), **extra})
+    ckpt.done()
+    print(json.dumps({"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}))
+
+
+def _composed_args(sp: argparse.ArgumentParser, out: str, epochs: int, lr: float, batch: int) -> None:
+    sp.add_argument("--data-root", default=None, help="catalogue folder (default: $CIR_DATA_ROOT or ../shared/data)")
+    sp.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
+    sp.add_argument("--features", default="features",
+                    help="features root: train/val indexes are read from (or extracted into) catalog-train/-val")
+    sp.add_argument("--out", default=str(WEIGHTS_DIR / out), help="checkpoint path (.safetensors; .json beside it)")
+    sp.add_argument("--cache-dir", default=".cache/train", help="where per-epoch resume state is kept")
+    sp.add_argument("--epochs", type=int, default=epochs, help="passes, each over freshly drawn train triplets")
+    sp.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
+    sp.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
+    sp.add_argument("--batch", type=int, default=batch,
+                    help="triplets per batch; the other targets in the batch are the negatives")
+    sp.add_argument("--negatives", default="gallery", choices=["gallery", "batch"],
+                    help="batch: the papers' loss, classification over the batch's targets; gallery: over all "
+                         "train images, every item with the wanted attributes a positive (better here)")
+    sp.add_argument("--per-kind", type=int, default=1500,
+                    help="train triplets of each kind drawn per epoch (triplets.py kinds)")
+    sp.add_argument("--val-per-kind", type=int, default=500, help="val triplets of each kind (fixed seed 0)")
+    sp.add_argument("--phrasings", default="train", choices=triplets.PHRASINGS,
+                    help="caption templates to train on; 'train' keeps every 4th template unseen, so "
+                         "`evaluate.py --phrasings heldout` measures generalisation to new wordings")
+    sp.add_argument("--batch-size", type=int, default=64, help="images per batch if features must be extracted")
+    sp.add_argument("--workers", type=int, default=None, help="decoding workers if features must be extracted")
+    sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    sp.add_argument("--seed", type=int, default=0, help="seed for triplets, shuffling and init")
+    sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")
+    sp.add_argument("--verbose", action="store_true", help="debug logging")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -183,9 +469,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("--device", default="auto", help="auto, cpu or cuda")
     a.add_argument("--seed", type=int, default=0, help="seed for captions, shuffling and init")
     a.add_argument("--verbose", action="store_true", help="debug logging")
+
+    t = sub.add_parser("text", help="stage 1: fine-tune the text side on composed triplets (sum fusion)")
+    _composed_args(t, "lite-text.safetensors", epochs=10, lr=3e-4, batch=256)
+    t.add_argument("--layers", type=int, default=0,
+                   help="lite: also fine-tune this many top MiniLM layers (0 = the text head only); "
+                        "hf: top text-transformer layers (0 = the whole text encoder)")
+    t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
+
+    c = sub.add_parser("combiner", help="stage 2: train the Combiner on frozen cached features")
+    _composed_args(c, "combiner.safetensors", epochs=40, lr=1e-3, batch=256)
+    c.add_argument("--text-encoder", default="base",
+                   help="text side to train on: base, stage1 (weights/lite-text.safetensors) or a checkpoint path")
+    c.add_argument("--projection-dim", type=int, default=512, help="Combiner projection size")
+    c.add_argument("--hidden-dim", type=int, default=1024, help="Combiner fused/λ branch hidden size")
+    c.add_argument("--dropout", type=float, default=0.2,
+                   help="Combiner dropout (the paper's 0.5 underfits our ~6k triplets per epoch)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
-    return {"align": cmd_align}[args.cmd](args)
+    return {"align": cmd_align, "text": cmd_text, "combiner": cmd_combiner}[args.cmd](args)
 
 
 if __name__ == "__main__":

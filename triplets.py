@@ -18,7 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from captions import article_phrase, article_with_a, colour_phrase, usage_phrase
+from captions import article_phrase, article_with_a, colour_phrase, usage_phrase, with_a
 
 WANTED_KEYS = ("gender", "articleType", "baseColour", "usage")
 KINDS = ("same_product_colour", "colour", "type", "usage", "colour+type", "colour+usage")
@@ -33,35 +33,56 @@ class CatalogTriplet:
     wanted: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
-def _colour_caption(rng: random.Random, new: str, old: str) -> str:
-    c, o = colour_phrase(new), colour_phrase(old)
-    return rng.choice([
-        f"is {c} instead of {o}", f"in {c}", f"make it {c}", f"the same but in {c}", f"change the colour to {c}",
-        f"{c} rather than {o}", f"I want it in {c}", f"is {c}", f"same style, {c} colour", f"a {c} one",
-        f"not {o}, {c}", f"switch to {c}", f"has a {c} colour", f"{c} version please",
-    ])
+PHRASINGS = ("all", "train", "heldout")
 
 
-def _type_caption(rng: random.Random, new_type: str, old_type: str, colour_kept: bool) -> str:
-    n, o = article_phrase(new_type), article_phrase(old_type)
-    an, ao = article_with_a(new_type), article_with_a(old_type)
-    shapes = [f"make it {an}", f"{an} instead of {ao}", f"is {an}", f"change it to {an}",
-              f"I'd like {an} instead", f"turn it into {an}", f"{n}, not {o}"]
-    if colour_kept:  # only true when the colour does not change as well
-        shapes += [f"same colour but {an}", f"show {n} in this colour"]
+def _pick(rng: random.Random, shapes: list[str], phrasings: str) -> str:
+    """One phrasing; every 4th template is held out, so training can be checked on wordings it never saw."""
+    if phrasings == "train":
+        shapes = [x for i, x in enumerate(shapes) if i % 4 != 3]
+    elif phrasings == "heldout":
+        shapes = [x for i, x in enumerate(shapes) if i % 4 == 3]
     return rng.choice(shapes)
 
 
-def _usage_caption(rng: random.Random, new: str) -> str:
+def _colour_caption(rng: random.Random, new: str, old: str, phrasings: str = "all") -> str:
+    c, o = colour_phrase(new), colour_phrase(old)
+    return _pick(rng, [
+        f"is {c} instead of {o}", f"in {c}", f"make it {c}", f"the same but in {c}", f"change the colour to {c}",
+        f"{c} rather than {o}", f"I want it in {c}", f"is {c}", f"same style, {c} colour", f"{with_a(c)} one",
+        f"not {o}, {c}", f"switch to {c}", f"has {with_a(c)} colour", f"{c} version please",
+        f"do you have this in {c}?", f"looking for {with_a(c)} one", f"similar but {c}", f"prefer {c} over {o}",
+        f"{c} colour", f"swap the {o} for {c}", f"it should be {c}", f"less {o}, more {c}",
+        f"want the {c} one", f"shows {with_a(c)} item",
+    ], phrasings)
+
+
+def _type_caption(rng: random.Random, new_type: str, old_type: str, colour_kept: bool,
+                  phrasings: str = "all") -> str:
+    n, o = article_phrase(new_type), article_phrase(old_type)
+    an, ao = article_with_a(new_type), article_with_a(old_type)
+    shapes = [f"make it {an}", f"{an} instead of {ao}", f"is {an}", f"change it to {an}",
+              f"I'd like {an} instead", f"turn it into {an}", f"{n}, not {o}", f"show me {article_phrase(new_type, plural=True)}",
+              f"looking for {an}", f"swap the {o} for {an}", f"would rather have {an}", f"{an} please"]
+    if colour_kept:  # only true when the colour does not change as well
+        shapes += [f"same colour but {an}", f"show {n} in this colour", f"{an} in the same colour",
+                   f"keep the colour, make it {an}"]
+    return _pick(rng, shapes, phrasings)
+
+
+def _usage_caption(rng: random.Random, new: str, phrasings: str = "all") -> str:
     u = usage_phrase(new)
-    return rng.choice([
-        f"more {u}", f"make it {u}", f"a {u} one", f"is {u}", f"for {u} wear" if new != "Sports" else "for sports",
-        f"something {u}", f"a {u} version", f"I need it {u}",
-    ])
+    return _pick(rng, [
+        f"more {u}", f"make it {u}", f"{with_a(u)} one", f"is {u}", f"for {u} wear" if new != "Sports" else "for sports",
+        f"something {u}", f"{with_a(u)} version", f"I need it {u}", f"should look {u}", f"{with_a(u)} style",
+        f"suitable for {u} occasions" if new != "Sports" else "good for working out", f"less casual, more {u}"
+        if new != "Casual" else "more relaxed and casual",
+    ], phrasings)
 
 
-def _join(rng: random.Random, a: str, b: str) -> str:
-    return rng.choice([f"{a} and {b}", f"{a}, {b}", f"{b} and {a}", f"{a}; also {b}"])
+def _join(rng: random.Random, a: str, b: str, phrasings: str = "all") -> str:
+    return _pick(rng, [f"{a} and {b}", f"{a}, {b}", f"{b} and {a}", f"{a}; also {b}",
+                       f"{a}, and {b}", f"{b}, {a}", f"{a} plus {b}", f"{a} - {b}"], phrasings)
 
 
 def _strip_colour(name: str, colour: str) -> str:
@@ -70,8 +91,14 @@ def _strip_colour(name: str, colour: str) -> str:
 
 
 def generate(records: Sequence, seed: int = 0, per_kind: int = 1000,
-             kinds: Sequence[str] = KINDS) -> list[CatalogTriplet]:
-    """Triplets among `records` (one split's catalogue ImageRecords), `per_kind` at most of each kind."""
+             kinds: Sequence[str] = KINDS, phrasings: str = "all") -> list[CatalogTriplet]:
+    """Triplets among `records` (one split's catalogue ImageRecords), `per_kind` at most of each kind.
+
+    phrasings: "all" templates, or the "train" / "heldout" partition (training on "train" and testing on
+    "heldout" measures how well a model generalises to wordings it never saw).
+    """
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"unknown phrasings {phrasings!r}; valid: {', '.join(PHRASINGS)}")
     for k in kinds:
         if k not in KINDS:
             raise ValueError(f"unknown triplet kind {k!r}; valid: {', '.join(KINDS)}")
@@ -105,7 +132,7 @@ def generate(records: Sequence, seed: int = 0, per_kind: int = 1000,
                     for tgt in names:
                         ra, ta = attrs_of[ref], attrs_of[tgt]
                         if ra["baseColour"] != ta["baseColour"]:
-                            cands.append(CatalogTriplet(ref, _colour_caption(rng, ta["baseColour"], ra["baseColour"]),
+                            cands.append(CatalogTriplet(ref, _colour_caption(rng, ta["baseColour"], ra["baseColour"], phrasings),
                                                         tgt, kind, dict(ta)))
         else:
             values = {k: sorted({a[k] for a in attrs_of.values()}) for k in WANTED_KEYS}
@@ -133,12 +160,13 @@ def generate(records: Sequence, seed: int = 0, per_kind: int = 1000,
                     continue
                 parts = []
                 if "colour" in change:
-                    parts.append(_colour_caption(rng, wanted["baseColour"], ra["baseColour"]))
+                    parts.append(_colour_caption(rng, wanted["baseColour"], ra["baseColour"], phrasings))
                 if "type" in change:
-                    parts.append(_type_caption(rng, wanted["articleType"], ra["articleType"], "colour" not in change))
+                    parts.append(_type_caption(rng, wanted["articleType"], ra["articleType"], "colour" not in change,
+                                              phrasings))
                 if "usage" in change:
-                    parts.append(_usage_caption(rng, wanted["usage"]))
-                caption = parts[0] if len(parts) == 1 else _join(rng, parts[0], parts[1])
+                    parts.append(_usage_caption(rng, wanted["usage"], phrasings))
+                caption = parts[0] if len(parts) == 1 else _join(rng, parts[0], parts[1], phrasings)
                 cands.append(CatalogTriplet(ref, caption, rng.choice(pool), kind, wanted))
         rng.shuffle(cands)
         out.extend(cands[:per_kind])

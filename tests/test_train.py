@@ -1,0 +1,119 @@
+"""Composed training (train.py text / combiner) on a small slice of the catalogue: the loss goes down, the
+checkpoints load where encoders and combiners are chosen, and an interrupted run resumes."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import data_utils
+import encoders
+import train
+from model import Combiner
+
+SLICE = {"train": 240, "val": 90}
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory):
+    """Shared by the tests here, so the small slice is extracted once."""
+    return tmp_path_factory.mktemp("train-features")
+
+
+@pytest.fixture()
+def small_catalog(monkeypatch, catalog_root, lite_encoder):
+    """catalog_images limited to the first images of each split, and the session's lite encoder."""
+    full = data_utils.catalog_images
+
+    def sliced(root, split=None):
+        return full(root, split)[:SLICE.get(split, 10 ** 9)]
+
+    monkeypatch.setattr(data_utils, "catalog_images", sliced)
+    monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder.with_text(k.get("text")))
+    return catalog_root
+
+
+def _args(tmp_path, features_dir, *extra: str) -> list[str]:
+    return ["--features", str(features_dir), "--cache-dir", str(tmp_path / "cache"), "--per-kind", "80",
+            "--val-per-kind", "40", "--batch", "64", "--workers", "0", *extra]
+
+
+def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small_catalog, features_dir, tmp_path, capsys):
+    out = tmp_path / "c.safetensors"
+    assert train.main(["combiner", *_args(tmp_path, features_dir, "--epochs", "4", "--out", str(out), "--projection-dim", "64",
+                                          "--hidden-dim", "128")]) == 0
+    report = json.loads(out.with_name("c.train.json").read_text())
+    losses = [h["loss"] for h in report["history"]]
+    assert losses[-1] < losses[0]
+    assert {"R@1", "R@10", "R@50", "attr@10"} <= set(report["best"])
+    c = Combiner.load(out)
+    assert (c.cfg.encoder, c.cfg.text_encoder, c.cfg.projection_dim) == ("lite", "base", 64)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saved"] == str(out)
+    assert not list((tmp_path / "cache").glob("*.resume.pt"))  # finished runs leave no resume state
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir, tmp_path, monkeypatch):
+    out = tmp_path / "c.safetensors"
+    real, calls = train.composed_validation, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "composed_validation", flaky)
+    argv = ["combiner", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out), "--projection-dim", "32",
+                               "--hidden-dim", "64")]
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv)
+    assert not out.exists() and len(list((tmp_path / "cache").glob("combiner-*.resume.pt"))) == 1
+    monkeypatch.setattr(train, "composed_validation", real)
+    assert train.main(argv) == 0
+    history = json.loads(out.with_name("c.train.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came from the saved state, not a rerun
+
+
+def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, features_dir, tmp_path, lite_encoder, monkeypatch):
+    out = tmp_path / "text.safetensors"
+    # train.py text fine-tunes the encoder it loads in place: give it a private copy of the heads.
+    private = copy.copy(lite_encoder)
+    private._modules = dict(lite_encoder._modules)
+    private._modules["heads"] = copy.deepcopy(lite_encoder.heads)
+    monkeypatch.setattr(encoders, "load", lambda *a, **k: private)
+    assert train.main(["text", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out))]) == 0
+    history = json.loads(out.with_name("text.train.json").read_text())["history"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    tuned = lite_encoder.with_text(out)
+    assert tuned.text_checkpoint == str(out) and lite_encoder.text_checkpoint == "base"
+    caps = ["is red instead of blue", "make it a formal shirt"]
+    assert not torch.allclose(tuned.encode_texts(caps), lite_encoder.encode_texts(caps))
+    pixels = torch.rand(2, 3, 224, 224)
+    assert torch.equal(tuned.encode_pixels(pixels), lite_encoder.encode_pixels(pixels))
+
+
+def test_text_checkpoints_are_checked(lite_encoder, tmp_path):
+    assert lite_encoder.with_text("base") is lite_encoder
+    with pytest.raises(FileNotFoundError, match="train.py text"):
+        lite_encoder.with_text(tmp_path / "missing.safetensors")
+    path = tmp_path / "t.safetensors"
+    lite_encoder.save_text(path, ["heads.text."])
+    meta = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**meta, "encoder": "hf:other"}))
+    with pytest.raises(ValueError, match="trained for encoder 'hf:other'"):
+        lite_encoder.with_text(path)
+
+
+def test_soft_targets_reward_the_target_and_every_attribute_match():
+    data = train.TripletData.__new__(train.TripletData)
+    data.attrs = {"train": [("Men", "Tshirts", "Red", "Casual")] * 3 + [("Men", "Tshirts", "Blue", "Casual")]}
+    wanted = [("Men", "Tshirts", "Red", "Casual"), ("Men", "Tshirts", "Blue", "Casual")]
+    tgts = torch.tensor([0, 3])
+    gallery = data.positives(wanted, tgts, gallery=True)
+    assert torch.allclose(gallery.sum(1), torch.ones(2))
+    assert torch.allclose(gallery[0], torch.tensor([0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3, 0.0]))
+    assert torch.allclose(gallery[1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    batch = data.positives(wanted, tgts, gallery=False)
+    assert torch.allclose(batch, torch.eye(2))
