@@ -522,3 +522,14 @@ def test_lite_bad_runtime_and_missing_heads(tmp_path):
         encoders.load("lite", "cpu", runtime="tensorrt")
     with pytest.raises(FileNotFoundError):
         encoders.load("lite", "cpu", heads=tmp_path / "missing.safetensors")
+
+
+def test_onnx_text_tower_equals_sentence_transformers(lite_encoder):
+    """The CPU text path (ONNX Runtime) gives MiniLM's own embeddings, for one caption and for padded batches."""
+    if lite_encoder._ort_text is None:
+        pytest.skip("onnxruntime is not installed")
+    caps = ["is navy blue instead of red", "a", "make it formal with longer sleeves " * 40, "do you have it in olive?"]
+    ref = lite_encoder.text_model.encode(caps, convert_to_tensor=True).float()
+    for batch in (caps[:1], caps, caps * 6):  # one caption (single-threaded session) and a large batch
+        got = lite_encoder.text_backbone(batch)
+        assert torch.allclose(got, ref.repeat(len(batch) // len(caps) or 1, 1)[:len(batch)], atol=1e-5)
