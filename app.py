@@ -9,7 +9,8 @@ argument reads its settings from environment variables (see AppConfig.from_env),
 starts it. Routes:
 
     GET  /                                   the page (templates/index.html + static/app.js)
-    GET  /api/health, /api/metrics           liveness; query count, latency p50/p95, errors
+    GET  /api/health, /api/metrics           liveness and each dataset's index backend ("degraded" when one
+                                             cannot be reached); query count, latency p50/p95, errors
     GET  /api/datasets                       datasets, search modes, models, limits
     GET  /api/datasets/<name>                one dataset, with its tag vocabulary
     GET  /api/datasets/<name>/images         browse references: ?page=&per_page=&q=
@@ -72,13 +73,16 @@ class AppConfig:
                                             # from more, and a busy CPU makes them wait); None: leave as is
     encoder_obj: Any = None                 # an already-loaded Encoder to use (CLI, tests, benchmarks)
     warm_up: bool = True                    # run one query per text encoder at start-up
+    index_backend: str = "exact"            # ranking backend of every dataset (index.py): exact, faiss[:hnsw|
+                                            # ivfpq][?...], milvus (milvus-lite beside the features), milvus:URI
 
     # environment variable -> field, for create_app() without arguments (gunicorn)
     ENV = {"CIR_DATA_ROOT": "data_root", "CIR_FEATURES": "features_root", "CIR_ENCODER": "encoder",
            "CIR_DEVICE": "device", "CIR_DATASETS_FILE": "datasets_file", "CIR_DEFAULT_DATASET": "default_dataset",
            "CIR_COMBINERS": "combiners", "CIR_TEXT_ENCODERS": "text_checkpoints", "CIR_UPLOAD_DIR": "upload_dir",
            "CIR_MAX_UPLOAD_MB": "max_upload_bytes", "CIR_MAX_PIXELS": "max_image_pixels",
-           "CIR_DEFAULT_K": "default_k", "CIR_TEXT_CACHE": "text_cache_size", "CIR_QUERY_THREADS": "query_threads"}
+           "CIR_DEFAULT_K": "default_k", "CIR_TEXT_CACHE": "text_cache_size", "CIR_QUERY_THREADS": "query_threads",
+           "CIR_INDEX_BACKEND": "index_backend"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "AppConfig":
@@ -118,7 +122,7 @@ class AppConfig:
                         text_cache_size=self.text_cache_size, upload_cache_size=self.upload_cache_size,
                         thumb_cache_size=self.thumb_cache_size, thumb_size=self.thumb_size,
                         query_threads=self.query_threads,
-                        encoder_obj=self.encoder_obj, warm_up=self.warm_up)
+                        encoder_obj=self.encoder_obj, warm_up=self.warm_up, index_backend=self.index_backend)
 
 
 def _name_paths(value: str) -> dict[str, str]:
@@ -228,9 +232,13 @@ def index():
 
 @bp.get("/api/health")
 def health():
+    """Liveness (always 200 while the process serves) and readiness per dataset: "degraded" when an index
+    backend cannot serve (e.g. its Milvus server is down), with the reason in `backends`."""
     eng = _engine()
-    return jsonify({"status": "ok", "encoder": eng.encoder.name, "datasets": list(eng.datasets),
-                    "combiners": list(eng.combiners), "text_encoders": list(eng.text_sides),
+    backends = eng.health()
+    status = "ok" if all(b["ok"] for b in backends.values()) else "degraded"
+    return jsonify({"status": status, "encoder": eng.encoder.name, "datasets": list(eng.datasets),
+                    "backends": backends, "combiners": list(eng.combiners), "text_encoders": list(eng.text_sides),
                     "uptime_s": round(time.time() - eng.metrics.started, 1)})
 
 
@@ -405,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text-cache", type=int, default=None, help="captions kept encoded in memory (default 4096)")
     p.add_argument("--query-threads", type=int, default=None,
                    help="torch threads while a query is encoded (default 1; 0: torch's own choice)")
+    p.add_argument("--index-backend", default=None, metavar="SPEC",
+                   help="how every dataset is ranked (index.py): exact (default; scan of the memory-mapped "
+                        "features), faiss (HNSW or IVF-PQ by size, built and saved beside the features), "
+                        "faiss:hnsw?efSearch=128, milvus (milvus-lite file beside the features, filled by "
+                        "`index.py load`), milvus:http://host:19530 (a Milvus server)")
     p.add_argument("--no-extract", action="store_true",
                    help="do not extract the catalogue features first; serve whatever indexes exist")
     p.add_argument("--prepare-only", action="store_true",
@@ -419,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ("encoder", "encoder", str), ("device", "device", str),
                              ("upload_dir", "upload_dir", Path), ("max_pixels", "max_image_pixels", int),
                              ("k", "default_k", int), ("text_cache", "text_cache_size", int),
-                             ("query_threads", "query_threads", int)]:
+                             ("query_threads", "query_threads", int), ("index_backend", "index_backend", str)]:
         if getattr(args, flag) is not None:
             setattr(cfg, name, conv(getattr(args, flag)))
     if args.max_upload_mb is not None:

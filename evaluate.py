@@ -23,7 +23,8 @@ composed: (reference image, relative caption) -> target, the query made by model
   image alone, with a warning; the count is reported as "empty_captions".
 --save-rankings writes the top-50 image names of every query, in annotation order.
 Index features come from extracted files under --features when present, else are extracted (and kept).
-All ranking goes through index.search. The last printed line is one JSON object with the metrics.
+All ranking goes through index.search, by the backend of --index-backend (exact by default; faiss or milvus
+measure an ANN index's effect on the metrics). The last printed line is one JSON object with the metrics.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from typing import Mapping, Sequence
 import torch
 
 import data_utils
-from index import FeatureIndex, search
+from index import FeatureIndex, parse_backend, search, with_backend
 from utils import WEIGHTS_DIR, run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
@@ -408,9 +409,10 @@ def run_composed(args) -> dict:
     extract = {"batch_size": args.batch_size, "workers": args.workers}
     feats = Path(args.features)
 
-    def build(recs, name, **info):
-        return ensure_index(recs, encoder, feats / name, **extract,
-                            info={"dataset": args.dataset, "split": args.split, "data_root": str(root), **info})
+    def build(recs, name, searched=True, **info):
+        index = ensure_index(recs, encoder, feats / name, **extract,
+                             info={"dataset": args.dataset, "split": args.split, "data_root": str(root), **info})
+        return with_backend(index, args.index_backend) if searched else index
 
     if args.dataset == "catalog":
         from triplets import generate
@@ -434,8 +436,8 @@ def run_composed(args) -> dict:
             if outside:  # references outside the split still need features; kept in their own folder
                 log.info("%s: %d references are not in the %s index; encoding them", c, len(set(outside)),
                          args.split)
-                extra[c] = build(fashioniq_image_records(root, outside),
-                                 index_name("fashioniq", args.split, c) + "-references", category=c)
+                extra[c] = build(fashioniq_image_records(root, outside),  # features only, never searched
+                                 index_name("fashioniq", args.split, c) + "-references", searched=False, category=c)
         t0 = time.time()
         result = composed_fashioniq(encoder, indexes, annotations, method, combiner, extra)
         size = sum(len(i) for i in indexes.values())
@@ -461,6 +463,7 @@ def run_composed(args) -> dict:
     metrics = dict(result.metrics)
     return {"task": "composed", "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
             "combiner": args.combiner, "text_encoder": _text_side_name(encoder), "index_size": size,
+            "index_backend": parse_backend(args.index_backend).public,
             "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}
 
 
@@ -510,8 +513,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="images per batch if extraction is needed")
     p.add_argument("--workers", type=int, default=None, help="decoding workers if extraction is needed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--index-backend", default="exact", metavar="SPEC",
+                   help="how indexes are ranked (index.py): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
+                        "milvus (milvus-lite beside the features, filled by `index.py load`), milvus:http://host:19530")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
+    parse_backend(args.index_backend)  # a bad spec fails now, before models and data are loaded
     setup_logging(args.verbose)
     args.split = args.split or DEFAULT_SPLITS[args.dataset]
     if args.per_kind < 1:
@@ -533,10 +540,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     index = ensure_index(records, encoder, Path(args.features) / index_name(args.dataset, args.split),
                          batch_size=args.batch_size, workers=args.workers,
                          info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})
+    index = with_backend(index, args.index_backend)
     t0 = time.time()
     metrics = text2image(encoder, index, records) if args.task == "text2image" else image2image(index, records)
     metrics = {"task": args.task, "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
-               "index_size": len(index), **metrics, "seconds": round(time.time() - t0, 2)}
+               "index_size": len(index), "index_backend": parse_backend(args.index_backend).public, **metrics,
+               "seconds": round(time.time() - t0, 2)}
     print(json.dumps(metrics))
     return 0
 

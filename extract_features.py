@@ -9,6 +9,9 @@ writes, per index, a folder `features/<dataset>[-<category>]-<split>/` with
 Images are decoded by DataLoader workers and encoded in batches (GPU with autocast when present).
 A corrupt or unreadable image is skipped, counted and listed, never fatal. Work is written in shards as it
 goes: killed mid-run, the same command resumes and produces the same files as an uninterrupted run.
+
+`--engine ray` runs the same job through Ray Data (ray_extract.py; `pip install -r requirements-ray.txt`),
+locally or on a cluster (`--ray-address` or $RAY_ADDRESS), and writes the same files.
 """
 from __future__ import annotations
 
@@ -99,6 +102,103 @@ def _job_key(encoder_desc: dict, names: Sequence[str], shard_size: int, batch_si
     return h.hexdigest()
 
 
+@dataclass
+class ExtractJob:
+    """One index being extracted: its rows, their shards under .partial/, and how the final files are written.
+
+    Shared by the engines (local here, Ray in ray_extract.py), so both write the same shard and output
+    files, and a run killed under one engine resumes under either.
+    """
+    out_dir: Path
+    records: Sequence[data_utils.ImageRecord]
+    names: list[str]
+    desc: dict
+    key: str
+    shard_size: int
+
+    @property
+    def partial(self) -> Path:
+        return self.out_dir / ".partial"
+
+    @property
+    def n_shards(self) -> int:
+        return (len(self.records) + self.shard_size - 1) // self.shard_size
+
+    def bounds(self, s: int) -> tuple[int, int]:
+        """Row range [lo, hi) of shard `s`."""
+        return s * self.shard_size, min(len(self.records), (s + 1) * self.shard_size)
+
+    def shard_files(self, s: int) -> tuple[Path, Path]:
+        return self.partial / f"shard-{s:05d}.safetensors", self.partial / f"shard-{s:05d}.json"
+
+    def shard_done(self, s: int) -> bool:
+        return all(f.exists() for f in self.shard_files(s))
+
+    def write_shard(self, s: int, feats: list[torch.Tensor], kept: list[str], skipped: list[dict],
+                    dim: int) -> None:
+        """Store one finished shard: float16 features of the kept rows in row order, their names, the skips."""
+        shard_file, meta_file = self.shard_files(s)
+        x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
+        # The meta file is written last: a shard counts as done only when both exist.
+        save_tensors(shard_file, {"features": x})
+        write_json(meta_file, {"names": kept, "skipped": skipped})
+
+    def finish(self, dim: int, info: dict | None, t0: float, resumed: int) -> ExtractResult:
+        """Join the shards into features.safetensors, names.json, manifest.json (last), drop .partial/."""
+        from safetensors.torch import load_file
+        feats, kept, skipped = [], [], []
+        for s in range(self.n_shards):
+            shard_file, meta_file = self.shard_files(s)
+            feats.append(load_file(shard_file)["features"])
+            meta = json.loads(meta_file.read_text())
+            kept += meta["names"]
+            skipped += meta["skipped"]
+        x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
+        save_tensors(self.out_dir / "features.safetensors", {"features": x}, metadata={"format": "pt"})
+        write_json(self.out_dir / "names.json", kept)
+        manifest = {**self.desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped),
+                    "skipped": skipped, "dtype": "float16", "normalized": True, "format_version": FORMAT_VERSION,
+                    "job_key": self.key}
+        write_json(self.out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
+        shutil.rmtree(self.partial, ignore_errors=True)
+        secs = time.time() - t0
+        log.info("%s: %d features, %d skipped, %.1f s (%d shards resumed)", self.out_dir, len(kept), len(skipped),
+                 secs, resumed)
+        return ExtractResult(self.out_dir, len(kept), skipped, secs, resumed)
+
+
+def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_dir: str | os.PathLike, *,
+             batch_size: int, shard_size: int, overwrite: bool) -> ExtractJob | ExtractResult:
+    """Check the inputs and prepare out_dir/.partial/ for a run.
+
+    Returns the finished ExtractResult instead when out_dir already holds this very job's output.
+    Partial work of another job (other inputs or settings) is discarded; that of this job is kept to resume.
+    """
+    out_dir = Path(out_dir)
+    names = [r.name for r in records]
+    if records and not any(r.path.is_file() for r in records):
+        data_utils.check_images(records)  # none exists: a wrong --data-root, not a few bad files
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate image names in the index for {out_dir.name}")
+    key = _job_key(encoder_desc, names, shard_size, batch_size)
+    manifest_path = out_dir / "manifest.json"
+    if manifest_path.exists() and not overwrite:
+        old = json.loads(manifest_path.read_text())
+        if old.get("job_key") == key:
+            log.info("%s is up to date (%d features); use --overwrite to redo it", out_dir, old["count"])
+            return ExtractResult(out_dir, old["count"], old.get("skipped", []))
+
+    job = ExtractJob(out_dir, records, names, encoder_desc, key, shard_size)
+    partial = job.partial
+    job_file = partial / "job.json"
+    if partial.exists() and (overwrite or not job_file.exists() or json.loads(job_file.read_text()).get("job_key") != key):
+        log.info("discarding partial work in %s (different job)", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    write_json(job_file, {"job_key": key})
+    return job
+
+
 def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: str | os.PathLike, *,
                   batch_size: int = 64, workers: int | None = None, shard_size: int = 2048,
                   overwrite: bool = False, info: dict | None = None,
@@ -108,39 +208,19 @@ def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: s
     Resumable: finished shards live in out_dir/.partial/ until the final files are written.
     `_stop_after_shards` simulates a kill (tests only).
     """
-    out_dir = Path(out_dir)
-    names = [r.name for r in records]
-    if records and not any(r.path.is_file() for r in records):
-        data_utils.check_images(records)  # none exists: a wrong --data-root, not a few bad files
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate image names in the index for {out_dir.name}")
-    desc = encoder.describe()
-    key = _job_key(desc, names, shard_size, batch_size)
-    manifest_path = out_dir / "manifest.json"
-    if manifest_path.exists() and not overwrite:
-        old = json.loads(manifest_path.read_text())
-        if old.get("job_key") == key:
-            log.info("%s is up to date (%d features); use --overwrite to redo it", out_dir, old["count"])
-            return ExtractResult(out_dir, old["count"], old.get("skipped", []))
-
-    partial = out_dir / ".partial"
-    job_file = partial / "job.json"
-    if partial.exists() and (overwrite or not job_file.exists() or json.loads(job_file.read_text()).get("job_key") != key):
-        log.info("discarding partial work in %s (different job)", partial)
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    write_json(job_file, {"job_key": key})
+    job = open_job(records, encoder.describe(), out_dir, batch_size=batch_size, shard_size=shard_size,
+                   overwrite=overwrite)
+    if isinstance(job, ExtractResult):
+        return job
+    out_dir, names = job.out_dir, job.names
 
     workers = default_workers() if workers is None else workers
-    n_shards = (len(records) + shard_size - 1) // shard_size
     t0 = time.time()
     resumed = 0
     bar = tqdm(total=len(records), desc=f"extract {out_dir.name}", unit="img", dynamic_ncols=True)
-    for s in range(n_shards):
-        shard_file = partial / f"shard-{s:05d}.safetensors"
-        meta_file = partial / f"shard-{s:05d}.json"
-        lo, hi = s * shard_size, min(len(records), (s + 1) * shard_size)
-        if shard_file.exists() and meta_file.exists():
+    for s in range(job.n_shards):
+        lo, hi = job.bounds(s)
+        if job.shard_done(s):
             resumed += 1
             bar.update(hi - lo)
             continue
@@ -158,30 +238,9 @@ def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: s
                 feats.append(encoder.encode_pixels(pixels).half())
                 kept.extend(names[lo + i] for i in idx)
             bar.update(len(idx) + len(bad))
-        x = torch.cat(feats) if feats else torch.zeros(0, encoder.dim, dtype=torch.float16)
-        # The meta file is written last: a shard counts as done only when both exist.
-        save_tensors(shard_file, {"features": x})
-        write_json(meta_file, {"names": kept, "skipped": skipped})
+        job.write_shard(s, feats, kept, skipped, encoder.dim)
     bar.close()
-
-    from safetensors.torch import load_file
-    feats, kept, skipped = [], [], []
-    for s in range(n_shards):
-        feats.append(load_file(partial / f"shard-{s:05d}.safetensors")["features"])
-        meta = json.loads((partial / f"shard-{s:05d}.json").read_text())
-        kept += meta["names"]
-        skipped += meta["skipped"]
-    x = torch.cat(feats) if feats else torch.zeros(0, encoder.dim, dtype=torch.float16)
-    save_tensors(out_dir / "features.safetensors", {"features": x}, metadata={"format": "pt"})
-    write_json(out_dir / "names.json", kept)
-    manifest = {**desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped), "skipped": skipped,
-                "dtype": "float16", "normalized": True, "format_version": FORMAT_VERSION, "job_key": key}
-    write_json(manifest_path, manifest)  # last: its presence means the folder is complete
-    shutil.rmtree(partial, ignore_errors=True)
-    secs = time.time() - t0
-    log.info("%s: %d features, %d skipped, %.1f s (%d shards resumed)", out_dir, len(kept), len(skipped), secs,
-             resumed)
-    return ExtractResult(out_dir, len(kept), skipped, secs, resumed)
+    return job.finish(encoder.dim, info, t0, resumed)
 
 
 def ensure_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: str | os.PathLike, **kw):
@@ -232,23 +291,53 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="images per resumable shard (a killed run redoes at most one shard)")
     p.add_argument("--out", default="features", help="features root; each index gets a subfolder")
     p.add_argument("--overwrite", action="store_true", help="redo the index even if it is up to date")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process and its DataLoader workers (default); ray: Ray Data, decoding in Ray "
+                        "tasks and encoding in one actor per GPU or CPU worker, on a local Ray or a cluster "
+                        "(needs `pip install -r requirements-ray.txt`); same output files")
+    p.add_argument("--ray-address", default=None,
+                   help="ray engine: the cluster to use (auto = the one running on this node, or head-ip:6379); "
+                        "default $RAY_ADDRESS, else a local Ray started with this machine's cores")
+    p.add_argument("--ray-workers", type=int, default=None,
+                   help="ray engine: encoder actors (default: one per GPU of the cluster, else one per CPU but one)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
 
+    ray_extract = None
+    if args.engine == "ray":
+        import ray_extract  # lazily: the local engine does not need Ray
+        ray_extract.import_ray()  # fail now, with the install line, not after loading the encoder
     import encoders
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     if args.dataset == "catalog" and args.split is None:
         args.split = "all"
     plans = list(plan_indexes(args.dataset, root, args.split, args.categories))
-    encoder = encoders.load(args.encoder, args.device, preprocess=args.preprocess)
-    for name, records, info in plans:
-        res = extract_index(records, encoder, Path(args.out) / name, batch_size=args.batch_size,
-                            workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
-                            info={**info, "data_root": str(root)})
-        print(json.dumps({"index": str(res.out_dir), "count": res.count, "skipped": len(res.skipped),
-                          "seconds": round(res.seconds, 2)}))
+    if ray_extract is None:
+        encoder = encoders.load(args.encoder, args.device, preprocess=args.preprocess)
+        for name, records, info in plans:
+            res = extract_index(records, encoder, Path(args.out) / name, batch_size=args.batch_size,
+                                workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
+                                info={**info, "data_root": str(root)})
+            _print_result(res)
+        return 0
+    # The driver's copy only describes the encoder and preprocesses nothing: CPU, so it holds no GPU
+    # that an actor needs. The actors load the same encoder from its name and options.
+    spec = ray_extract.EncoderSpec(args.encoder, args.preprocess)
+    encoder = spec.load("cpu")
+    with ray_extract.ray_session(args.ray_address):
+        for name, records, info in plans:
+            res = ray_extract.extract_index_ray(records, encoder, spec, Path(args.out) / name,
+                                                batch_size=args.batch_size, shard_size=args.shard_size,
+                                                overwrite=args.overwrite, info={**info, "data_root": str(root)},
+                                                device=args.device, workers=args.ray_workers)
+            _print_result(res)
     return 0
+
+
+def _print_result(res: ExtractResult) -> None:
+    print(json.dumps({"index": str(res.out_dir), "count": res.count, "skipped": len(res.skipped),
+                      "seconds": round(res.seconds, 2)}))
 
 
 if __name__ == "__main__":
