@@ -847,9 +847,7 @@ class Engine:
             "query_text": req.caption if req.mode in ("text", "tags", "composed", "sum") else None,
             "tags": req.tags or None,
             "model": {"combiner": comb_name, "text_encoder": text_name},
-            # an excluded row comes back (scored -inf) only when k reaches the index size: drop it
-            "results": [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())
-                        if s != float("-inf")],
+            "results": [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())],
             "group": group,
             "timings": {"encode_text_ms": round(texts.ms, 3), "text_cached": texts.cached if text_name else None,
                         "fuse_ms": round(max(0.0, (t2 - t_locked) * 1000 - texts.ms), 3),
