@@ -176,19 +176,18 @@ def reference_features(names: Sequence[str], index: FeatureIndex,
                        extra: FeatureIndex | None = None) -> torch.Tensor:
     """float32 features [B,d] of the reference images: from `index`, else from `extra` (references
     outside the index, e.g. FashionIQ references not in the category's split)."""
-    rows = []
-    missing = []
-    for n in names:
-        if n in index:
-            rows.append(index.matrix()[index.id_of(n)])
-        elif extra is not None and n in extra:
-            rows.append(extra.matrix()[extra.id_of(n)])
-        else:
-            missing.append(n)
+    missing = [n for n in names if n not in index and (extra is None or n not in extra)]
     if missing:
         raise ValueError(f"{len(missing)} reference image(s) have no features (not in the index, or skipped "
                          f"at extraction): {', '.join(sorted(set(missing))[:10])}")
-    return torch.stack(rows) if rows else torch.zeros(0, index.dim)
+    # Gather only the needed rows from the (memory-mapped) float16 features: no float32 copy of the index.
+    out = torch.zeros(len(names), index.dim)
+    inside = [i for i, n in enumerate(names) if n in index]
+    outside = [i for i, n in enumerate(names) if n not in index]
+    for source, pos in ((index, inside), (extra, outside)):
+        if pos:
+            out[pos] = source.features[[source.id_of(names[i]) for i in pos]].float()
+    return out
 
 
 def compose_queries(encoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
