@@ -316,7 +316,8 @@ def fashioniq_triplets(root: Path, split: str, categories: Sequence[str] | None 
 # CIRR
 
 
-def _cirr_file(root: Path, kind: str, split: str) -> Path:
+def cirr_file(root: Path, kind: str, split: str) -> Path:
+    """Path of a CIRR rc2 annotation file: kind "captions" (cap.rc2.<split>.json) or "splits"."""
     folder, prefix = {"captions": ("captions", "cap"), "splits": ("image_splits", "split")}[kind]
     return Path(root) / "cirr" / folder / f"{prefix}.rc2.{split}.json"
 
@@ -324,7 +325,7 @@ def _cirr_file(root: Path, kind: str, split: str) -> Path:
 def cirr_images(root: Path, split: str) -> list[ImageRecord]:
     """Images of a CIRR split, in the split file's order."""
     _check_split("cirr", split, CIRR_SPLITS)
-    path = _cirr_file(root, "splits", split)
+    path = cirr_file(root, "splits", split)
     data = load_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(f"{path}: expected an object mapping name -> path, got {_type_name(data)}")
@@ -372,7 +373,7 @@ def _cirr_triplet(path: Path, i: int, entry: Any, split: str) -> Triplet:
 def cirr_triplets(root: Path, split: str) -> list[Triplet]:
     """Triplets of a CIRR split; target None on test1."""
     _check_split("cirr", split, CIRR_SPLITS)
-    path = _cirr_file(root, "captions", split)
+    path = cirr_file(root, "captions", split)
     entries = _expect_list(path, load_json(path), "caption entries")
     triplets = [_cirr_triplet(path, i, entry, split) for i, entry in enumerate(entries)]
     logger.info("cirr %s: %d triplets", split, len(triplets))

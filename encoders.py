@@ -8,7 +8,8 @@ Backends:
   openai:<name>        the OpenAI `clip` package (RN50x4 was the original CLIP4Cir encoder), imported lazily.
 
 An Encoder owns its preprocessing (`encoder.preprocess`: PIL image -> tensor), so the extraction job, the
-server and evaluation all prepare images the same way. Outputs are always L2-normalised.
+server and evaluation all prepare images the same way. Outputs are L2-normalised unless `raw=True` asks for
+the model's own features (CLIP4Cir's Combiner and sum fusion take raw CLIP features; rankings normalise).
 """
 from __future__ import annotations
 
@@ -28,97 +29,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from preprocess import CLIP_MEAN, CLIP_STD, LITE_MEAN, LITE_STD, PREPROCESS_MODES, Preprocess
 from utils import WEIGHTS_DIR, config_from_dict, get_device, save_checkpoint
 
 log = logging.getLogger(__name__)
 
 OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
                  "ViT-L/14@336px")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels.
-LITE_MEAN = (127.0 / 255,) * 3
-LITE_STD = (128.0 / 255,) * 3
-PREPROCESS_MODES = ("targetpad", "squarepad", "resize")
 
 
 def available_models() -> list[str]:
     """The names `load` accepts."""
     return ["lite"] + [f"openai:{m}" for m in OPENAI_MODELS] + ["hf:<model id or local dir>"]
-
-
-# ----------------------------------------------------------------------------------------------- preprocessing
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (product cut-outs otherwise turn black)."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, img).convert("RGB")
-    return img.convert("RGB")
-
-
-class Preprocess:
-    """PIL image -> normalised float tensor [3, size, size] (PIL/numpy only: torchvision is not required).
-
-    targetpad: pad to a square only when the aspect ratio exceeds `target_ratio` (CLIP4Cir's TargetPad),
-    squarepad: always pad to a square, resize: squash to size x size. The first two then resize the short
-    side and centre-crop, as CLIP's own preprocessing does.
-    """
-
-    def __init__(self, mode: str = "targetpad", size: int = 224, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, target_ratio: float = 1.25, fill: str = "black"):
-        if mode not in PREPROCESS_MODES:
-            raise ValueError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESS_MODES)}")
-        if fill not in ("black", "edge"):
-            raise ValueError(f"unknown fill {fill!r}; valid: black, edge")
-        self.mode, self.size, self.target_ratio, self.fill = mode, size, target_ratio, fill
-        self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
-
-    def describe(self) -> dict:
-        return {"mode": self.mode, "size": self.size, "target_ratio": self.target_ratio, "fill": self.fill,
-                "mean": self.mean.ravel().tolist(), "std": self.std.ravel().tolist()}
-
-    def pad(self, img: Image.Image) -> Image.Image:
-        """The padding step alone (exposed so its geometry can be tested)."""
-        w, h = img.size
-        if self.mode == "resize" or w == h:
-            return img
-        if self.mode == "targetpad" and max(w, h) / min(w, h) < self.target_ratio:
-            return img
-        side = max(w, h)
-        canvas = Image.new("RGB", (side, side), self._fill_colour(img))
-        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
-        return canvas
-
-    def _fill_colour(self, img: Image.Image) -> tuple[int, int, int]:
-        if self.fill == "black":
-            return (0, 0, 0)
-        # Median of the border: white for studio shots, the backdrop's colour for photos.
-        a = np.asarray(img.convert("RGB"))
-        border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-        return tuple(int(v) for v in np.median(border, axis=0))
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = self.pad(to_rgb(img))
-        if self.mode == "resize":
-            img = img.resize((self.size, self.size), Image.BICUBIC)
-        else:
-            w, h = img.size
-            scale = self.size / min(w, h)
-            nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-            img = img.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - self.size) // 2, (nh - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
-        x = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        return torch.from_numpy((x - self.mean) / self.std)
-
-    def unnormalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Back to 0..1 RGB (used by the colour descriptor)."""
-        mean = torch.as_tensor(self.mean, device=pixels.device)
-        std = torch.as_tensor(self.std, device=pixels.device)
-        return (pixels.float() * std + mean).clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------- base class
@@ -134,30 +56,43 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return self._device
 
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed batch [B,3,S,S] -> L2-normalised features [B,dim] (float32, on CPU)."""
+    # Whether the backend's raw outputs are unit vectors already (lite's heads end in a normalisation):
+    # then "raw" and "normalised" features are the same thing.
+    unit_outputs: bool = False
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch [B,3,S,S] -> the model's raw image features [B,dim] (float32, on CPU)."""
         raise NotImplementedError
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Stripped, non-empty strings -> the model's raw text features [B,dim] (float32, on CPU)."""
         raise NotImplementedError
 
     @torch.inference_mode()
-    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """PIL images -> L2-normalised features [B,dim]."""
-        if len(images) == 0:
-            return torch.zeros(0, self.dim)
-        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]))
+    def encode_pixels(self, pixels: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """Preprocessed batch [B,3,S,S] -> features [B,dim]: L2-normalised, or as the model outputs them
+        (`raw`: CLIP's encode_image, what CLIP4Cir's Combiner and sum fusion take)."""
+        f = self._image_features(pixels).float().cpu()
+        return f if raw else F.normalize(f, dim=-1)
 
     @torch.inference_mode()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Strings -> L2-normalised features [B,dim]. Empty or blank strings are refused."""
+    def encode_images(self, images: Sequence[Image.Image], raw: bool = False) -> torch.Tensor:
+        """PIL images -> features [B,dim], L2-normalised unless `raw`."""
+        if len(images) == 0:
+            return torch.zeros(0, self.dim)
+        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]), raw=raw)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        """Strings -> features [B,dim], L2-normalised unless `raw`. Empty or blank strings are refused."""
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text {i} is empty: give a non-empty caption")
         if not texts:
             return torch.zeros(0, self.dim)
-        return self._encode_texts([t.strip() for t in texts])
+        f = self._encode_texts([t.strip() for t in texts]).float().cpu()
+        return f if raw else F.normalize(f, dim=-1)
 
     def describe(self) -> dict:
         """What a feature file needs to record about the encoder that made it."""
@@ -172,7 +107,7 @@ class Encoder(nn.Module):
         raise NotImplementedError(f"{self.name} does not support text fine-tuning")
 
     def text_forward(self, texts: list[str]) -> torch.Tensor:
-        """Like encode_texts but differentiable (for training), on the encoder's device."""
+        """Raw text features like encode_texts(raw=True), but differentiable (training), on the encoder's device."""
         raise NotImplementedError(f"{self.name} does not support text fine-tuning")
 
     def save_text(self, path: str | os.PathLike, prefixes: Sequence[str], info: dict | None = None) -> None:
@@ -452,7 +387,9 @@ def _load_minilm(device: torch.device):
 
 
 class LiteEncoder(Encoder):
-    """Locked-tower dual encoder: frozen towers, trained projection heads."""
+    """Locked-tower dual encoder: frozen towers, trained projection heads (which end in a normalisation)."""
+
+    unit_outputs = True
 
     def __init__(self, heads: LiteHeads, device: torch.device, runtime: str = "auto", name: str = "lite"):
         super().__init__()
@@ -501,8 +438,7 @@ class LiteEncoder(Encoder):
         return self.text_model.encode(list(texts), batch_size=128, convert_to_tensor=True,
                                       show_progress_bar=False).float().cpu()
 
-    @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         pooled, colour = self.image_backbone(pixels)
         return self.heads.image(pooled.to(self._device), colour.to(self._device)).float().cpu()
 
@@ -565,11 +501,10 @@ class HFClipEncoder(Encoder):
         # transformers < 5 returns the projected tensor, >= 5 an output object holding it.
         return out if torch.is_tensor(out) else out.pooler_output
 
-    @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self._device.type, enabled=self._device.type == "cuda"):
             f = self._pooled(self.model.get_image_features(pixel_values=pixels.to(self._device)))
-        return F.normalize(f.float(), dim=-1).cpu()
+        return f.float()
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_len,
@@ -577,7 +512,7 @@ class HFClipEncoder(Encoder):
         with torch.autocast(self._device.type, enabled=self._device.type == "cuda"):
             f = self._pooled(self.model.get_text_features(input_ids=tok["input_ids"],
                                                           attention_mask=tok["attention_mask"]))
-        return F.normalize(f.float(), dim=-1).cpu()
+        return f.float()
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
         if layers <= 0:  # the whole text tower, as CLIP4Cir's stage 1
@@ -591,7 +526,7 @@ class HFClipEncoder(Encoder):
                              return_tensors="pt").to(self._device)
         f = self._pooled(self.model.get_text_features(input_ids=tok["input_ids"],
                                                       attention_mask=tok["attention_mask"]))
-        return F.normalize(f.float(), dim=-1)
+        return f.float()
 
 
 class OpenAIClipEncoder(Encoder):
@@ -610,14 +545,12 @@ class OpenAIClipEncoder(Encoder):
         self.dim = self.model.text_projection.shape[1]
         self.preprocess = Preprocess(preprocess, self.model.visual.input_resolution, CLIP_MEAN, CLIP_STD)
 
-    @torch.inference_mode()
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        f = self.model.encode_image(pixels.to(self._device, self.model.dtype))
-        return F.normalize(f.float(), dim=-1).cpu()
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels.to(self._device, self.model.dtype)).float()
 
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self._clip.tokenize(texts, truncate=True).to(self._device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu()
+        return self.model.encode_text(tokens).float()
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
         return ["model.token_embedding.", "model.positional_embedding", "model.transformer.", "model.ln_final.",
@@ -625,7 +558,7 @@ class OpenAIClipEncoder(Encoder):
 
     def text_forward(self, texts: list[str]) -> torch.Tensor:
         tokens = self._clip.tokenize(list(texts), truncate=True).to(self._device)
-        return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return self.model.encode_text(tokens).float()
 
 
 # ----------------------------------------------------------------------------------------------- entry point

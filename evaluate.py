@@ -35,13 +35,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 import data_utils
 from index import FeatureIndex, parse_backend, search, with_backend
-from utils import WEIGHTS_DIR, run_cli, setup_logging, write_json
+from utils import WEIGHTS_DIR, atomic_write, run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
 TOP = 50                      # ranking length saved and scored (R@50), as the papers
@@ -162,6 +162,17 @@ def submission_paths(path: str | Path) -> tuple[Path, Path]:
             path.with_name(f"recall_subset_submission_{path.stem}.json"))
 
 
+def write_submission(path: str | Path, recall: dict, subset: dict) -> tuple[Path, Path]:
+    """Write the two payloads of `cirr_submission` beside `path` (see submission_paths), atomically, as
+    compact JSON (indented, the test1 recall file, 4,148 pairs x 50 names, would exceed 5 MB)."""
+    paths = submission_paths(path)
+    for out, payload in zip(paths, (recall, subset)):
+        with atomic_write(out, "w") as f:
+            json.dump(payload, f, separators=(",", ":"))
+        log.info("wrote %s (%d pair ids)", out, len(payload) - 2)
+    return paths
+
+
 # ----------------------------------------------------------------------------------------------- composed: queries
 
 @dataclass
@@ -174,8 +185,8 @@ class ComposedResult:
 
 def reference_features(names: Sequence[str], index: FeatureIndex,
                        extra: FeatureIndex | None = None) -> torch.Tensor:
-    """float32 features [B,d] of the reference images: from `index`, else from `extra` (references
-    outside the index, e.g. FashionIQ references not in the category's split)."""
+    """Raw float32 features [B,d] of the reference images (what model.compose takes): from `index`, else
+    from `extra` (references outside the index, e.g. FashionIQ references not in the category's split)."""
     missing = [n for n in names if n not in index and (extra is None or n not in extra)]
     if missing:
         raise ValueError(f"{len(missing)} reference image(s) have no features (not in the index, or skipped "
@@ -186,7 +197,7 @@ def reference_features(names: Sequence[str], index: FeatureIndex,
     outside = [i for i, n in enumerate(names) if n not in index]
     for source, pos in ((index, inside), (extra, outside)):
         if pos:
-            out[pos] = source.features[[source.id_of(names[i]) for i in pos]].float()
+            out[pos] = source.raw([source.id_of(names[i]) for i in pos])
     return out
 
 
@@ -356,6 +367,25 @@ def fashioniq_image_records(root: Path, names: Sequence[str]) -> list[data_utils
     return records
 
 
+def fashioniq_indexes(annotations: Sequence[data_utils.Triplet], root: Path, split: str,
+                      build: Callable[..., FeatureIndex]) -> tuple[dict[str, FeatureIndex], dict[str, FeatureIndex]]:
+    """Per category of `annotations`: its split's index, and the features of references outside it.
+
+    `build(records, folder_name, searched=True, category=...)` returns the (extracted or loaded) index.
+    """
+    from extract_features import index_name
+    indexes, extra = {}, {}
+    for c in dict.fromkeys(t.category for t in annotations):
+        indexes[c] = build(data_utils.list_images("fashioniq", root, split, [c]), index_name("fashioniq", split, c),
+                           category=c)
+        outside = [t.reference for t in annotations if t.category == c and t.reference not in indexes[c]]
+        if outside:  # references outside the split still need features; kept in their own folder
+            log.info("%s: %d references are not in the %s index; encoding them", c, len(set(outside)), split)
+            extra[c] = build(fashioniq_image_records(root, outside),  # features only, never searched
+                             index_name("fashioniq", split, c) + "-references", searched=False, category=c)
+    return indexes, extra
+
+
 def load_text_side(combiner, text_encoder: str | None) -> str:
     """The text side to load: --text-encoder if given, else the one the combiner was trained with, else base."""
     from encoders import resolve_text
@@ -426,17 +456,7 @@ def run_composed(args) -> dict:
         t0 = time.time()
         result, size = composed_catalog(encoder, index, records, trips, method, combiner), len(index)
     elif args.dataset == "fashioniq":
-        cats = list(dict.fromkeys(t.category for t in annotations))
-        indexes, extra = {}, {}
-        for c in cats:
-            indexes[c] = build(data_utils.list_images("fashioniq", root, args.split, [c]),
-                               index_name("fashioniq", args.split, c), category=c)
-            outside = [t.reference for t in annotations if t.category == c and t.reference not in indexes[c]]
-            if outside:  # references outside the split still need features; kept in their own folder
-                log.info("%s: %d references are not in the %s index; encoding them", c, len(set(outside)),
-                         args.split)
-                extra[c] = build(fashioniq_image_records(root, outside),  # features only, never searched
-                                 index_name("fashioniq", args.split, c) + "-references", searched=False, category=c)
+        indexes, extra = fashioniq_indexes(annotations, root, args.split, build)
         t0 = time.time()
         result = composed_fashioniq(encoder, indexes, annotations, method, combiner, extra)
         size = sum(len(i) for i in indexes.values())
@@ -455,10 +475,8 @@ def run_composed(args) -> dict:
         write_json(args.save_rankings, result.rankings)
         log.info("wrote %d rankings to %s", len(result.rankings), args.save_rankings)
     if args.submission:
-        recall, subset = cirr_submission(result.pair_ids, result.rankings, result.subset_rankings)
-        for path, payload in zip(submission_paths(args.submission), (recall, subset)):
-            write_json(path, payload)
-            log.info("wrote %s (%d pair ids)", path, len(payload) - 2)
+        write_submission(args.submission, *cirr_submission(result.pair_ids, result.rankings,
+                                                           result.subset_rankings))
     metrics = dict(result.metrics)
     return {"task": "composed", "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
             "combiner": args.combiner, "text_encoder": _text_side_name(encoder), "index_size": size,

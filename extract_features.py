@@ -3,7 +3,9 @@
     python extract_features.py --dataset catalog --split test --out features
 
 writes, per index, a folder `features/<dataset>[-<category>]-<split>/` with
-  features.safetensors  L2-normalised float16 features [N, dim] (tensor "features")
+  features.safetensors  L2-normalised float16 features [N, dim] (tensor "features") and the float32 norm of
+                        each raw feature [N] (tensor "norms"): rows * norms = the encoder's raw output, what
+                        the Combiner and sum fusion take (CLIP4Cir feeds raw CLIP features, ranks normalised)
   names.json            the N image names, in row order
   manifest.json         encoder, dim, preprocessing, count, skipped images and why
 Images are decoded by DataLoader workers and encoded in batches (GPU with autocast when present).
@@ -34,7 +36,7 @@ import data_utils
 from utils import run_cli, save_tensors, setup_logging, write_json
 
 log = logging.getLogger("extract")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: raw-feature norms stored beside the normalised rows
 
 
 # ----------------------------------------------------------------------------------------------- decoding
@@ -136,35 +138,46 @@ class ExtractJob:
 
     def write_shard(self, s: int, feats: list[torch.Tensor], kept: list[str], skipped: list[dict],
                     dim: int) -> None:
-        """Store one finished shard: float16 features of the kept rows in row order, their names, the skips."""
+        """Store one finished shard: the kept rows' raw features (float32, row order) as float16 unit rows
+        plus float32 norms, their names, the skips."""
         shard_file, meta_file = self.shard_files(s)
-        x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
+        rows, norms = split_raw(torch.cat(feats) if feats else torch.zeros(0, dim))
         # The meta file is written last: a shard counts as done only when both exist.
-        save_tensors(shard_file, {"features": x})
+        save_tensors(shard_file, {"features": rows, "norms": norms})
         write_json(meta_file, {"names": kept, "skipped": skipped})
 
     def finish(self, dim: int, info: dict | None, t0: float, resumed: int) -> ExtractResult:
         """Join the shards into features.safetensors, names.json, manifest.json (last), drop .partial/."""
         from safetensors.torch import load_file
-        feats, kept, skipped = [], [], []
+        feats, norms, kept, skipped = [], [], [], []
         for s in range(self.n_shards):
             shard_file, meta_file = self.shard_files(s)
-            feats.append(load_file(shard_file)["features"])
+            shard = load_file(shard_file)
+            feats.append(shard["features"])
+            norms.append(shard["norms"])
             meta = json.loads(meta_file.read_text())
             kept += meta["names"]
             skipped += meta["skipped"]
         x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
-        save_tensors(self.out_dir / "features.safetensors", {"features": x}, metadata={"format": "pt"})
+        n = torch.cat(norms) if norms else torch.zeros(0)
+        save_tensors(self.out_dir / "features.safetensors", {"features": x, "norms": n}, metadata={"format": "pt"})
         write_json(self.out_dir / "names.json", kept)
         manifest = {**self.desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped),
-                    "skipped": skipped, "dtype": "float16", "normalized": True, "format_version": FORMAT_VERSION,
-                    "job_key": self.key}
+                    "skipped": skipped, "dtype": "float16", "normalized": True, "norms": True,
+                    "format_version": FORMAT_VERSION, "job_key": self.key}
         write_json(self.out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
         shutil.rmtree(self.partial, ignore_errors=True)
         secs = time.time() - t0
         log.info("%s: %d features, %d skipped, %.1f s (%d shards resumed)", self.out_dir, len(kept), len(skipped),
                  secs, resumed)
         return ExtractResult(self.out_dir, len(kept), skipped, secs, resumed)
+
+
+def split_raw(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features [B,d] -> (float16 unit rows, float32 norms [B]): what a feature file stores."""
+    raw = raw.float()
+    norms = raw.norm(dim=1)
+    return (raw / norms.clamp_min(1e-12).unsqueeze(1)).half(), norms
 
 
 def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_dir: str | os.PathLike, *,
@@ -235,7 +248,7 @@ def extract_index(records: Sequence[data_utils.ImageRecord], encoder, out_dir: s
                 log.warning("skipped %s: %s", names[lo + i], err)
                 skipped.append({"name": names[lo + i], "path": str(paths[i]), "error": err})
             if pixels is not None:
-                feats.append(encoder.encode_pixels(pixels).half())
+                feats.append(encoder.encode_pixels(pixels, raw=True))
                 kept.extend(names[lo + i] for i in idx)
             bar.update(len(idx) + len(bad))
         job.write_shard(s, feats, kept, skipped, encoder.dim)

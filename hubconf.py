@@ -2,10 +2,17 @@
 
     model = torch.hub.load("<owner>/<repo>", "encoder", name="lite")     # the offline lite encoder
     model = torch.hub.load("<owner>/<repo>", "encoder", name="hf:openai/clip-vit-base-patch32")
+    fuse = torch.hub.load("<owner>/<repo>", "combiner")                  # the shipped lite Combiner
+    fuse = torch.hub.load("<owner>/<repo>", "combiner", name="cirr_combiner.pt")  # an original CLIP4Cir one
 """
 dependencies = ["torch", "numpy", "PIL", "safetensors"]
 
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
 from encoders import available_models, load  # noqa: E402
+from model import SHIPPED_COMBINERS, Combiner  # noqa: E402
 
 
 def encoder(name: str = "lite", device: str = "auto", **kwargs):
@@ -18,4 +25,13 @@ def lite(device: str = "auto", **kwargs):
     return load("lite", device, **kwargs)
 
 
-__all__ = ["encoder", "lite", "available_models"]
+def combiner(name: str = "combiner", map_location: str | torch.device = "cpu") -> Combiner:
+    """A trained Combiner, in eval mode: a shipped one by short name (model.SHIPPED_COMBINERS) or a checkpoint
+    path (our .safetensors + .json, or an original CLIP4Cir .pt/.pth whose 'Combiner' entry is the state dict)."""
+    path = SHIPPED_COMBINERS.get(name, Path(name))
+    if name not in SHIPPED_COMBINERS and not path.is_file():
+        raise ValueError(f"unknown combiner {name!r}; valid: {', '.join(SHIPPED_COMBINERS)} or a checkpoint path")
+    return Combiner.load(path, map_location)
+
+
+__all__ = ["encoder", "lite", "combiner", "available_models"]

@@ -2,7 +2,8 @@
 
 `search(queries, index, k, exclude, subset)` is the only ranking code in the project: evaluation, the server
 and the API all call it. An index is a folder written by extract_features.py (features.safetensors with
-L2-normalised float16 rows, names.json, manifest.json). `load_index(path, backend)` checks it is complete and
+L2-normalised float16 rows and, since format 2, each row's float32 norm, so that `FeatureIndex.raw` gives back
+the encoder's raw features for composition; names.json, manifest.json). `load_index(path, backend)` checks it is complete and
 consistent and memory-maps the features (no copy in RAM per process: the OS page cache is shared); the
 backend, chosen by a URI-like spec, does the ranking:
 
@@ -125,6 +126,27 @@ def map_features(path: str | os.PathLike) -> tuple[torch.Tensor, np.memmap | Non
     return torch.from_numpy(mm), mm
 
 
+def read_norms(path: str | os.PathLike, rows: int) -> torch.Tensor | None:
+    """The `norms` tensor of a feature file (float32 [rows]: the raw features' norms), or None if it has none."""
+    path = Path(path)
+    header, start, _ = _header(path)
+    entry = header.get("norms")
+    if entry is None:
+        return None
+    if not (isinstance(entry, dict) and entry.get("dtype") == "F32" and entry.get("shape") == [rows]
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
+        raise IndexLoadError(f"{path} is unreadable or corrupt: 'norms' is not a float32 vector of {rows} rows")
+    lo, hi = entry["data_offsets"]
+    if not (isinstance(lo, int) and isinstance(hi, int)) or hi - lo != 4 * rows or start + hi > path.stat().st_size:
+        raise IndexLoadError(f"{path} is truncated or corrupt: bad 'norms' offsets {entry['data_offsets']}")
+    with open(path, "rb") as f:
+        f.seek(start + lo)
+        norms = torch.from_numpy(np.frombuffer(f.read(4 * rows), dtype="<f4").copy())
+    if rows and not (torch.isfinite(norms).all() and (norms > 0).all()):
+        raise IndexLoadError(f"{path} is corrupt: its 'norms' hold zero, negative, NaN or infinite values")
+    return norms
+
+
 def _check_sample(path: Path, features: torch.Tensor, normalized: bool) -> bool:
     """Corrupt data usually shows as NaN/inf (random fp16 bits) or wrong norms: check evenly spaced rows.
 
@@ -190,6 +212,9 @@ class FeatureIndex:
     path: Path | None = None        # the folder it was loaded from; None for an index built in memory
     mapped: np.memmap | None = field(default=None, repr=False)   # the mapping under `features`, if any
     unit_rows: bool = False         # rows checked to be unit-norm at load (enables the fp16 fast scan)
+    norms: torch.Tensor | None = None   # [N] float32 raw-feature norms (rows * norms = the encoder's raw
+                                        # output); None: the rows are the raw features themselves
+    raw_error: str | None = None    # why raw features cannot be had (an old folder of a non-unit encoder)
     _ids: dict[str, int] | None = field(default=None, repr=False)
     _f32: torch.Tensor | None = field(default=None, repr=False)
     _backend: Any = field(default=None, repr=False)
@@ -223,6 +248,24 @@ class FeatureIndex:
         if self._f32 is None:
             self._f32 = self.features.float()
         return self._f32
+
+    def raw(self, rows: Any) -> torch.Tensor:
+        """float32 raw encoder features [len(rows), d] of some rows: what composition (model.compose) takes.
+
+        Gathers only those rows from the (memory-mapped) float16 features; raises IndexLoadError for a folder
+        that cannot give them (extracted before norms were stored, by an encoder whose outputs are not unit).
+        """
+        if self.raw_error:
+            raise IndexLoadError(self.raw_error)
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        x = self.features[rows].float()
+        return x if self.norms is None else x * self.norms[rows].unsqueeze(1)
+
+    def raw_matrix(self) -> torch.Tensor:
+        """float32 raw features of every row (training, evaluation; not the server)."""
+        if self.raw_error:
+            raise IndexLoadError(self.raw_error)
+        return self.matrix() if self.norms is None else self.matrix() * self.norms.unsqueeze(1)
 
     @property
     def backend(self) -> "Backend":
@@ -275,8 +318,27 @@ def load_index(path: str | os.PathLike, backend: "str | BackendSpec | None" = "e
         raise IndexLoadError(f"{path}: manifest says {manifest['count']} features, the file has "
                              f"{features.shape[0]}; the folder is inconsistent, extract it again")
     unit = _check_sample(files[FEATURES_FILE], features, bool(manifest.get("normalized")))
-    index = FeatureIndex(features, names, manifest, path=path, mapped=mapped, unit_rows=unit)
+    try:
+        norms = read_norms(files[FEATURES_FILE], features.shape[0])
+    except OSError as e:
+        raise IndexLoadError(f"{files[FEATURES_FILE]} is unreadable or corrupt: {e}") from e
+    index = FeatureIndex(features, names, manifest, path=path, mapped=mapped, unit_rows=unit, norms=norms,
+                         raw_error=None if norms is not None else _legacy_raw_error(path, manifest))
     return with_backend(index, backend)
+
+
+# Encoders whose raw outputs are unit vectors (lite's heads end in a normalisation): their folders from before
+# format 2, which stored only normalised rows, still give the exact raw features.
+UNIT_OUTPUT_ENCODERS = ("lite",)
+
+
+def _legacy_raw_error(path: Path, manifest: dict) -> str | None:
+    """Why an index without stored norms cannot give raw features (None when its rows are the raw ones)."""
+    if not manifest.get("normalized") or manifest.get("encoder") in UNIT_OUTPUT_ENCODERS:
+        return None
+    return (f"{path} holds only L2-normalised {manifest.get('encoder', '?')} features (feature format "
+            f"{manifest.get('format_version', 1)}), but composing a query needs the raw features the Combiner "
+            f"and sum fusion were defined on; extract it again with this version (extract_features.py --overwrite)")
 
 
 def with_backend(index: FeatureIndex, backend: "str | BackendSpec | None" = "exact") -> FeatureIndex:

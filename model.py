@@ -6,8 +6,13 @@ Combiner (Baldrati et al., CVPR 2022 / TOMM 2023): image and text features are e
 Module names follow the original code, so its checkpoints ({'Combiner': state_dict}, RN50x4 sizes
 640/2560/5120) load as they are, as do our own safetensors + JSON config files.
 
-`combine(image, text, method)` is how every caller fuses features: combiner, sum (the zero-shot
-element-wise-sum baseline), image or text alone.
+Inputs are the encoder's raw features, as in the papers (CLIP's encode_image / encode_text outputs; only the
+index is normalised, at ranking time). The Combiner is not scale-invariant, so each checkpoint records what
+it was trained on (`CombinerConfig.inputs`): "raw" (the papers, original checkpoints) or "normalized" (this
+project's lite Combiners up to now); the module normalises its own inputs when it was trained so.
+
+`combine(image, text, method)` is how every caller fuses raw features: combiner, sum (the zero-shot
+element-wise-sum baseline, normalize(image + text)), image or text alone.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class CombinerConfig:
     logit_scale: float = 100.0     # fixed temperature of the classification loss
     encoder: str = ""              # encoder whose features it was trained on ("" = unknown, e.g. original .pt)
     text_encoder: str = "base"     # text side it was trained with: "base" or a stage-1 checkpoint file name
+    inputs: str = "raw"            # features it takes: "raw" (the papers) or "normalized" (L2-normalised first)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CombinerConfig":
@@ -47,13 +53,18 @@ class CombinerConfig:
         """Infer the sizes from the weights, as openai/CLIP does for its models."""
         proj, feat = sd["text_projection_layer.weight"].shape
         hidden = sd["combiner_layer.weight"].shape[0]
-        return cls(feature_dim=feat, projection_dim=proj, hidden_dim=hidden)
+        return cls(feature_dim=feat, projection_dim=proj, hidden_dim=hidden, inputs="raw")
+
+
+COMBINER_INPUTS = ("raw", "normalized")
 
 
 class Combiner(nn.Module):
     def __init__(self, cfg: CombinerConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or CombinerConfig()
+        if cfg.inputs not in COMBINER_INPUTS:
+            raise ValueError(f"unknown Combiner inputs {cfg.inputs!r}; valid: {', '.join(COMBINER_INPUTS)}")
         self.text_projection_layer = nn.Linear(cfg.feature_dim, cfg.projection_dim)
         self.image_projection_layer = nn.Linear(cfg.feature_dim, cfg.projection_dim)
         self.dropout1 = nn.Dropout(cfg.dropout)
@@ -76,8 +87,10 @@ class Combiner(nn.Module):
         return self.dynamic_scalar(self._joint(image, text))
 
     def combine_features(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Fused query features [B, feature_dim], L2-normalised."""
+        """Fused query features [B, feature_dim], L2-normalised, from raw image and text features."""
         image, text = image.float(), text.float()
+        if self.cfg.inputs == "normalized":
+            image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         joint = self._joint(image, text)
         fused = self.output_layer(self.dropout3(F.relu(self.combiner_layer(joint))))
         lam = self.dynamic_scalar(joint)
@@ -101,8 +114,12 @@ class Combiner(nn.Module):
             from safetensors.torch import load_file
             sd = load_file(path, device=str(map_location))
             cfg_file = path.with_suffix(".json")
-            cfg = (CombinerConfig.from_dict(json.loads(cfg_file.read_text())) if cfg_file.exists()
-                   else CombinerConfig.from_state_dict(sd))
+            if cfg_file.exists():
+                d = json.loads(cfg_file.read_text())
+                # Checkpoints written before `inputs` existed were all trained on normalised features.
+                cfg = CombinerConfig.from_dict({"inputs": "normalized", **d})
+            else:
+                cfg = CombinerConfig.from_state_dict(sd)
         else:
             obj = torch.load(path, map_location=map_location, weights_only=True)
             sd = obj.get("Combiner", obj) if isinstance(obj, dict) else None
@@ -117,7 +134,7 @@ class Combiner(nn.Module):
 
 def combine(image: torch.Tensor, text: torch.Tensor, method: str = "combiner",
             combiner: Combiner | None = None) -> torch.Tensor:
-    """Fuse reference-image and caption features into L2-normalised query features, by method name.
+    """Fuse raw reference-image and caption features into L2-normalised query features, by method name.
 
     Inference only: a Combiner passed here should be in eval mode (Combiner.load returns it so).
     """
@@ -129,8 +146,13 @@ def combine(image: torch.Tensor, text: torch.Tensor, method: str = "combiner",
         with torch.no_grad():
             return combiner.combine_features(image, text)
     if method == "sum":
-        return F.normalize(F.normalize(image.float(), dim=-1) + F.normalize(text.float(), dim=-1), dim=-1)
+        return element_wise_sum(image, text)
     return F.normalize((image if method == "image" else text).float(), dim=-1)
+
+
+def element_wise_sum(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The papers' zero-shot baseline and stage-1 fusion: normalize(image + text) on raw features."""
+    return F.normalize(image.float() + text.float(), dim=-1)
 
 
 def load_method(spec: str, map_location: str | torch.device = "cpu") -> tuple[str, Combiner | None]:
@@ -149,18 +171,19 @@ def load_method(spec: str, map_location: str | torch.device = "cpu") -> tuple[st
 
 def compose(encoder, image_feats: torch.Tensor | None, captions: list[str] | None, method: str,
             combiner: Combiner | None = None) -> torch.Tensor:
-    """Query features for reference-image features [B,d] and relative captions, by fusion method.
+    """Query features for raw reference-image features [B,d] and relative captions, by fusion method.
 
     The single path from (reference, caption) to a query vector, shared by evaluate.py and the server.
-    `image` needs no captions and `text` no image features.
+    `image_feats` are the encoder's raw features (FeatureIndex.raw); captions are encoded raw here, so every
+    method gets exactly the input it was defined or trained on. `image` needs no captions, `text` no image.
     """
     if method == "image":
         if image_feats is None:
             raise ValueError("method 'image' needs reference image features")
         return F.normalize(image_feats.float(), dim=-1)
-    text = encoder.encode_texts(captions or [])
+    text = encoder.encode_texts(captions or [], raw=True)
     if method == "text":
-        return text
+        return F.normalize(text, dim=-1)
     if image_feats is None or len(image_feats) != len(text):
         raise ValueError("need one reference image per caption")
     return combine(image_feats, text, method, combiner)

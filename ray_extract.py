@@ -9,7 +9,7 @@ Per index, the rows of the shards still to do become a Ray dataset of (row, path
   1. decode: stateless Ray tasks open each image and run the encoder's own `preprocess` (a bad image is
      marked with its error, never raised);
   2. encode: an actor pool (one actor per GPU, or per CPU worker) loads the encoder once per actor from
-     its name and options and returns float16 features with their row ids;
+     its name and options and returns raw float32 features with their row ids;
   3. the driver gathers results by row and writes each shard to .partial/ as soon as all its rows are in,
      with the same writer as the local engine, then joins the shards into the same output files.
 A killed run therefore resumes from its finished shards (under either engine), and the output equals the
@@ -99,7 +99,7 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarr
 
 
 class EncodeActor:
-    """Ray actor: loads the encoder once, then turns decoded batches into float16 features."""
+    """Ray actor: loads the encoder once, then turns decoded batches into raw float32 features."""
 
     def __init__(self, spec: EncoderSpec, device: str, expected: dict):
         logging.basicConfig(level=logging.WARNING)
@@ -110,10 +110,10 @@ class EncodeActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray([e == "" for e in batch["error"]], bool)
-        feats = np.zeros((len(ok), self.encoder.dim), np.float16)
+        feats = np.zeros((len(ok), self.encoder.dim), np.float32)
         if ok.any():
             pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            feats[ok] = self.encoder.encode_pixels(pixels).half().numpy()
+            feats[ok] = self.encoder.encode_pixels(pixels, raw=True).numpy()
         return {"row": batch["row"], "features": feats, "error": batch["error"]}
 
 
@@ -277,5 +277,5 @@ def _write(job: ExtractJob, s: int, rows: dict[int, tuple[np.ndarray, str]], dim
         else:
             feats.append(feat)
             kept.append(name)
-    x = [torch.from_numpy(np.stack(feats).astype(np.float16))] if feats else []
+    x = [torch.from_numpy(np.stack(feats).astype(np.float32))] if feats else []
     job.write_shard(s, x, kept, skipped, dim)

@@ -230,19 +230,21 @@ class TimedTexts:
         self.ms = 0.0
         self.cached = True
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        """Raw features are cached; normalised ones are derived from them (as Encoder.encode_texts)."""
         t0 = time.perf_counter()
         texts = [t.strip() if isinstance(t, str) else t for t in texts]
         found = [self.cache.get((self.key, t)) for t in texts]
         missing = list(dict.fromkeys(t for t, f in zip(texts, found) if f is None))
         if missing:
             self.cached = False
-            new = dict(zip(missing, self.encoder.encode_texts(missing)))  # ValueError on empty, as the encoder
+            new = dict(zip(missing, self.encoder.encode_texts(missing, raw=True)))  # ValueError on empty
             for t, f in new.items():
                 self.cache.put((self.key, t), f)
             found = [f if f is not None else new[t] for t, f in zip(texts, found)]
+        out = torch.stack(found) if found else torch.zeros(0, self.encoder.dim)
         self.ms += (time.perf_counter() - t0) * 1000
-        return torch.stack(found) if found else torch.zeros(0, self.encoder.dim)
+        return out if raw else torch.nn.functional.normalize(out, dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------- datasets
@@ -487,7 +489,7 @@ class UploadResult:
 class UploadStore:
     """User images: sniffed, bounded, re-encoded as JPEG under a generated id, features computed once.
 
-    Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.npy (the image features). Nothing ever builds a
+    Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy (the raw image features). Nothing ever builds a
     path from user input except a validated 32-hex-digit id.
     """
 
@@ -548,7 +550,7 @@ class UploadStore:
 
     def add(self, data: bytes) -> UploadResult:
         """Validate, re-encode, store and encode an uploaded image; returns its id and sizes."""
-        from encoders import to_rgb
+        from preprocess import to_rgb
         img, fmt = self._decode(data)
         img = to_rgb(img)
         img.thumbnail((UPLOAD_MAX_SIDE, UPLOAD_MAX_SIDE), Image.LANCZOS)
@@ -559,23 +561,23 @@ class UploadStore:
             f.write(buf.getvalue())
         t0 = time.perf_counter()
         with self.guard():
-            feats = self.encoder.encode_images([img])
+            feats = self.encoder.encode_images([img], raw=True)
         ms = (time.perf_counter() - t0) * 1000
         self._keep(uid, feats)
         return UploadResult(uid, img.width, img.height, fmt, ms)
 
     def _keep(self, uid: str, feats: torch.Tensor) -> None:
         self.cache.put(uid, feats)
-        with atomic_write(self.folder / f"{uid}.{self.tag}.npy") as f:
+        with atomic_write(self._npy(uid)) as f:
             np.save(f, feats.numpy().astype(np.float32))
 
     def features(self, uid: Any) -> torch.Tensor:
-        """[1, dim] image features of an upload: memory, else the .npy beside it, else encoded once now."""
+        """[1, dim] raw image features of an upload: memory, else the .npy beside it, else encoded once now."""
         path = self.path(uid)
         feats = self.cache.get(uid)
         if feats is not None:
             return feats
-        npy = self.folder / f"{uid}.{self.tag}.npy"
+        npy = self._npy(uid)
         if npy.is_file():
             try:
                 feats = torch.from_numpy(np.load(npy, allow_pickle=False))
@@ -585,9 +587,13 @@ class UploadStore:
                 self.cache.put(uid, feats)
                 return feats
         with Image.open(path) as im, self.guard():  # another encoder's upload: encode it once, keep it
-            feats = self.encoder.encode_images([im.convert("RGB")])
+            feats = self.encoder.encode_images([im.convert("RGB")], raw=True)
         self._keep(uid, feats)
         return feats
+
+    def _npy(self, uid: str) -> Path:
+        # ".raw": files of versions that stored normalised features are not mistaken for raw ones.
+        return self.folder / f"{uid}.{self.tag}.raw.npy"
 
 
 # ----------------------------------------------------------------------------------------------- the engine
@@ -713,7 +719,10 @@ class Engine:
                 log.info("skipping %s: extracted with encoder %s, the demo runs %s", spec.name, enc, encoder.name)
                 continue
             try:
-                datasets[spec.name] = load_dataset(spec, settings.data_root, settings.index_backend)
+                ds = load_dataset(spec, settings.data_root, settings.index_backend)
+                if ds.index.raw_error:  # composed and sum queries would be mis-scaled: refuse, never guess
+                    raise IndexLoadError(ds.index.raw_error)
+                datasets[spec.name] = ds
             except (IndexLoadError, FileNotFoundError, ValueError) as e:
                 log.warning("skipping dataset %s: %s", spec.name, e)
         if not datasets:
@@ -817,7 +826,7 @@ class Engine:
                 ref_feats = self.uploads.features(req.upload)
             else:
                 row = ds.row(req.reference)
-                ref_feats = ds.index.features[row:row + 1]
+                ref_feats = ds.index.raw([row])
                 exclude = [[row]]  # never return the reference as its own result
         combiner, comb_name, paired = None, None, "base"
         if method == "combiner":
@@ -869,7 +878,7 @@ class Engine:
             if im.format == "JPEG" and max(im.size) <= size:
                 data = raw  # catalogue photos are 224 px JPEGs already
             else:
-                from encoders import to_rgb
+                from preprocess import to_rgb
                 im = to_rgb(ImageOps.exif_transpose(im))
                 im.thumbnail((size, size), Image.BICUBIC)
                 buf = io.BytesIO()

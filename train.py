@@ -31,6 +31,7 @@ from tqdm import tqdm
 import data_utils
 import triplets
 from captions import training_captions
+from train_data import TRAIN_DATASETS, FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
 from utils import WEIGHTS_DIR, atomic_write, get_device, run_cli, save_tensors, setup_logging, write_json
 
 log = logging.getLogger("train")
@@ -168,86 +169,38 @@ def cmd_align(args) -> int:
 
 # ----------------------------------------------------------------------------------------------- composed
 
-class TripletData:
-    """Cached image features of the catalogue's train and val splits, and the triplets over them.
-
-    Each epoch draws fresh train triplets (seed + epoch): other targets among all correct items, other
-    phrasings. `positives` counts every candidate that has all the wanted attributes as correct, not only the
-    triplet's own target: they are all right answers, and penalising them would teach noise.
-    """
-
-    def __init__(self, encoder, args):
-        from extract_features import ensure_index, index_name
-        self.args, self.root = args, data_utils.resolve_data_root("catalog", args.data_root)
-        self.records, self.index, self.attrs, self._epochs = {}, {}, {}, {}
-        for split in ("train", "val"):  # never test
-            recs = data_utils.catalog_images(self.root, split)
-            idx = ensure_index(recs, encoder, Path(args.features) / index_name("catalog", split),
-                               batch_size=args.batch_size, workers=args.workers,
-                               info={"dataset": "catalog", "split": split, "data_root": str(self.root)})
-            self.records[split], self.index[split] = recs, idx
-            by_name = {r.name: r.attrs for r in recs}
-            self.attrs[split] = [tuple(by_name.get(n, {}).get(k, "") for k in triplets.WANTED_KEYS)
-                                 for n in idx.names]
-        self.val = self._usable("val", triplets.generate(self.records["val"], seed=0, per_kind=args.val_per_kind))
-
-    def _usable(self, split: str, trips: list) -> list:
-        idx = self.index[split]
-        return [t for t in trips if t.reference in idx and t.target in idx]
-
-    def epoch(self, epoch: int) -> list:
-        """The train triplets of `epoch` (generated once, then kept)."""
-        if epoch not in self._epochs:
-            self._epochs[epoch] = self._usable("train", triplets.generate(
-                self.records["train"], seed=self.args.seed * 1000 + epoch, per_kind=self.args.per_kind,
-                phrasings=self.args.phrasings))
-        return self._epochs[epoch]
-
-    def tensors(self, split: str, trips: list) -> tuple[torch.Tensor, torch.Tensor, list[tuple]]:
-        """(reference rows, target rows, wanted attribute tuples) of `trips`."""
-        idx = self.index[split]
-        refs = torch.tensor([idx.id_of(t.reference) for t in trips])
-        tgts = torch.tensor([idx.id_of(t.target) for t in trips])
-        return refs, tgts, [tuple(t.wanted[k] for k in triplets.WANTED_KEYS) for t in trips]
-
-    def positives(self, wanted: list[tuple], tgt_rows: torch.Tensor, gallery: bool) -> torch.Tensor:
-        """Soft targets over the batch's targets [B,B] (gallery=False) or all train images [B,N].
-
-        Half the mass is on the triplet's own target, half spread over every candidate with all the wanted
-        attributes (the own target included): both the specific item and attribute matches are rewarded.
-        """
-        attrs = self.attrs["train"]
-        if gallery:
-            if not hasattr(self, "_rows_by_attrs"):
-                self._rows_by_attrs = {}
-                for j, a in enumerate(attrs):
-                    self._rows_by_attrs.setdefault(a, []).append(j)
-            cols = tgt_rows
-            pos = torch.zeros(len(wanted), len(attrs))
-            for i, w in enumerate(wanted):
-                pos[i, self._rows_by_attrs.get(w, [])] = 1.0
-        else:
-            cols = torch.arange(len(tgt_rows))
-            pos = torch.tensor([[w == attrs[j] for j in tgt_rows.tolist()] for w in wanted], dtype=torch.float32)
-        own = torch.zeros_like(pos)
-        own[torch.arange(len(wanted)), cols] = 1.0
-        pos = torch.maximum(pos, own)
-        return 0.5 * own + 0.5 * pos / pos.sum(1, keepdim=True)
+# Stage defaults: this project's (tuned on the catalogue's val split) and the original CLIP4Cir scripts'.
+# Combiner sizes may be multiples of the encoder's feature size (RN50x4: 640 -> 2560 / 5120).
+PRESETS: dict[str, dict[str, dict]] = {
+    "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
+                "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
+                             "hidden_dim": 1024, "dropout": 0.2}},
+    "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
+                 "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
+                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch"}},
+}
+# The loss where the user and the preset say nothing: the gallery objective wins on the catalogue's val split
+# (README); elsewhere, without attributes to spread the target over, the papers' batch classification.
+DEFAULT_NEGATIVES = {"catalog": "gallery", "fashioniq": "batch", "cirr": "batch"}
 
 
-def composed_validation(data: TripletData, queries: torch.Tensor) -> dict:
-    """R@1/10/50 and attribute-match@10 (%) of val triplet queries, reference excluded."""
-    from evaluate import attribute_match_at_k, recall_at_k
-    from index import search
-    refs, tgts, wanted = data.tensors("val", data.val)
-    _, ranked = search(queries, data.index["val"], 50, exclude=refs.view(-1, 1).tolist())
-    attrs = [dict(zip(triplets.WANTED_KEYS, a)) for a in data.attrs["val"]]
-    return {**recall_at_k(ranked, tgts, (1, 10, 50)),
-            "attr@10": attribute_match_at_k(ranked, [dict(zip(triplets.WANTED_KEYS, w)) for w in wanted], attrs, 10)}
+def resolve_defaults(args, stage: str, feature_dim: int) -> None:
+    """Fill the options left unset (None) from --preset, in place; "4x" means 4 x the feature size."""
+    for key, value in PRESETS[args.preset][stage].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, feature_dim * int(value[:-1]) if isinstance(value, str) and value.endswith("x")
+                    else value)
+    if args.negatives is None:
+        args.negatives = DEFAULT_NEGATIVES[args.dataset]
 
 
-def _val_score(m: dict) -> float:
-    return m["R@10"] + m["attr@10"]
+def composed_loss(logits: torch.Tensor, data: TrainData, batch: list[Item], tgts: torch.Tensor,
+                  negatives: str) -> torch.Tensor:
+    """batch: the papers' classification, one-hot over the batch's own targets (logits [B, B]); gallery: this
+    project's, over every train image (logits [B, N]) with the dataset's soft targets."""
+    if negatives == "batch":
+        return F.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
+    return F.cross_entropy(logits, data.positives(batch, tgts).to(logits.device))
 
 
 class Checkpointer:
@@ -275,10 +228,25 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
 
 
-def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TripletData, step, validate) -> tuple:
-    """The shared epoch loop: Adam, fresh triplets per epoch, best-on-val, resumable. Returns (best, history)."""
+def _optimizer(args, params: list) -> torch.optim.Optimizer:
+    if args.optimizer == "adamw":  # CLIP4Cir's stage 1: AdamW, eps 1e-7
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay or 0.01, eps=1e-7)
+    return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay or 0.0)
+
+
+def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled index batches; drop_last as the papers' loaders (unless that would leave no batch)."""
+    perm = torch.randperm(n, generator=generator).tolist()
+    out = [perm[b:b + size] for b in range(0, n, size)]
+    if drop_last and len(out) > 1 and len(out[-1]) < size:
+        out.pop()
+    return [b for b in out if len(b) >= 2]
+
+
+def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TrainData, step, validate) -> tuple:
+    """The shared epoch loop: fresh items per epoch, best-on-val, resumable. Returns (best, history, ckpt)."""
     torch.manual_seed(args.seed)
-    opt = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    opt = _optimizer(args, params)
     ckpt = Checkpointer(args, kind)
     state = ckpt.load()
     start, best, best_state, history = 0, None, None, []
@@ -286,33 +254,30 @@ def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TripletDa
         module.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         start, history, best_state = state["epoch"], state["history"], state["best_state"]
-        best = max(history, key=_val_score) if history else None
+        best = max(history, key=data.score) if history else None
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     for epoch in range(start, args.epochs):
-        trips = data.epoch(epoch)
-        refs, tgts, wanted = data.tensors("train", trips)
-        perm = torch.randperm(len(trips), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        items = data.epoch(epoch)
+        batches = _batches(len(items), args.batch, args.negatives == "batch",
+                           torch.Generator().manual_seed(args.seed * 1000 + epoch))
         module.train()
-        total, t0 = 0.0, time.time()
-        bar = tqdm(range(0, len(perm), args.batch), desc=f"{kind} epoch {epoch + 1}/{args.epochs}", leave=False)
-        for b in bar:
-            ib = perm[b:b + args.batch]
-            if len(ib) < 2:
-                continue
-            loss = step([trips[i] for i in ib.tolist()], refs[ib], tgts[ib], [wanted[i] for i in ib.tolist()])
+        total, seen, t0 = 0.0, 0, time.time()
+        bar = tqdm(batches, desc=f"{kind} epoch {epoch + 1}/{args.epochs}", leave=False)
+        for ib in bar:
+            loss = step([items[i] for i in ib])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * len(ib)
+            total, seen = total + loss.item() * len(ib), seen + len(ib)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         module.eval()
         with torch.no_grad():
             metrics = validate()
-        row = {"epoch": epoch + 1, "loss": round(total / len(perm), 4), "triplets": len(trips),
+        row = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 4), "triplets": len(items),
                "seconds": round(time.time() - t0, 1), **metrics}
         history.append(row)
         log.info("%s epoch %d: %s", kind, epoch + 1, row)
-        if best is None or _val_score(row) > _val_score(best):
+        if best is None or data.score(row) > data.score(best):
             best = row
             best_state = _trainable_state(module, trainable)
         ckpt.save({"epoch": epoch + 1, "model": _trainable_state(module, trainable),
@@ -326,12 +291,9 @@ def _trainable_state(module: torch.nn.Module, names: set[str]) -> dict[str, torc
     return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if n in names}
 
 
-def _caption_features(encoder, captions: Sequence[str], batch: int = 512) -> dict[str, torch.Tensor]:
-    """Frozen text features of each distinct caption."""
-    uniq = list(dict.fromkeys(captions))
-    feats = torch.cat([encoder.encode_texts(uniq[i:i + batch])
-                       for i in tqdm(range(0, len(uniq), batch), desc="captions", leave=False)])
-    return dict(zip(uniq, feats))
+def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([it.ref for it in batch], device=device),
+            torch.tensor([it.tgt for it in batch], device=device))
 
 
 def cmd_combiner(args) -> int:
@@ -340,69 +302,69 @@ def cmd_combiner(args) -> int:
 
     device = get_device(args.device)
     encoder = encoders.load(args.encoder, device, text=args.text_encoder)
-    data = TripletData(encoder, args)
-    # Every caption of every epoch, encoded once: the text side is frozen in stage 2.
-    text_of = _caption_features(encoder, [t.caption for e in range(args.epochs) for t in data.epoch(e)]
-                                + [t.caption for t in data.val])
+    resolve_defaults(args, "combiner", encoder.dim)
+    data = load_train_data(encoder, args)
+    texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
     text_name = encoders.resolve_text(args.text_encoder)
     if text_name != "base":
         text_name = Path(text_name).name if Path(text_name).parent.resolve() == WEIGHTS_DIR.resolve() else text_name
+    # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on.
     cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=args.projection_dim, hidden_dim=args.hidden_dim,
-                         dropout=args.dropout, encoder=encoder.name, text_encoder=text_name)
+                         dropout=args.dropout, encoder=encoder.name, text_encoder=text_name, inputs="raw")
     combiner = Combiner(cfg).to(device)
-    feats = {s: data.index[s].matrix().to(device) for s in ("train", "val")}
+    raw = data.train.raw_matrix().to(device)
+    unit = F.normalize(raw, dim=-1)
 
-    def step(trips, refs, tgts, wanted):
-        text = torch.stack([text_of[t.caption] for t in trips]).to(device)
-        gallery = feats["train"] if args.negatives == "gallery" else feats["train"][tgts.to(device)]
-        logits = combiner(feats["train"][refs.to(device)], text, gallery)
-        return F.cross_entropy(logits, data.positives(wanted, tgts, args.negatives == "gallery").to(device))
-
-    def validate():
-        refs, _, _ = data.tensors("val", data.val)
-        text = torch.stack([text_of[t.caption] for t in data.val]).to(device)
-        q = torch.cat([combiner.combine_features(feats["val"][refs[i:i + 1024].to(device)], text[i:i + 1024])
-                       for i in range(0, len(refs), 1024)]).cpu()
-        return composed_validation(data, q)
+    def step(batch: list[Item]) -> torch.Tensor:
+        refs, tgts = _rows(batch, device)
+        text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)
+        gallery = unit if args.negatives == "gallery" else unit[tgts]
+        return composed_loss(combiner(raw[refs], text, gallery), data, batch, tgts.cpu(), args.negatives)
 
     t0 = time.time()
-    best, history, ckpt = _fit(args, "combiner", combiner, list(combiner.parameters()), data, step, validate)
+    best, history, ckpt = _fit(args, "combiner", combiner, list(combiner.parameters()), data, step,
+                               lambda: _validate_on_cpu(data, texts, combiner, device))
     combiner.cpu().save(args.out)
     _finish(args, ckpt, best, history, time.time() - t0, {"config": asdict(cfg)})
     return 0
 
 
+def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) -> dict:
+    """Validation runs where the indexes are (CPU); the module goes back to the training device after."""
+    try:
+        return data.validate(texts, "combiner", module.cpu())
+    finally:
+        module.to(device)
+
+
 def cmd_text(args) -> int:
     import encoders
-    from model import combine
+    from model import element_wise_sum
 
     device = get_device(args.device)
     encoder = encoders.load(args.encoder, device)
-    data = TripletData(encoder, args)
+    resolve_defaults(args, "text", encoder.dim)
+    data = load_train_data(encoder, args)
     prefixes = encoder.text_prefixes(args.layers)
     encoder.requires_grad_(False)
     params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
     for p in params:
         p.requires_grad_(True)
-    feats = {s: data.index[s].matrix().to(device) for s in ("train", "val")}
+    raw = data.train.raw_matrix().to(device)
+    unit = F.normalize(raw, dim=-1)
 
-    def step(trips, refs, tgts, wanted):
-        text = encoder.text_forward([t.caption for t in trips])
-        q = F.normalize(feats["train"][refs.to(device)] + text, dim=-1)  # sum fusion, as CLIP4Cir's stage 1
-        gallery = feats["train"] if args.negatives == "gallery" else feats["train"][tgts.to(device)]
-        logits = args.logit_scale * q @ gallery.T
-        return F.cross_entropy(logits, data.positives(wanted, tgts, args.negatives == "gallery").to(device))
-
-    def validate():
-        refs, _, _ = data.tensors("val", data.val)
-        caps = [t.caption for t in data.val]
-        text = torch.cat([encoder.text_forward(caps[i:i + 512]) for i in range(0, len(caps), 512)])
-        return composed_validation(data, combine(feats["val"][refs.to(device)], text, "sum").cpu())
+    def step(batch: list[Item]) -> torch.Tensor:
+        refs, tgts = _rows(batch, device)
+        text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
+        q = element_wise_sum(raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
+        gallery = unit if args.negatives == "gallery" else unit[tgts]
+        return composed_loss(args.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), args.negatives)
 
     t0 = time.time()
-    best, history, ckpt = _fit(args, "text", encoder, params, data, step, validate)
+    best, history, ckpt = _fit(args, "text", encoder, params, data, step,
+                               lambda: data.validate(TrainingTexts(encoder), "sum"))
     encoder.cpu()
-    encoder.save_text(args.out, prefixes, {"best_val": best, "layers": args.layers})
+    encoder.save_text(args.out, prefixes, {"best_val": best, "layers": args.layers, "dataset": args.dataset})
     _finish(args, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
     return 0
 
@@ -416,31 +378,48 @@ def _finish(args, ckpt: Checkpointer, best: dict, history: list, seconds: float,
     print(json.dumps({"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}))
 
 
-def _composed_args(sp: argparse.ArgumentParser, out: str, epochs: int, lr: float, batch: int) -> None:
-    sp.add_argument("--data-root", default=None, help="catalogue folder (default: $CIR_DATA_ROOT or ../shared/data)")
+def _composed_args(sp: argparse.ArgumentParser, out: str, epochs: int) -> None:
+    """Options shared by both stages. Those defaulting to None come from --preset (see PRESETS)."""
+    sp.add_argument("--dataset", default="catalog", choices=TRAIN_DATASETS,
+                    help="what to train on: the catalogue's generated triplets, FashionIQ or CIRR (train split; "
+                         "validation on val)")
+    sp.add_argument("--data-root", default=None,
+                    help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
+                         "dataset's usual subfolder)")
+    sp.add_argument("--categories", nargs="*", default=None,
+                    help="FashionIQ categories to train and validate on (default: every category found)")
     sp.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
     sp.add_argument("--features", default="features",
-                    help="features root: train/val indexes are read from (or extracted into) catalog-train/-val")
+                    help="features root: the train/val indexes are read from (or extracted into) its subfolders")
     sp.add_argument("--out", default=str(WEIGHTS_DIR / out), help="checkpoint path (.safetensors; .json beside it)")
     sp.add_argument("--cache-dir", default=".cache/train", help="where per-epoch resume state is kept")
-    sp.add_argument("--epochs", type=int, default=epochs, help="passes, each over freshly drawn train triplets")
-    sp.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
-    sp.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay")
-    sp.add_argument("--batch", type=int, default=batch,
-                    help="triplets per batch; the other targets in the batch are the negatives")
-    sp.add_argument("--negatives", default="gallery", choices=["gallery", "batch"],
-                    help="batch: the papers' loss, classification over the batch's targets; gallery: over all "
-                         "train images, every item with the wanted attributes a positive (better here)")
+    sp.add_argument("--preset", default="project", choices=sorted(PRESETS),
+                    help="defaults for the options below left unset: project (tuned here) or clip4cir (the "
+                         "original scripts: stage 1 AdamW lr 2e-6 batch 512; stage 2 Adam lr 2e-5 batch 1024, "
+                         "projection 4x and hidden 8x the feature size, dropout 0.5; both the batch loss)")
+    sp.add_argument("--epochs", type=int, default=epochs, help="passes over the train triplets")
+    sp.add_argument("--lr", type=float, default=None, help="learning rate (default: from --preset)")
+    sp.add_argument("--optimizer", default=None, choices=["adam", "adamw"], help="default: from --preset")
+    sp.add_argument("--weight-decay", type=float, default=None,
+                    help="weight decay (default 0 for adam, 0.01 for adamw as torch's AdamW)")
+    sp.add_argument("--batch", type=int, default=None,
+                    help="triplets per batch (default: from --preset); with --negatives batch the other targets "
+                         "of the batch are the negatives")
+    sp.add_argument("--negatives", default=None, choices=["gallery", "batch"],
+                    help="batch: the papers' loss, cross-entropy with one-hot labels over the batch's targets, "
+                         "logit scale 100; gallery: this project's, over all train images, on the catalogue "
+                         "every item with the wanted attributes a positive (default: gallery on catalog, batch on "
+                         "fashioniq/cirr, or the preset's)")
     sp.add_argument("--per-kind", type=int, default=1500,
-                    help="train triplets of each kind drawn per epoch (triplets.py kinds)")
-    sp.add_argument("--val-per-kind", type=int, default=500, help="val triplets of each kind (fixed seed 0)")
+                    help="catalog: train triplets of each kind drawn per epoch (triplets.py kinds)")
+    sp.add_argument("--val-per-kind", type=int, default=500, help="catalog: val triplets of each kind (fixed seed 0)")
     sp.add_argument("--phrasings", default="train", choices=triplets.PHRASINGS,
-                    help="caption templates to train on; 'train' keeps every 4th template unseen, so "
+                    help="catalog: caption templates to train on; 'train' keeps every 4th template unseen, so "
                          "`evaluate.py --phrasings heldout` measures generalisation to new wordings")
     sp.add_argument("--batch-size", type=int, default=64, help="images per batch if features must be extracted")
     sp.add_argument("--workers", type=int, default=None, help="decoding workers if features must be extracted")
     sp.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    sp.add_argument("--seed", type=int, default=0, help="seed for triplets, shuffling and init")
+    sp.add_argument("--seed", type=int, default=0, help="seed for triplets, caption draws, shuffling and init")
     sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")
     sp.add_argument("--verbose", action="store_true", help="debug logging")
 
@@ -471,20 +450,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.add_argument("--verbose", action="store_true", help="debug logging")
 
     t = sub.add_parser("text", help="stage 1: fine-tune the text side on composed triplets (sum fusion)")
-    _composed_args(t, "lite-text.safetensors", epochs=10, lr=3e-4, batch=256)
+    _composed_args(t, "lite-text.safetensors", epochs=10)
     t.add_argument("--layers", type=int, default=0,
                    help="lite: also fine-tune this many top MiniLM layers (0 = the text head only); "
                         "hf: top text-transformer layers (0 = the whole text encoder)")
     t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
 
     c = sub.add_parser("combiner", help="stage 2: train the Combiner on frozen cached features")
-    _composed_args(c, "combiner.safetensors", epochs=40, lr=1e-3, batch=256)
+    _composed_args(c, "combiner.safetensors", epochs=40)
     c.add_argument("--text-encoder", default="base",
                    help="text side to train on: base, stage1 (weights/lite-text.safetensors) or a checkpoint path")
-    c.add_argument("--projection-dim", type=int, default=512, help="Combiner projection size")
-    c.add_argument("--hidden-dim", type=int, default=1024, help="Combiner fused/λ branch hidden size")
-    c.add_argument("--dropout", type=float, default=0.2,
-                   help="Combiner dropout (the paper's 0.5 underfits our ~6k triplets per epoch)")
+    c.add_argument("--projection-dim", type=int, default=None,
+                   help="Combiner projection size (default: from --preset: 512, or 4x the feature size)")
+    c.add_argument("--hidden-dim", type=int, default=None,
+                   help="Combiner fused/λ branch hidden size (default: from --preset: 1024, or 8x)")
+    c.add_argument("--dropout", type=float, default=None,
+                   help="Combiner dropout (default: from --preset; the paper's 0.5 underfits the catalogue's "
+                        "~6k triplets per epoch, 0.2 does not)")
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     return {"align": cmd_align, "text": cmd_text, "combiner": cmd_combiner}[args.cmd](args)

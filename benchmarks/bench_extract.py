@@ -88,7 +88,7 @@ def bench_gpu(args, recs: list) -> dict:
         log.warning("no GPU is present (torch.cuda.is_available() is False): the --gpu-model benchmark is "
                     "skipped, nothing was measured")
         return {"gpu_model": args.gpu_model, "measured": False, "reason": "no CUDA device"}
-    from encoders import CLIP_MEAN, CLIP_STD, Preprocess
+    from preprocess import CLIP_MEAN, CLIP_STD, Preprocess
     dev = torch.device("cuda")
     model = vit_b32(dev)
     pre = Preprocess("targetpad", 224, CLIP_MEAN, CLIP_STD)

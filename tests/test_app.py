@@ -289,7 +289,7 @@ def test_upload_round_trip(client, engine, catalog_root, ref, tmp_path):
     uid = up["id"]
     assert re.fullmatch(r"[0-9a-f]{32}", uid) and up["format"] == "JPEG" and up["encode_ms"] > 0
     folder = engine.uploads.folder
-    assert sorted(p.name for p in folder.glob(f"{uid}*")) == sorted([f"{uid}.jpg", f"{uid}.{engine.uploads.tag}.npy"])
+    assert sorted(p.name for p in folder.glob(f"{uid}*")) == sorted([f"{uid}.jpg", f"{uid}.{engine.uploads.tag}.raw.npy"])
     img = client.get(up["url"])
     assert img.status_code == 200 and img.mimetype == "image/jpeg"
     assert client.get(up["thumb"]).status_code == 200
@@ -304,7 +304,7 @@ def test_upload_round_trip(client, engine, catalog_root, ref, tmp_path):
     engine.uploads.cache = LRU(8)
     feats = engine.uploads.features(uid)
     assert feats.shape == (1, engine.encoder.dim)
-    assert torch.allclose(feats, torch.from_numpy(__import__("numpy").load(folder / f"{uid}.{engine.uploads.tag}.npy")))
+    assert torch.allclose(feats, torch.from_numpy(__import__("numpy").load(folder / f"{uid}.{engine.uploads.tag}.raw.npy")))
 
 
 def test_upload_formats_are_normalised(client, engine):

@@ -16,7 +16,8 @@ import torch.nn as nn
 from PIL import Image
 
 import encoders
-from encoders import CLIP_MEAN, CLIP_STD, PREPROCESS_MODES, Preprocess, colour_descriptor
+from encoders import colour_descriptor
+from preprocess import CLIP_MEAN, CLIP_STD
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -287,149 +288,6 @@ def test_available_models():
     names = encoders.available_models()
     assert "lite" in names and "openai:RN50x4" in names
     assert any(n.startswith("hf:") for n in names)
-
-
-# ----------------------------------------------------------------------------------------------- preprocessing
-
-S = 32
-
-
-def two_tone(w: int, h: int) -> Image.Image:
-    """Left half red, right half green, so a paste offset shows up."""
-    a = np.zeros((h, w, 3), np.uint8)
-    a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2:] = (0, 255, 0)
-    return Image.fromarray(a)
-
-
-def test_targetpad_keeps_near_square_images():
-    pp = Preprocess("targetpad", size=S)
-    for size in [(100, 110), (110, 100), (100, 124), (64, 64)]:
-        im = two_tone(*size)
-        out = pp.pad(im)
-        assert out.size == size
-        assert np.array_equal(np.asarray(out), np.asarray(im))
-
-
-def test_targetpad_pads_at_the_ratio():
-    pp = Preprocess("targetpad", size=S)
-    assert pp.pad(two_tone(100, 125)).size == (125, 125)  # ratio == 1.25: padded, as CLIP4Cir's TargetPad
-    assert Preprocess("targetpad", size=S, target_ratio=2.0).pad(two_tone(100, 150)).size == (100, 150)
-
-
-def test_targetpad_pads_tall_image_centred():
-    pp = Preprocess("targetpad", size=S)
-    im = Image.new("RGB", (100, 200), (10, 200, 30))
-    a = np.asarray(pp.pad(im))
-    assert a.shape == (200, 200, 3)
-    assert (a[:, :50] == 0).all() and (a[:, 150:] == 0).all()  # black pad left and right
-    assert (a[:, 50:150] == (10, 200, 30)).all()                # original, centred
-    assert tuple(a[100, 100]) == (10, 200, 30)
-
-
-def test_targetpad_pads_wide_image_centred():
-    pp = Preprocess("targetpad", size=S)
-    im = two_tone(300, 100)
-    a = np.asarray(pp.pad(im))
-    assert a.shape == (300, 300, 3)
-    assert (a[:100] == 0).all() and (a[200:] == 0).all()
-    assert np.array_equal(a[100:200], np.asarray(im))
-
-
-def test_squarepad_pads_every_non_square_image():
-    pp = Preprocess("squarepad", size=S)
-    im = two_tone(100, 110)
-    a = np.asarray(pp.pad(im))
-    assert a.shape == (110, 110, 3)
-    assert (a[:, :5] == 0).all() and (a[:, 105:] == 0).all()
-    assert np.array_equal(a[:, 5:105], np.asarray(im))
-    assert pp.pad(two_tone(64, 64)).size == (64, 64)
-
-
-def test_resize_mode_squashes():
-    pp = Preprocess("resize", size=S)
-    im = two_tone(300, 60)
-    assert pp.pad(im) is im
-    x = pp(im)
-    assert x.shape == (3, S, S)
-    rgb = pp.unnormalize(x)
-    # No padding and no crop: the left column is red, the right column green, on every row.
-    assert (rgb[0, :, 0] > 0.9).all() and (rgb[1, :, -1] > 0.9).all()
-
-
-@pytest.mark.parametrize("mode", PREPROCESS_MODES)
-@pytest.mark.parametrize("size", [(300, 40), (40, 300), (33, 35), (1, 50), (224, 224)])
-def test_call_gives_square_tensor(mode, size):
-    x = Preprocess(mode, size=S)(two_tone(*size))
-    assert x.shape == (3, S, S) and x.dtype == torch.float32 and torch.isfinite(x).all()
-
-
-def test_targetpad_call_on_wide_image_keeps_whole_image():
-    pp = Preprocess("targetpad", size=S)
-    rgb = pp.unnormalize(pp(two_tone(320, 80)))
-    assert rgb.shape == (3, S, S)
-    assert (rgb[:, :6] < 0.02).all() and (rgb[:, -6:] < 0.02).all()  # black bands top and bottom
-    mid = S // 2
-    assert rgb[0, mid, 2] > 0.9 and rgb[1, mid, -3] > 0.9           # both halves survive (no crop)
-
-
-def test_edge_fill_uses_border_median():
-    pp = Preprocess("targetpad", size=S, fill="edge")
-    a = np.full((200, 100, 3), 255, np.uint8)
-    a[60:140, 20:80] = (200, 0, 0)  # a red item on a white studio background,
-    a[:30, 45:55] = 0               # with a black strap running off the top: the median ignores it
-    out = np.asarray(pp.pad(Image.fromarray(a)))
-    assert out.shape == (200, 200, 3)
-    assert (out[:, :50] == 255).all() and (out[:, 150:] == 255).all()
-    assert tuple(out[100, 100]) == (200, 0, 0)
-    rgb = pp.unnormalize(pp(Image.fromarray(a)))
-    assert (rgb[:, :, 0] > 0.98).all() and (rgb[:, :, -1] > 0.98).all()  # padded sides are white
-
-    grey = np.full((50, 200, 3), (90, 100, 110), np.uint8)
-    grey[20:30, 90:110] = 0
-    out = np.asarray(pp.pad(Image.fromarray(grey)))
-    assert (out[:50] == (90, 100, 110)).all() and (out[-50:] == (90, 100, 110)).all()
-
-
-def test_transparent_pixels_become_white():
-    pp = Preprocess("targetpad", size=S)
-    a = np.zeros((40, 40, 4), np.uint8)
-    a[10:30, 10:30] = (0, 0, 255, 255)  # opaque blue square, fully transparent (black) elsewhere
-    rgb = pp.unnormalize(pp(Image.fromarray(a, "RGBA")))
-    assert rgb.shape == (3, S, S)
-    assert (rgb[:, 0, 0] > 0.99).all() and (rgb[:, -1, -1] > 0.99).all()
-    assert rgb[2, S // 2, S // 2] > 0.99 and rgb[0, S // 2, S // 2] < 0.01
-
-    la = Image.new("LA", (20, 20), (0, 0))
-    assert (pp.unnormalize(pp(la)) > 0.99).all()
-    p = Image.new("P", (20, 20), 0)
-    p.info["transparency"] = 0
-    assert (pp.unnormalize(pp(p)) > 0.99).all()
-
-
-def test_unnormalize_round_trip():
-    pp = Preprocess("resize", size=8)
-    a = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    rgb = pp.unnormalize(pp(Image.fromarray(a)))
-    np.testing.assert_allclose(rgb.numpy().transpose(1, 2, 0), a / 255.0, atol=1e-5)
-    batch = torch.stack([pp(Image.fromarray(a))] * 2)
-    assert pp.unnormalize(batch).shape == (2, 3, 8, 8)
-
-
-def test_unknown_preprocess_mode_and_fill():
-    with pytest.raises(ValueError) as e:
-        Preprocess("centercrop")
-    for mode in PREPROCESS_MODES:
-        assert mode in str(e.value)
-    with pytest.raises(ValueError, match="edge"):
-        Preprocess("targetpad", fill="white")
-
-
-def test_preprocess_describe():
-    d = Preprocess("squarepad", size=S, fill="edge").describe()
-    assert d["mode"] == "squarepad" and d["size"] == S and d["fill"] == "edge"
-    assert len(d["mean"]) == 3 and len(d["std"]) == 3
-    json.dumps(d)  # recorded in feature files
 
 
 # ----------------------------------------------------------------------------------------------- colour

@@ -34,7 +34,7 @@ class StandInEncoder:
 
     name, dim, text_checkpoint = "stand-in", DIM, "base"
 
-    def encode_texts(self, texts):
+    def encode_texts(self, texts, raw=False):  # unit rows: raw and normalised are the same
         texts = list(texts)
         for i, t in enumerate(texts):
             if not t.strip():

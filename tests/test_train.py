@@ -11,6 +11,7 @@ import torch
 import data_utils
 import encoders
 import train
+import train_data
 from model import Combiner
 
 SLICE = {"train": 240, "val": 90}
@@ -56,7 +57,7 @@ def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small
 
 def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir, tmp_path, monkeypatch):
     out = tmp_path / "c.safetensors"
-    real, calls = train.composed_validation, []
+    real, calls = train_data.CatalogData.validate, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -64,13 +65,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train, "composed_validation", flaky)
+    monkeypatch.setattr(train_data.CatalogData, "validate", flaky)
     argv = ["combiner", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out), "--projection-dim", "32",
                                "--hidden-dim", "64")]
     with pytest.raises(KeyboardInterrupt):
         train.main(argv)
     assert not out.exists() and len(list((tmp_path / "cache").glob("combiner-*.resume.pt"))) == 1
-    monkeypatch.setattr(train, "composed_validation", real)
+    monkeypatch.setattr(train_data.CatalogData, "validate", real)
     assert train.main(argv) == 0
     history = json.loads(out.with_name("c.train.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came from the saved state, not a rerun
@@ -107,13 +108,46 @@ def test_text_checkpoints_are_checked(lite_encoder, tmp_path):
 
 
 def test_soft_targets_reward_the_target_and_every_attribute_match():
-    data = train.TripletData.__new__(train.TripletData)
-    data.attrs = {"train": [("Men", "Tshirts", "Red", "Casual")] * 3 + [("Men", "Tshirts", "Blue", "Casual")]}
-    wanted = [("Men", "Tshirts", "Red", "Casual"), ("Men", "Tshirts", "Blue", "Casual")]
-    tgts = torch.tensor([0, 3])
-    gallery = data.positives(wanted, tgts, gallery=True)
+    data = train_data.CatalogData.__new__(train_data.CatalogData)
+    data.train = list(range(4))  # only its length is used
+    data._rows_by_attrs = {("Men", "Tshirts", "Red", "Casual"): [0, 1, 2], ("Men", "Tshirts", "Blue", "Casual"): [3]}
+    items = [train_data.Item(5, 0, "c", ("Men", "Tshirts", "Red", "Casual")),
+             train_data.Item(6, 3, "c", ("Men", "Tshirts", "Blue", "Casual"))]
+    gallery = data.positives(items, torch.tensor([0, 3]))
     assert torch.allclose(gallery.sum(1), torch.ones(2))
     assert torch.allclose(gallery[0], torch.tensor([0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3, 0.0]))
     assert torch.allclose(gallery[1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
-    batch = data.positives(wanted, tgts, gallery=False)
-    assert torch.allclose(batch, torch.eye(2))
+
+
+def test_batch_negatives_are_the_papers_one_hot_classification():
+    """--negatives batch: cross-entropy against arange over the batch's targets, whatever the attributes."""
+    logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+    items = [train_data.Item(0, i, "c", ("same",)) for i in range(3)]  # identical wanted attributes
+    got = train.composed_loss(logits, None, items, torch.arange(3), "batch")
+    ref = -torch.log_softmax(logits, dim=1).diagonal().mean()
+    assert torch.allclose(got, ref)
+
+
+def test_randomized_fashioniq_captions_take_the_four_forms():
+    import random
+    rng = random.Random(0)
+    seen = {train_data.randomized_fiq_caption(["is red.", " has long sleeves?"], rng) for _ in range(200)}
+    assert seen == {"Is red and has long sleeves", "Has long sleeves and is red", "Is red", "Has long sleeves"}
+    assert train_data.randomized_fiq_caption(["", "is blue"], rng) == "Is blue"
+
+
+def test_presets_fill_only_what_is_unset():
+    import argparse
+    args = argparse.Namespace(preset="clip4cir", dataset="fashioniq", lr=None, batch=None, optimizer=None,
+                              projection_dim=None, hidden_dim=64, dropout=None, negatives=None)
+    train.resolve_defaults(args, "combiner", 640)
+    assert (args.lr, args.batch, args.projection_dim, args.hidden_dim, args.dropout, args.negatives) == \
+        (2e-5, 1024, 2560, 64, 0.5, "batch")
+    args = argparse.Namespace(preset="clip4cir", dataset="catalog", lr=None, batch=None, optimizer=None,
+                              negatives=None)
+    train.resolve_defaults(args, "text", 640)
+    assert (args.lr, args.batch, args.optimizer, args.negatives) == (2e-6, 512, "adamw", "batch")
+    args = argparse.Namespace(preset="project", dataset="catalog", lr=None, batch=None, optimizer=None,
+                              negatives=None)
+    train.resolve_defaults(args, "text", 256)
+    assert (args.lr, args.batch, args.negatives) == (3e-4, 256, "gallery")
