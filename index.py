@@ -2,10 +2,10 @@
 
 `search(queries, index, k, exclude, subset)` is the only ranking code in the project: evaluation, the server
 and the API all call it. An index is a folder written by extract_features.py (features.safetensors with
-L2-normalised float16 rows and, since format 2, each row's float32 norm, so that `FeatureIndex.raw` gives back
-the encoder's raw features for composition; names.json, manifest.json). `load_index(path, backend)` checks it is complete and
-consistent and memory-maps the features (no copy in RAM per process: the OS page cache is shared); the
-backend, chosen by a URI-like spec, does the ranking:
+L2-normalised float16 rows and, since format 2, each row's float32 norm, so that `FeatureIndex.raw` gives
+back the encoder's raw features for composition; names.json, manifest.json). `load_index(path, backend)`
+checks it is complete and consistent and memory-maps the features (no copy in RAM per process: the OS page
+cache is shared); the backend, chosen by a URI-like spec, does the ranking:
 
     exact                                  fp16 scan of the memory-mapped matrix, in cache-sized blocks (default)
     exact?block=4096&block16=32768         rows per block of the float32 (batches) and fp16 (1-4 queries) scans

@@ -43,7 +43,8 @@ def world(tmp_path_factory, tiny_clip_dir):  # noqa: F811
     rng = np.random.default_rng(0)
     for n, (w, h) in zip(names, SIZES):
         im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        ImageDraw.Draw(im).rectangle((w // 4, h // 4, w // 2, h // 2), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        fill = tuple(int(v) for v in rng.integers(0, 256, 3))
+        ImageDraw.Draw(im).rectangle((w // 4, h // 4, w // 2, h // 2), fill=fill)
         im.save(root / "images" / f"{n}.png")
     trips = [{"candidate": names[i], "target": names[(3 * i + 5) % len(names)], "captions": list(c)}
              for i, c in enumerate(CAPTIONS)]
@@ -95,7 +96,8 @@ def ref_features(world) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor
         px = torch.stack([ref_pixels(world["root"] / "images" / f"{n}.png", size) for n in world["names"]])
         img = model.get_image_features(pixel_values=px)
         img = img if torch.is_tensor(img) else img.pooler_output
-        caps = [f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}" for a, b in (t["captions"] for t in world["trips"])]
+        caps = [f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}"
+                for a, b in (t["captions"] for t in world["trips"])]
         t = tok(caps, padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings,
                 return_tensors="pt")
         txt = model.get_text_features(input_ids=t["input_ids"], attention_mask=t["attention_mask"])

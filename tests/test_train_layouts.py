@@ -30,7 +30,8 @@ def small_layouts(tmp_path_factory, catalog_root):
     base = tmp_path_factory.mktemp("small-layouts")
     mp = pytest.MonkeyPatch()
     full = data_utils.catalog_images
-    mp.setattr(data_utils, "catalog_images", lambda root, split=None: full(root, split)[:{"train": 300}.get(split, 120)])
+    sizes = {"train": 300, "val": 120}
+    mp.setattr(data_utils, "catalog_images", lambda root, split=None: full(root, split)[:sizes.get(split, 120)])
     try:
         layouts.write_fashioniq(catalog_root, base / "fiq", categories=["toptee"], per_kind=40)
         layouts.write_cirr(catalog_root, base / "cirr", per_kind=25)
