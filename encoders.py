@@ -117,21 +117,13 @@ class Encoder(nn.Module):
 
     def with_text(self, path: str | os.PathLike | None) -> "Encoder":
         """This encoder with its text side from a stage-1 checkpoint: a path or "stage1" ("base"/None: unchanged).
-
-        The image side is shared, not copied: image features (and extracted indexes) stay valid.
+        A `.pt` / `.pth` path is a CLIP fine-tuned by CLIP4Cir ({'CLIP': state_dict}, openai: encoders): its text
+        side is taken. The image side is shared, not copied: image features (and extracted indexes) stay valid.
         """
         if path is None or str(path) == "base":
             return self
-        from safetensors.torch import load_file
         path = Path(resolve_text(path))
-        meta_path = path.with_suffix(".json")
-        if not path.exists() or not meta_path.exists():
-            raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
-                                    "make one with `python train.py text` or use 'base'")
-        meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
-        if meta.encoder != self.name:
-            raise ValueError(f"text checkpoint {path} was trained for encoder {meta.encoder!r}, not {self.name!r}")
-        sd = load_file(path)
+        sd = self._clip4cir_text(path) if path.suffix in (".pt", ".pth") else self._text_checkpoint(path)
         own = self.state_dict()
         bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
         if bad:
@@ -144,6 +136,31 @@ class Encoder(nn.Module):
         new.text_checkpoint = str(path)
         new._text_side_changed()
         return new.eval()
+
+    def _text_checkpoint(self, path: Path) -> dict[str, torch.Tensor]:
+        """The weights of one of our stage-1 checkpoints (safetensors + JSON), checked to be this encoder's."""
+        from safetensors.torch import load_file
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
+                                    "make one with `python train.py text` or use 'base'")
+        meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
+        if meta.encoder != self.name:
+            raise ValueError(f"text checkpoint {path} was trained for encoder {meta.encoder!r}, not {self.name!r}")
+        return load_file(path)
+
+    def _clip4cir_text(self, path: Path) -> dict[str, torch.Tensor]:
+        """The text side of a CLIP fine-tuned by CLIP4Cir's scripts ({'CLIP': state_dict} of an OpenAI CLIP);
+        its image tower ('visual.*') is left out, so extracted indexes stay valid."""
+        if not path.exists():
+            raise FileNotFoundError(f"text checkpoint {path} not found")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict) or not isinstance(obj.get("CLIP"), dict):
+            raise ValueError(f"{path} is not a CLIP4Cir fine-tuned CLIP (a dict whose 'CLIP' entry is the state dict)")
+        if not self.name.startswith("openai:"):
+            raise ValueError(f"{path} holds OpenAI CLIP weights (as CLIP4Cir saves them): use it with an openai: "
+                             f"encoder, not {self.name}")
+        return {f"model.{k}": v for k, v in obj["CLIP"].items() if not k.startswith("visual.")}
 
     def _text_side_changed(self) -> None:
         """Hook for backends that compile the text tower (lite's ONNX session must follow new weights)."""

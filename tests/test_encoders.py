@@ -391,3 +391,28 @@ def test_onnx_text_tower_equals_sentence_transformers(lite_encoder):
     for batch in (caps[:1], caps, caps * 6):  # one caption (single-threaded session) and a large batch
         got = lite_encoder.text_backbone(batch)
         assert torch.allclose(got, ref.repeat(len(batch) // len(caps) or 1, 1)[:len(batch)], atol=1e-5)
+
+
+def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path, lite_encoder):
+    """CLIP4Cir saves {'CLIP': clip_model.state_dict()}: its text weights replace ours, the image side stays."""
+    monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(
+        load=lambda name, device, jit: (_FakeClipModel(), None),
+        tokenize=lambda texts, truncate: torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)]
+                                                       for t in texts])))
+    enc = encoders.load("openai:RN50x4", "cpu")
+    tuned = _FakeClipModel()
+    with torch.no_grad():
+        tuned.text_projection.mul_(-2.0)
+        tuned.visual.weight.add_(1.0)  # must NOT be taken: only the text side is
+    path = tmp_path / "tuned_clip_best.pt"
+    torch.save({"CLIP": tuned.state_dict(), "epoch": 3}, path)
+    side = enc.with_text(path)
+    assert side.text_checkpoint == str(path)
+    assert torch.allclose(side.encode_texts(["a red dress"], raw=True), -2 * enc.encode_texts(["a red dress"], raw=True))
+    px = torch.rand(2, 3, 32, 32)
+    assert torch.equal(side.encode_pixels(px), enc.encode_pixels(px))
+    with pytest.raises(ValueError, match="openai: encoder"):
+        lite_encoder.with_text(path)
+    torch.save({"model": tuned.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="'CLIP' entry"):
+        enc.with_text(tmp_path / "other.pt")
