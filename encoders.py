@@ -56,10 +56,6 @@ class Encoder(nn.Module):
     def device(self) -> torch.device:
         return self._device
 
-    # Whether the backend's raw outputs are unit vectors already (lite's heads end in a normalisation):
-    # then "raw" and "normalised" features are the same thing.
-    unit_outputs: bool = False
-
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch [B,3,S,S] -> the model's raw image features [B,dim] (float32, on CPU)."""
         raise NotImplementedError
@@ -405,8 +401,6 @@ def _load_minilm(device: torch.device):
 
 class LiteEncoder(Encoder):
     """Locked-tower dual encoder: frozen towers, trained projection heads (which end in a normalisation)."""
-
-    unit_outputs = True
 
     def __init__(self, heads: LiteHeads, device: torch.device, runtime: str = "auto", name: str = "lite"):
         super().__init__()

@@ -229,8 +229,10 @@ class Checkpointer:
 
 
 def _optimizer(args, params: list) -> torch.optim.Optimizer:
-    if args.optimizer == "adamw":  # CLIP4Cir's stage 1: AdamW, eps 1e-7
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay or 0.01, eps=1e-7)
+    """Adam, or AdamW as CLIP4Cir's stage 1 (eps 1e-7, torch's default decay 0.01); an explicit decay wins."""
+    if args.optimizer == "adamw":
+        decay = 0.01 if args.weight_decay is None else args.weight_decay
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=decay, eps=1e-7)
     return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay or 0.0)
 
 
