@@ -35,11 +35,16 @@ ARTICLE_NAMES: dict[str, tuple[str, str]] = {
     "Messenger Bag": ("messenger bag", "messenger bags"), "Dupatta": ("dupatta", "dupattas"),
     "Umbrellas": ("umbrella", "umbrellas"), "Hat": ("hat", "hats"), "Waistcoat": ("waistcoat", "waistcoats"),
     "Boxers": ("boxer", "boxers"), "Sarees": ("saree", "sarees"), "Bracelet": ("bracelet", "bracelets"),
+    "Tights": ("tights", "tights"), "Lounge Shorts": ("pair of lounge shorts", "lounge shorts"),
+    "Lounge Pants": ("pair of lounge pants", "lounge pants"), "Rucksacks": ("rucksack", "rucksacks"),
+    "Kurta Sets": ("kurta set", "kurta sets"), "Headband": ("headband", "headbands"),
+    "Necklace and Chains": ("necklace", "necklaces"),
 }
 # Words that read as plurals are used in their plural form even for one item ("black jeans").
 PLURAL_ONLY = {"Sunglasses", "Jeans", "Shorts", "Trousers", "Track Pants", "Capris", "Leggings", "Briefs",
                "Boxers", "Socks", "Flip Flops", "Stockings", "Gloves", "Cufflinks", "Casual Shoes",
-               "Sports Shoes", "Formal Shoes", "Heels", "Sandals", "Flats", "Sports Sandals"}
+               "Sports Shoes", "Formal Shoes", "Heels", "Sandals", "Flats", "Sports Sandals", "Tights",
+               "Lounge Shorts", "Lounge Pants"}
 GENDER_PHRASES = {"Men": ("men", "men's"), "Women": ("women", "women's"), "Boys": ("boys", "boys'"),
                   "Girls": ("girls", "girls'"), "Unisex": ("anyone", "unisex")}
 COLOUR_PHRASES = {"Multi": "multicoloured", "Navy Blue": "navy blue", "Off White": "off-white",

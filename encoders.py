@@ -1,9 +1,10 @@
 """Image and text encoders behind one entry point: `load(name, device) -> Encoder`.
 
 Backends:
-  lite                 offline default: frozen EfficientNet-Lite0 (ImageNet) + a colour descriptor, and frozen
-                       all-MiniLM-L6-v2, each projected by trained heads into one shared space (a locked-tower
-                       dual encoder; heads trained by `python train.py align`, shipped in weights/).
+  lite                 offline default: frozen EfficientNet-Lite0 (ImageNet) + the colour descriptors of colour.py
+                       (the item's own pixels in CIELAB), and frozen all-MiniLM-L6-v2, each projected by trained
+                       heads into one shared space (a locked-tower dual encoder; heads trained by
+                       `python train.py align` (train_align.py), shipped in weights/).
   hf:<id or dir>       a CLIP model through transformers (CLIPModel + its tokenizer).
   openai:<name>        the OpenAI `clip` package (RN50x4 was the original CLIP4Cir encoder), imported lazily.
 
@@ -14,6 +15,7 @@ the model's own features (CLIP4Cir's Combiner and sum fusion take raw CLIP featu
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -29,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from colour import LAB_EXTRA, hsv_histogram, lab_descriptor
 from preprocess import CLIP_MEAN, CLIP_STD, LITE_MEAN, LITE_STD, PREPROCESS_MODES, Preprocess
 from utils import WEIGHTS_DIR, config_from_dict, get_device, save_checkpoint
 
@@ -180,67 +183,20 @@ class LiteConfig:
     text_feat_dim: int = 384        # all-MiniLM-L6-v2 sentence embedding
     hue_bins: int = 12              # colour descriptor: hue bins for chromatic pixels
     grey_bins: int = 5              # colour descriptor: value bins for achromatic (black/grey/white) pixels
+    colour: str = "hsv"             # "hsv": the HSV histogram alone (the first heads); "lab": plus the CIELAB
+                                    # palette descriptor of the item's own pixels (colour.py)
+    palette_size: int = 64          # "lab": colours in the learned palette (stored with the heads)
     image_size: int = 224           # EfficientNet-Lite0 input resolution
     preprocess: str = "targetpad"   # see PREPROCESS_MODES
 
     @property
     def colour_dim(self) -> int:
-        return self.hue_bins * 2 * 3 + self.grey_bins  # hue x saturation(2) x value(3) + greys
+        hsv = self.hue_bins * 2 * 3 + self.grey_bins  # hue x saturation(2) x value(3) + greys
+        return hsv + (self.palette_size + LAB_EXTRA if self.colour == "lab" else 0)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LiteConfig":
         return config_from_dict(cls, d)
-
-
-def colour_descriptor(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> torch.Tensor:
-    """A hand-made colour histogram of the foreground: [B,3,H,W] in 0..1 -> [B, hue_bins*6 + grey_bins].
-
-    Pooled ImageNet features barely encode colour, which most fashion queries are about. Pixels are weighted
-    by a centre prior times 'not near-white' (catalogue shots sit on white); an all-white item keeps the
-    centre prior alone. Chromatic pixels vote into hue (soft, circular) x saturation x value bins, grey
-    pixels into value bins. Returned as the square root of the normalised histogram (Hellinger map), so a
-    dot product compares distributions sensibly.
-    """
-    x = F.avg_pool2d(rgb.float(), 4)  # 224 -> 56: enough for colour, 16x fewer pixels
-    b, _, h, w = x.shape
-    r, g, bl = x[:, 0], x[:, 1], x[:, 2]
-    v, _ = x.max(1)
-    mn, _ = x.min(1)
-    c = v - mn
-    s = torch.where(v > 1e-6, c / v.clamp_min(1e-6), torch.zeros_like(v))
-    safe_c = c.clamp_min(1e-6)
-    hue = torch.where(v == r, ((g - bl) / safe_c) % 6,
-                      torch.where(v == g, (bl - r) / safe_c + 2, (r - g) / safe_c + 4)) / 6.0  # 0..1
-
-    yy = torch.linspace(-1, 1, h, device=x.device).view(h, 1)
-    xx = torch.linspace(-1, 1, w, device=x.device).view(1, w)
-    centre = torch.exp(-(xx ** 2 + yy ** 2) / (2 * 0.5 ** 2)).expand(b, h, w)
-    fg = ((0.97 - mn) / 0.08).clamp(0, 1)
-    weight = centre * fg
-    weak = weight.flatten(1).sum(1) < 0.02 * centre.flatten(1).sum(1)
-    weight = torch.where(weak.view(b, 1, 1), centre, weight)
-
-    chroma = ((s - 0.15) / 0.15).clamp(0, 1) * ((v - 0.12) / 0.12).clamp(0, 1)
-    # Soft circular hue assignment to the two nearest bin centres.
-    pos = hue * hue_bins - 0.5
-    lo = torch.floor(pos)
-    frac = pos - lo
-    lo_i = lo.long() % hue_bins
-    hi_i = (lo_i + 1) % hue_bins
-    sat_i = (s >= 0.5).long()
-    val_i = (v >= 0.45).long() + (v >= 0.75).long()
-    base = sat_i * 3 + val_i  # 0..5
-    wc = (weight * chroma).flatten(1)
-    hist_c = torch.zeros(b, hue_bins * 6, device=x.device)
-    hist_c.scatter_add_(1, (lo_i * 6 + base).flatten(1), wc * (1 - frac).flatten(1))
-    hist_c.scatter_add_(1, (hi_i * 6 + base).flatten(1), wc * frac.flatten(1))
-
-    grey_i = (v * grey_bins).long().clamp_max(grey_bins - 1)
-    hist_g = torch.zeros(b, grey_bins, device=x.device)
-    hist_g.scatter_add_(1, grey_i.flatten(1), (weight * (1 - chroma)).flatten(1))
-
-    hist = torch.cat([hist_c, hist_g], 1)
-    return (hist / hist.sum(1, keepdim=True).clamp_min(1e-8)).sqrt()
 
 
 class ProjectionHead(nn.Module):
@@ -268,6 +224,17 @@ class LiteHeads(nn.Module):
                                     cfg.dropout)
         self.text = ProjectionHead([cfg.text_feat_dim], cfg.hidden_dim, cfg.embed_dim, cfg.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+        if cfg.colour not in ("hsv", "lab"):
+            raise ValueError(f"unknown colour descriptor {cfg.colour!r}; valid: hsv, lab")
+        if cfg.colour == "lab":  # learned from train pixels (colour.learn_palette); saved with the heads
+            self.register_buffer("palette", torch.zeros(cfg.palette_size, 3))
+
+    def colour_features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The colour descriptor these heads take: RGB in 0..1 [B,3,H,W] -> [B, cfg.colour_dim]."""
+        hsv = hsv_histogram(rgb, self.cfg.hue_bins, self.cfg.grey_bins)
+        if self.cfg.colour == "hsv":
+            return hsv
+        return torch.cat([hsv, lab_descriptor(rgb, self.palette.cpu())], 1)
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors weights + a JSON config beside them (same stem)."""
@@ -409,6 +376,11 @@ class LiteEncoder(Encoder):
         self.preprocess = Preprocess(heads.cfg.preprocess, heads.cfg.image_size, LITE_MEAN, LITE_STD,
                                      fill="edge")
         self.heads = heads.to(device).eval()
+        digest = hashlib.sha256()
+        for k, v in sorted(heads.state_dict().items()):
+            if k.startswith(("image.", "palette")):  # what image features depend on (the text head does not)
+                digest.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
+        self._image_weights = digest.hexdigest()[:16]
         self.tower = _ImageTower().to(device)
         self._ort = self._ort_text = None
         if runtime not in ("auto", "onnx", "torch"):
@@ -429,7 +401,7 @@ class LiteEncoder(Encoder):
     @torch.inference_mode()
     def image_backbone(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frozen-tower features before the head: (pooled [B,1280], colour [B,colour_dim]), float32 on CPU."""
-        colour = colour_descriptor(self.preprocess.unnormalize(pixels), self.cfg.hue_bins, self.cfg.grey_bins)
+        colour = self.heads.colour_features(self.preprocess.unnormalize(pixels).cpu())
         if self._ort is not None:
             pooled = self._ort(pixels)
         else:
@@ -457,7 +429,8 @@ class LiteEncoder(Encoder):
         return self.heads.text(self.text_backbone(texts).to(self._device)).float().cpu()
 
     def describe(self) -> dict:
-        return {**super().describe(), "config": asdict(self.cfg)}
+        # The image weights' fingerprint too: features of other heads with the same config must not pass as these.
+        return {**super().describe(), "config": asdict(self.cfg), "image_weights": self._image_weights}
 
     def _text_side_changed(self) -> None:
         if self._ort_text is not None and id(self.text_model) != self._ort_text_source:

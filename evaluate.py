@@ -11,7 +11,8 @@ text2image: each product name queries the index of the split's images; R@1/5/10 
 image2image: precision@10 (%) of results sharing the query's articleType and baseColour (query removed).
 composed: (reference image, relative caption) -> target, the query made by model.compose:
   catalog    triplets.generate over the split's images (seeded); R@1/10/50 of the target, reference removed,
-             and attr@1/attr@10: the share (%) of the top K having every wanted attribute of the triplet.
+             and attr@1/attr@10: the share (%) of the top K satisfying the triplet's condition (every wanted
+             attribute, none of the unwanted ones), with attr@10_ceiling; per kind under "kinds".
   fashioniq  one index per category (its split's images); the two captions joined as CLIP4Cir does;
              <category>_R@10/R@50, their averages and "average" = their mean. The reference stays in the
              ranking, as in the original evaluation.
@@ -32,14 +33,15 @@ import argparse
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 import data_utils
+from conditions import ConditionMasks, condition_key, make_key
 from index import FeatureIndex, parse_backend, search, with_backend
 from utils import WEIGHTS_DIR, atomic_write, run_cli, setup_logging, write_json
 
@@ -92,18 +94,29 @@ def image2image(index: FeatureIndex, records: Sequence[data_utils.ImageRecord], 
 
 # ----------------------------------------------------------------------------------------------- composed: metrics
 
-def attribute_match_at_k(ranked: torch.Tensor, wanted: Sequence[Mapping[str, str]],
-                         gallery_attrs: Sequence[Mapping[str, str]], k: int) -> float:
-    """Attribute-match@K in %: the share of the first K results having every wanted attribute of their query.
+def attribute_match_at_k(ranked: torch.Tensor, wanted: Sequence[Mapping[str, str | tuple[str, ...]]],
+                         gallery_attrs: Sequence[Mapping[str, str]], k: int,
+                         unwanted: Sequence[Mapping[str, tuple[str, ...]]] | None = None) -> float:
+    """Attribute-match@K in %: the share of the first K results satisfying their query's condition.
 
-    Only the keys present in each `wanted` dict are compared; gallery_attrs[row] holds a row's attributes.
+    A result counts when triplets.satisfies(its attributes, wanted, unwanted) holds: every wanted attribute
+    (a tuple: any of its values), none of the unwanted values. gallery_attrs[row] holds a row's attributes.
     """
-    shares = []
-    for row, want in zip(ranked.tolist(), wanted):
-        top = row[:k]
-        hits = sum(all(gallery_attrs[j].get(a) == v for a, v in want.items()) for j in top)
-        shares.append(hits / max(len(top), 1))
-    return round(100 * sum(shares) / max(len(shares), 1), 2)
+    masks = ConditionMasks(gallery_attrs)
+    keys = [make_key(w, unwanted[i] if unwanted is not None else None) for i, w in enumerate(wanted)]
+    shares = match_shares(ranked, keys, masks, k)
+    return round(100 * float(shares.mean()), 2) if len(shares) else 0.0
+
+
+def match_shares(ranked: torch.Tensor, keys: Sequence[tuple], masks: ConditionMasks, k: int) -> np.ndarray:
+    """Per query, the share of its first K results whose row satisfies its condition key (masks: the gallery)."""
+    top = ranked[:, :k].cpu().numpy() if len(keys) else np.zeros((0, 0), dtype=np.int64)
+    if top.shape[1] == 0:
+        return np.zeros(len(keys))
+    distinct = {key: i for i, key in enumerate(dict.fromkeys(keys))}  # one mask per condition
+    stacked = masks.stack(list(distinct))
+    which = np.array([distinct[key] for key in keys])
+    return (stacked[which[:, None], top] & (top >= 0)).mean(1)  # a -1 (no result) is a miss, never a wrap
 
 
 def recall_subset_at_k(ranked: Sequence[Sequence[str]], targets: Sequence[str | None],
@@ -241,35 +254,31 @@ def composed_catalog(encoder, index: FeatureIndex, records: Sequence[data_utils.
                      triplets: Sequence, method: str, combiner=None) -> ComposedResult:
     """Catalogue triplets (triplets.generate): R@1/10/50 of the target and attr@1/10, reference excluded.
 
-    Also attr@10_ceiling (the best attr@10 possible given how many items have the wanted attributes) and,
-    per triplet kind, queries, R@10 and attr@10 (under "kinds").
+    attr@K counts the results satisfying each triplet's condition (wanted and unwanted attributes, as
+    triplets.satisfies decides). Also attr@10_ceiling (the best attr@10 possible given how many items satisfy
+    it) and, per triplet kind, queries, R@10, attr@10 and attr@10_ceiling (under "kinds").
     """
     refs = reference_features([t.reference for t in triplets], index)
     queries, empty = compose_queries(encoder, refs, [t.caption for t in triplets], method, combiner)
     _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
     targets = _target_ids(index, [t.target for t in triplets])
     attrs_of = {r.name: r.attrs for r in records}
-    gallery = [attrs_of.get(n, {}) for n in index.names]
-    wanted = [t.wanted for t in triplets]
+    masks = ConditionMasks([attrs_of.get(n, {}) for n in index.names])
+    keys = [condition_key(t) for t in triplets]
+    at1, at10 = match_shares(ids, keys, masks, 1), match_shares(ids, keys, masks, 10)
+    # The best attr@10 any ranking could reach: a triplet whose condition only 3 other items satisfy caps
+    # at 30%. Reported so the metric reads against its real maximum; the reference is never ranked.
+    ref_rows = np.array([index.id_of(t.reference) for t in triplets], dtype=np.int64)
+    ceil = np.array([min(10, int(masks.mask(key).sum()) - bool(masks.mask(key)[r])) / 10
+                     for key, r in zip(keys, ref_rows)])
 
-    # The best attr@10 any ranking could reach: a triplet whose wanted attributes only 3 other items
-    # have caps at 30%. Reported so the metric reads against its real maximum.
-    counts = Counter(tuple(sorted(a.items())) for a in gallery)
-
-    def ceiling(i: int) -> float:
-        t = triplets[i]
-        ref = attrs_of.get(t.reference, {})
-        n = sum(c for key, c in counts.items() if all(dict(key).get(a) == v for a, v in t.wanted.items()))
-        n -= all(ref.get(a) == v for a, v in t.wanted.items())  # the reference is never ranked
-        return min(10, n) / 10
+    def pct(values: np.ndarray) -> float:
+        return round(100 * float(values.mean()), 2) if len(values) else 0.0
 
     def scores(rows: list[int]) -> dict:
         sel = torch.tensor(rows, dtype=torch.long)
-        r = recall_at_k(ids[sel], targets[sel], (1, 10, 50))
-        w = [wanted[i] for i in rows]
-        return {**r, "attr@1": attribute_match_at_k(ids[sel], w, gallery, 1),
-                "attr@10": attribute_match_at_k(ids[sel], w, gallery, 10),
-                "attr@10_ceiling": round(100 * sum(ceiling(i) for i in rows) / max(len(rows), 1), 2)}
+        return {**recall_at_k(ids[sel], targets[sel], (1, 10, 50)), "attr@1": pct(at1[rows]),
+                "attr@10": pct(at10[rows]), "attr@10_ceiling": pct(ceil[rows])}
 
     metrics = {"queries": len(triplets), "empty_captions": empty, **scores(list(range(len(triplets))))}
     kinds = {}

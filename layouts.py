@@ -12,14 +12,15 @@ loaders accept. Only the catalogue's train and val splits are written; its test 
   "captions": [c1, c2]}``), ``image_splits/split.<cat>.<split>.json`` (every catalogue image of the category
   in the split). Triplets are generated among one category's images, so reference and target share it.
   The two captions are two phrasings of the same edit: ``c1`` is ``triplets.generate``'s caption; ``c2``
-  comes from running ``triplets.generate`` again on just the (reference, target) pair, whose only possible
-  edit is that one, with seeds derived from (seed, reference, target, try) until its wording differs.
+  comes from running ``triplets.generate`` again on just the (reference, target) pair, keeping a triplet with
+  the same condition (triplets.condition_key), with seeds derived from (seed, reference, target, try) until
+  its wording differs.
 - CIRR rc2: ``cirr/captions/cap.rc2.<split>.json``, ``cirr/image_splits/split.rc2.<split>.json`` mapping
   name -> ``./train/<n>/<id>.jpg`` (n = crc32(id) % 100) or ``./dev/<id>.jpg``. Each triplet has a unique
   pairid (``PAIRID_OFFSET[split] + i``), ``target_soft = {target: 1.0}`` and its own img_set (id = pairid)
   of 6 members as in the real files: the reference, the target and 4 images of the split drawn from the
   target's articleType, then the reference's, then the target's subCategory, then anything, never an image
-  with the wanted attributes (so the target is the one right answer in the set), shuffled.
+  satisfying the triplet's condition (so the target is the one right answer in the set), shuffled.
   ``reference_rank`` / ``target_rank`` are their positions in ``members``.
 """
 from __future__ import annotations
@@ -104,7 +105,9 @@ def _second_caption(t: triplets.CatalogTriplet, pair: list[data_utils.ImageRecor
     for attempt in range(CAPTION_TRIES):
         s = zlib.crc32(f"{seed}|{t.reference}|{t.target}|{attempt}".encode())
         for u in triplets.generate(pair, seed=s, per_kind=2, kinds=[t.kind]):
-            if (u.reference, u.target) == (t.reference, t.target) and u.caption != t.caption:
+            # The same condition too: on two images a kind may still word another edit ("not black", "no stripes").
+            if ((u.reference, u.target) == (t.reference, t.target) and u.caption != t.caption
+                    and triplets.condition_key(u) == triplets.condition_key(t)):
                 return u.caption
     return None
 
@@ -159,15 +162,13 @@ class _SetPools:
 
     def __init__(self, records: Sequence[data_utils.ImageRecord]):
         self.attrs = {r.name: r.attrs for r in records}
-        self.key = {n: tuple(a.get(k, "") for k in triplets.WANTED_KEYS) for n, a in self.attrs.items()}
         self.groups: dict[tuple, list[str]] = {(None, None): list(self.attrs)}
         for n, a in self.attrs.items():
             for field in ("articleType", "subCategory"):
                 self.groups.setdefault((field, a.get(field, "")), []).append(n)
 
     def img_set(self, t: triplets.CatalogTriplet, rng: random.Random) -> list[str]:
-        """The reference, the target and same-category images lacking the wanted attributes, shuffled."""
-        wanted = tuple(t.wanted.get(k, "") for k in triplets.WANTED_KEYS)
+        """The reference, the target and same-category images not satisfying the condition, shuffled."""
         members = [t.reference, t.target]
         for field, of in (("articleType", t.target), ("articleType", t.reference), ("subCategory", t.target),
                           (None, None)):
@@ -175,7 +176,8 @@ class _SetPools:
             if need <= 0:
                 break
             pool = self.groups[(field, self.attrs[of].get(field, "")) if field else (None, None)]
-            cands = [n for n in pool if n not in members and self.key[n] != wanted]
+            cands = [n for n in pool
+                     if n not in members and not triplets.satisfies(self.attrs[n], t.wanted, t.unwanted)]
             members += rng.sample(cands, min(need, len(cands)))
         rng.shuffle(members)
         return members

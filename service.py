@@ -468,6 +468,13 @@ def rank_group(query: torch.Tensor, ds: Dataset, reference: str | None) -> list[
     return [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())]
 
 
+def stale_encoder_fields(manifest: dict, encoder) -> list[str]:
+    """The fields of encoder.describe() that an index manifest records with another value: its features are
+    not this encoder's (other heads, preprocessing or colour descriptor), so they must not be searched."""
+    now = json.loads(json.dumps(encoder.describe(), default=str))  # tuples -> lists, as the manifest holds them
+    return [k for k, v in now.items() if k in manifest and manifest[k] != v]
+
+
 # ----------------------------------------------------------------------------------------------- uploads
 
 def encoder_tag(encoder) -> str:
@@ -717,6 +724,11 @@ class Engine:
             enc = spec.manifest.get("encoder")
             if enc not in (None, encoder.name) or spec.manifest.get("dim") not in (None, encoder.dim):
                 log.info("skipping %s: extracted with encoder %s, the demo runs %s", spec.name, enc, encoder.name)
+                continue
+            stale = stale_encoder_fields(spec.manifest, encoder)
+            if stale:
+                log.warning("skipping %s: extracted with other %s weights or settings (%s); extract it again",
+                            spec.name, encoder.name, ", ".join(stale))
                 continue
             try:
                 ds = load_dataset(spec, settings.data_root, settings.index_backend)

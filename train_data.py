@@ -1,7 +1,7 @@
 """What the composed training stages (`train.py text`, `train.py combiner`) learn from and are validated on.
 
     catalog    triplets generated from the catalogue's train split, fresh ones each epoch (triplets.py); val
-               triplets fixed; every item with the wanted attributes is a positive of the gallery objective
+               triplets fixed; every item satisfying a triplet's condition is a positive of the gallery objective
     fashioniq  the annotation files' train triplets, the two captions randomised each epoch as CLIP4Cir does;
                validation: the FashionIQ protocol on val (R@10 / R@50 per category and their average)
     cirr       the train split's triplets (cap.rc2.train.json); validation: the CIRR protocol on val
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 import data_utils
@@ -36,7 +37,7 @@ class Item:
     ref: int                        # reference row
     tgt: int                        # target row
     caption: str                    # the relative caption of this epoch
-    wanted: tuple | None = None     # catalogue: the wanted attribute values (every match is a positive)
+    wanted: tuple | None = None     # catalogue: triplets.condition_key; every item satisfying it is a positive
 
 
 def randomized_fiq_caption(captions: Sequence[str], rng: random.Random) -> str:
@@ -109,30 +110,24 @@ class CatalogData(TrainData):
             idx = self.index(recs, index_name("catalog", split), split=split)
             self.records[split], self.indexes[split] = recs, idx
             by_name = {r.name: r.attrs for r in recs}
-            self.attrs[split] = [tuple(by_name.get(n, {}).get(k, "") for k in triplets.WANTED_KEYS)
-                                 for n in idx.names]
+            self.attrs[split] = [by_name.get(n, {}) for n in idx.names]  # per index row
         self.train = self.indexes["train"]
         val = triplets.generate(self.records["val"], seed=0, per_kind=args.val_per_kind)
         self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
-        self._rows_by_attrs: dict[tuple, list[int]] = {}
-        for j, a in enumerate(self.attrs["train"]):
-            self._rows_by_attrs.setdefault(a, []).append(j)
+        self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
 
     def _make_epoch(self, epoch: int) -> list[Item]:
         trips = triplets.generate(self.records["train"], seed=self.args.seed * 1000 + epoch,
                                   per_kind=self.args.per_kind, phrasings=self.args.phrasings)
         idx = self.train
-        return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption,
-                     tuple(t.wanted[k] for k in triplets.WANTED_KEYS))
+        return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption, triplets.condition_key(t))
                 for t in trips if t.reference in idx and t.target in idx]
 
     def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
-        """Half the mass on the own target, half spread over every train item with all the wanted attributes
+        """Half the mass on the own target, half spread over every train item satisfying the triplet's condition
         (the own target included): both the specific item and attribute matches are right answers."""
         own = super().positives(items, rows)
-        pos = torch.zeros_like(own)
-        for i, it in enumerate(items):
-            pos[i, self._rows_by_attrs.get(it.wanted, [])] = 1.0
+        pos = torch.from_numpy(self._masks.stack([it.wanted for it in items]).astype(np.float32))
         pos = torch.maximum(pos, own)
         return 0.5 * own + 0.5 * pos / pos.sum(1, keepdim=True)
 
@@ -143,10 +138,9 @@ class CatalogData(TrainData):
         ref_rows = [[val.id_of(t.reference)] for t in self.val]
         _, ranked = search(queries, val, 50, exclude=ref_rows)
         tgts = torch.tensor([val.id_of(t.target) for t in self.val])
-        attrs = [dict(zip(triplets.WANTED_KEYS, a)) for a in self.attrs["val"]]
-        wanted = [{k: t.wanted[k] for k in triplets.WANTED_KEYS} for t in self.val]
+        wanted, unwanted = [t.wanted for t in self.val], [t.unwanted for t in self.val]
         return {**evaluate.recall_at_k(ranked, tgts, (1, 10, 50)),
-                "attr@10": evaluate.attribute_match_at_k(ranked, wanted, attrs, 10)}
+                "attr@10": evaluate.attribute_match_at_k(ranked, wanted, self.attrs["val"], 10, unwanted)}
 
 
 class FashionIQData(TrainData):

@@ -489,3 +489,22 @@ def test_validate_text():
     for bad in (None, "", " ", "a" * (MAX_CAPTION_CHARS + 1), "a\tb", "\x7f", "a\ud800", 5):
         with pytest.raises(BadInput):
             validate_text(bad)
+
+
+def test_features_of_other_heads_are_never_served(demo_world, tmp_path, caplog):
+    """An index extracted with other lite heads (same name and config, other weights) is skipped, not mixed
+    with this encoder's text and uploads."""
+    import shutil
+    root = tmp_path / "features"
+    for name in ("catalog-test", "cirr-val"):
+        shutil.copytree(demo_world["features_root"] / name, root / name)
+    mf = root / "catalog-test" / "manifest.json"
+    manifest = json.loads(mf.read_text())
+    assert manifest["image_weights"] == demo_world["encoder_obj"].describe()["image_weights"]
+    mf.write_text(json.dumps({**manifest, "image_weights": "0" * 16}))
+    with caplog.at_level("WARNING"):
+        app = create_app(AppConfig(**{**demo_world, "features_root": root, "default_dataset": None},
+                                   upload_dir=tmp_path / "u", warm_up=False))
+    names = [d["name"] for d in app.test_client().get("/api/datasets").get_json()["datasets"]]
+    assert names == ["cirr-val"]
+    assert "catalog-test: extracted with other lite weights or settings (image_weights)" in caplog.text

@@ -213,3 +213,51 @@ def test_text_and_tags_modes_in_a_browser(server, page):
     page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-mode", "composed")
     assert page.js_errors == []
+
+
+# A men's navy blue check shirt of the test split, as a new user would try it.
+SHOPPER_REFERENCE = "12329"
+
+
+@pytest.fixture(scope="module")
+def shopper_server(tmp_path_factory, catalog_root, lite_encoder):
+    """The demo as shipped (default composed mode, shipped Combiners) over the 993 test-split images."""
+    from werkzeug.serving import make_server
+
+    import data_utils
+    from extract_features import ensure_index
+    features = tmp_path_factory.mktemp("shopper") / "features"
+    records = data_utils.catalog_images(catalog_root, "test")
+    ensure_index(records, lite_encoder, features / "catalog-test",
+                 info={"dataset": "catalog", "split": "test", "data_root": str(catalog_root)})
+    app = create_app(AppConfig(features_root=features, encoder_obj=lite_encoder, default_dataset="catalog-test",
+                               upload_dir=tmp_path_factory.mktemp("shopper-uploads"), data_root=None))
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.port}", {r.name: r.attrs for r in records}
+    srv.shutdown()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("caption, right", [
+    ("make it for women", lambda a: a["gender"] in ("Women", "Girls") and a["subCategory"] in ("Topwear", "Dress")),
+    ("shoes to match", lambda a: a["masterCategory"] == "Footwear" and a["gender"] in ("Men", "Unisex")),
+])
+def test_shopper_edits_in_a_browser(shopper_server, page, caption, right):
+    """The edits new users type first: another gender, a matching item (no colour word)."""
+    base, attrs = shopper_server
+    page.goto(base + "/")
+    page.fill("#filter", SHOPPER_REFERENCE)
+    card = page.locator(f"#ref-grid .thumb-card[data-id='{SHOPPER_REFERENCE}']")
+    expect(card).to_have_count(1)
+    card.click()
+    page.fill("#caption", caption)
+    page.click("#search-btn")
+    expect(page.locator("#results")).to_have_attribute("data-mode", "composed")  # the default mode
+    expect(page.locator("#results .thumb-card")).to_have_count(24)
+    top = _ids(page, "#results")[:10]
+    good = [n for n in top if right(attrs[n])]
+    assert len(good) >= 7, (caption, [(n, attrs[n]["gender"], attrs[n]["articleType"], attrs[n]["baseColour"])
+                                      for n in top])
+    assert page.js_errors == []

@@ -314,7 +314,7 @@ def test_catalog_rows_and_splits():
     r = records[0]
     assert r.name == "10000" and r.path == CATALOG / "images" / "10000.jpg"
     assert set(r.attrs) == {"gender", "masterCategory", "subCategory", "articleType", "baseColour",
-                            "season", "year", "usage", "productDisplayName", "split"}
+                            "season", "year", "usage", "productDisplayName", "split", "pattern"}
     assert r.attrs["articleType"] == "Skirts"
     du.check_images(du.catalog_images(CATALOG, "val"))
     with pytest.raises(ValueError, match="train, val, test, all"):
@@ -336,6 +336,38 @@ def test_catalog_quoted_commas_and_bad_rows(tmp_path):
         du.catalog_images(tmp_path)
     with pytest.raises(FileNotFoundError, match="styles.csv"):
         du.catalog_images(tmp_path / "nope")
+
+
+def test_pattern_of_product_names():
+    assert du.pattern_of("Belmonte Men Stripes Blue Shirts") == "Striped"
+    assert du.pattern_of("ADIDAS Women STRIPED tee") == du.pattern_of("a stripe") == "Striped"
+    assert du.pattern_of("Levis Men Check Maroon Shirts") == du.pattern_of("checked") == du.pattern_of("Checks") \
+        == "Checked"
+    for name in ("Printed Pink Tshirt", "Block Print Kurta", "prints", "Graphic Tee", "Floral top", "Polka dress"):
+        assert du.pattern_of(name) == "Printed", name
+    assert du.pattern_of("Solid Brown Belt") == du.pattern_of("Plain White Tshirt") == "Solid"
+    # Whole words only; no pattern word is unknown.
+    for name in ("Checkmate Watch", "Blueprint Shirt", "Solidity Jeans", "Puma Men Black Tshirt", ""):
+        assert du.pattern_of(name) == "", name
+    # Several: Striped > Checked > Printed > Solid.
+    assert du.pattern_of("Wrangler Men Stampede Printed Stripe Green Shirts") == "Striped"
+    assert du.pattern_of("Stripe Look Checks Shirt") == "Striped"
+    assert du.pattern_of("Solid Check Shirt") == "Checked" and du.pattern_of("Solid Printed Top") == "Printed"
+
+
+def test_catalog_pattern_is_derived_unless_a_column_gives_it(tmp_path):
+    header = "id,productDisplayName,split\n"
+    (tmp_path / "styles.csv").write_text(header + "1,Men Check Shirt,train\n2,Men Shirt,train\n")
+    assert [r.attrs["pattern"] for r in du.catalog_images(tmp_path)] == ["Checked", ""]
+    (tmp_path / "styles.csv").write_text("id,productDisplayName,pattern,split\n1,Men Check Shirt,Paisley,train\n")
+    assert du.catalog_images(tmp_path)[0].attrs["pattern"] == "Paisley"
+
+
+@needs_catalog
+def test_catalog_patterns_counts():
+    from collections import Counter
+    counts = Counter(r.attrs["pattern"] for r in du.catalog_images(CATALOG))
+    assert counts == {"": 5866, "Solid": 1204, "Printed": 1011, "Striped": 805, "Checked": 697}
 
 
 # -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch.nn as nn
 from PIL import Image
 
 import encoders
-from encoders import colour_descriptor
+from colour import hsv_histogram as colour_descriptor
 from preprocess import CLIP_MEAN, CLIP_STD
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

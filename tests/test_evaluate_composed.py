@@ -117,6 +117,45 @@ def test_attribute_match_by_hand():
     assert attribute_match_at_k(ranked[:, :2], wanted, gallery, 10) == 25.0  # fewer results than K: share of them
 
 
+def test_attribute_match_honours_any_of_and_unwanted():
+    gallery = [{"articleType": "Shirts", "baseColour": "Red", "gender": "Men"},
+               {"articleType": "Shirts", "baseColour": "Blue", "gender": "Unisex"},
+               {"articleType": "Shirts", "baseColour": "Black", "gender": "Women"},
+               {"articleType": "Tops", "baseColour": "Red", "gender": "Men"}]
+    ranked = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0]])
+    wanted = [{"articleType": "Shirts", "gender": ("Men", "Unisex")},   # rows 0, 1
+              {"articleType": "Shirts"}]                                # rows 0-2, but not black: 0, 1
+    unwanted = [{}, {"baseColour": ("Black",)}]
+    assert attribute_match_at_k(ranked, wanted, gallery, 4, unwanted) == 50.0   # (2/4 + 2/4) / 2
+    assert attribute_match_at_k(ranked, wanted, gallery, 2, unwanted) == 50.0   # (2/2 + 0/2) / 2
+    assert attribute_match_at_k(ranked, wanted, gallery, 2) == 75.0             # without unwanted: (1 + 1/2) / 2
+    assert attribute_match_at_k(ranked[:0], [], gallery, 10) == 0.0
+
+
+def test_catalog_ceiling_counts_the_condition_with_unwanted():
+    """attr@10_ceiling: items satisfying the condition (unwanted honoured), less the reference if it does."""
+    from triplets import CatalogTriplet, satisfies
+    colours = ["Black"] * 4 + ["Blue"] * 5
+    attrs = [{"gender": "Men", "articleType": "Shirts", "baseColour": c} for c in colours]
+    attrs += [{"gender": "Women", "articleType": "Tops", "baseColour": "Red"}] * 5
+    records = [data_utils.ImageRecord(str(i), Path(f"{i}.jpg"), a) for i, a in enumerate(attrs)]
+    trips = [CatalogTriplet("0", "not black", "4", "negation", {"gender": "Men", "articleType": "Shirts"},
+                            {"baseColour": ("Black",)}),                        # rows 4-8: 5 of 10
+             CatalogTriplet("4", "c", "0", "matching", {"articleType": "Shirts", "gender": ("Men", "Women")}),
+             # rows 0-8 less the reference: 8 of 10
+             CatalogTriplet("9", "c", "10", "negation", {"gender": "Women"}, {"articleType": ("Tops",)})]  # none
+    index = random_index([r.name for r in records])
+    res = composed_catalog(StandInEncoder(), index, records, trips, "image")
+    assert res.metrics["attr@10_ceiling"] == round(100 * (0.5 + 0.8 + 0.0) / 3, 2)
+    assert res.metrics["kinds"]["negation"]["attr@10_ceiling"] == 25.0
+    assert res.metrics["kinds"]["matching"]["attr@10_ceiling"] == 80.0
+    # attr@10 is what satisfies says of the top 10, query by query
+    by_name = dict(zip([r.name for r in records], attrs))
+    shares = [sum(satisfies(by_name[n], t.wanted, t.unwanted) for n in r[:10]) / 10
+              for t, r in zip(trips, res.rankings)]
+    assert res.metrics["attr@10"] == round(100 * sum(shares) / 3, 2)
+
+
 def test_fiq_caption_joins_as_clip4cir():
     assert fiq_caption(["is shiny and silver with shorter sleeves", "fit and flare"]) == \
         "Is shiny and silver with shorter sleeves and fit and flare"

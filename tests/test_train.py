@@ -108,15 +108,25 @@ def test_text_checkpoints_are_checked(lite_encoder, tmp_path):
 
 
 def test_soft_targets_reward_the_target_and_every_attribute_match():
+    import triplets
     data = train_data.CatalogData.__new__(train_data.CatalogData)
-    data.train = list(range(4))  # only its length is used
-    data._rows_by_attrs = {("Men", "Tshirts", "Red", "Casual"): [0, 1, 2], ("Men", "Tshirts", "Blue", "Casual"): [3]}
-    items = [train_data.Item(5, 0, "c", ("Men", "Tshirts", "Red", "Casual")),
-             train_data.Item(6, 3, "c", ("Men", "Tshirts", "Blue", "Casual"))]
-    gallery = data.positives(items, torch.tensor([0, 3]))
-    assert torch.allclose(gallery.sum(1), torch.ones(2))
-    assert torch.allclose(gallery[0], torch.tensor([0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3, 0.0]))
-    assert torch.allclose(gallery[1], torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    data.train = list(range(5))  # only its length is used
+    attrs = [{"gender": "Men", "articleType": "Tshirts", "baseColour": c, "usage": "Casual"}
+             for c in ("Red", "Red", "Red", "Blue")] + [{"gender": "Unisex", "articleType": "Tshirts",
+                                                          "baseColour": "Red", "usage": "Casual"}]
+    data._masks = triplets.ConditionMasks(attrs)
+    red = triplets.make_key({"gender": "Men", "articleType": "Tshirts", "baseColour": "Red", "usage": "Casual"})
+    blue = triplets.make_key({"gender": "Men", "articleType": "Tshirts", "baseColour": "Blue", "usage": "Casual"})
+    not_red = triplets.make_key({"gender": ("Men", "Unisex"), "articleType": "Tshirts"}, {"baseColour": ("Red",)})
+    anyone_red = triplets.make_key({"gender": ("Men", "Unisex"), "baseColour": "Red"})
+    items = [train_data.Item(5, 0, "c", red), train_data.Item(6, 3, "c", blue), train_data.Item(7, 3, "c", not_red),
+             train_data.Item(8, 4, "c", anyone_red)]
+    gallery = data.positives(items, torch.tensor([0, 3, 3, 4]))
+    assert torch.allclose(gallery.sum(1), torch.ones(4))
+    assert torch.allclose(gallery[0], torch.tensor([0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3, 0.0, 0.0]))
+    assert torch.allclose(gallery[1], torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+    assert torch.allclose(gallery[2], gallery[1])  # the unwanted colour rules out every red one
+    assert torch.allclose(gallery[3], torch.tensor([0.5 / 4, 0.5 / 4, 0.5 / 4, 0.0, 0.5 + 0.5 / 4]))
 
 
 def test_batch_negatives_are_the_papers_one_hot_classification():
