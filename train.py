@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
 
     c = sub.add_parser("combiner", help="stage 2: train the Combiner on frozen cached features")
-    _composed_args(c, "combiner.safetensors", epochs=25)
+    _composed_args(c, "combiner.safetensors", epochs=40)
     c.add_argument("--text-encoder", default="base",
                    help="text side to train on: base, stage1 (weights/lite-text.safetensors) or a checkpoint path")
     c.add_argument("--projection-dim", type=int, default=None,
