@@ -15,7 +15,6 @@ The test split is never read here.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
@@ -30,13 +29,9 @@ from tqdm import tqdm
 import triplets
 from train_align import run_align
 from train_data import TRAIN_DATASETS, FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
-from utils import WEIGHTS_DIR, atomic_write, get_device, run_cli, setup_logging, write_json
+from utils import WEIGHTS_DIR, atomic_write, content_key, get_device, run_cli, setup_logging, write_json
 
 log = logging.getLogger("train")
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------- composed
@@ -80,7 +75,7 @@ class Checkpointer:
 
     def __init__(self, args, kind: str):
         skip = {"restart", "verbose", "workers", "epochs", "func", "cmd", "out"}
-        key = _key(kind, {k: v for k, v in sorted(vars(args).items()) if k not in skip})
+        key = content_key(kind, {k: v for k, v in sorted(vars(args).items()) if k not in skip})
         self.path = Path(args.cache_dir) / f"{kind}-{key}.resume.pt"
         if args.restart and self.path.exists():
             self.path.unlink()

@@ -12,7 +12,6 @@ the same type and colour. The test split is never read here.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -33,14 +32,10 @@ from encoders import LiteConfig, LiteEncoder, LiteHeads
 from evaluate import attribute_precision_at_k, recall_at_k
 from extract_features import default_workers, iter_batches
 from index import search
-from utils import get_device, save_tensors, write_json
+from utils import content_key, get_device, save_tensors, write_json
 
 log = logging.getLogger("train")
 ATTRIBUTES = ("gender", "articleType", "baseColour", "usage", "pattern")  # the attribute losses' labels
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def cached_image_backbone(encoder: LiteEncoder, records: Sequence[data_utils.ImageRecord], cache_dir: Path,
@@ -52,7 +47,8 @@ def cached_image_backbone(encoder: LiteEncoder, records: Sequence[data_utils.Ima
     names = [r.name for r in records]
     heads = encoder.heads
     colour_state = [asdict(heads.cfg), heads.palette.tolist() if hasattr(heads, "palette") else None]
-    f = cache_dir / f"{tag}-v{view}-{_key(encoder.preprocess.describe(), names, colour_state, view, seed)}.safetensors"
+    key = content_key(encoder.preprocess.describe(), names, colour_state, view, seed)
+    f = cache_dir / f"{tag}-v{view}-{key}.safetensors"
     if f.exists():
         return {"names": json.loads(f.with_suffix(".json").read_text()), **load_file(f)}
     prep = encoder.preprocess if view == 0 else Augmented(encoder.preprocess, seed, view)
@@ -76,7 +72,7 @@ def cached_image_backbone(encoder: LiteEncoder, records: Sequence[data_utils.Ima
 def cached_text_backbone(encoder: LiteEncoder, texts: Sequence[str], cache_dir: Path, tag: str) -> torch.Tensor:
     """Frozen MiniLM embeddings of `texts`, cached by content."""
     from safetensors.torch import load_file
-    f = cache_dir / f"{tag}-{_key(list(texts))}.safetensors"
+    f = cache_dir / f"{tag}-{content_key(list(texts))}.safetensors"
     if f.exists():
         return load_file(f)["text"]
     out = [encoder.text_backbone(list(texts[i:i + 512])) for i in tqdm(range(0, len(texts), 512), desc=f"text {tag}")]

@@ -85,6 +85,11 @@ def config_from_dict(cls: type, d: dict) -> Any:
     return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def content_key(*parts: Any) -> str:
+    """A short stable hash of JSON-able parts: names cache and resume files by everything they depend on."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
