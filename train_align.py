@@ -29,9 +29,9 @@ from augment import Augmented
 from captions import training_captions
 from colour import learn_palette
 from encoders import LiteConfig, LiteEncoder, LiteHeads
-from evaluate import attribute_precision_at_k, recall_at_k
+from evaluate import image2image, recall_at_k
 from extract_features import default_workers, iter_batches
-from index import search
+from index import FeatureIndex, search
 from utils import content_key, get_device, save_tensors, write_json
 
 log = logging.getLogger("train")
@@ -139,15 +139,13 @@ def same_item_loss(img: torch.Tensor, key: torch.Tensor, scale: float) -> torch.
     return F.cross_entropy(logits[rows], target)
 
 
-def _val_metrics(heads: LiteHeads, va: dict, va_text: torch.Tensor, va_attrs: list[dict], device) -> dict:
+def _val_metrics(heads: LiteHeads, va: dict, va_text: torch.Tensor, va_recs: list, device) -> dict:
     with torch.no_grad():
         gi = heads.image(va["pooled"].to(device), va["colour"].to(device)).cpu()
         qt = heads.text(va_text.to(device)).cpu()
     _, ranked = search(qt, gi, 10)
     metrics = recall_at_k(ranked, torch.arange(len(qt)), (1, 5, 10))
-    _, near = search(gi, gi, 11)
-    key = [(a.get("articleType"), a.get("baseColour")) for a in va_attrs]
-    metrics["i2i_type_colour_P@10"] = attribute_precision_at_k(near[:, 1:], key, key, 10)
+    metrics["i2i_type_colour_P@10"] = image2image(FeatureIndex(gi, list(va["names"])), va_recs)["P@10"]
     return metrics
 
 
@@ -155,8 +153,9 @@ def _score(m: dict) -> float:
     return (m["R@1"] + m["R@10"]) / 2 + m["i2i_type_colour_P@10"]
 
 
-def _features(enc: LiteEncoder, root: Path, args) -> tuple[list[dict], list[dict], dict, list[dict]]:
-    """(train views, train attrs, val features, val attrs); every train view holds the same names in order."""
+def _features(enc: LiteEncoder, root: Path, args) -> tuple[list[dict], list[dict], dict, list]:
+    """(train views, train attrs, val features, val records in feature order); every train view holds the same
+    names in order."""
     cache = Path(args.cache_dir)
     recs = {s: data_utils.catalog_images(root, s) for s in ("train", "val")}  # never test
     views = [cached_image_backbone(enc, recs["train"], cache, "catalog-train", args.batch_size, args.workers, v,
@@ -166,8 +165,8 @@ def _features(enc: LiteEncoder, root: Path, args) -> tuple[list[dict], list[dict
         keep = [i for i, n in enumerate(v["names"]) if n in common]
         v.update(names=[v["names"][i] for i in keep], pooled=v["pooled"][keep], colour=v["colour"][keep])
     va = cached_image_backbone(enc, recs["val"], cache, "catalog-val", args.batch_size, args.workers)
-    by_name = {r.name: r.attrs for s in recs for r in recs[s]}
-    return views, [by_name[n] for n in views[0]["names"]], va, [by_name[n] for n in va["names"]]
+    by_name = {r.name: r for s in recs for r in recs[s]}
+    return views, [by_name[n].attrs for n in views[0]["names"]], va, [by_name[n] for n in va["names"]]
 
 
 @dataclass
@@ -246,9 +245,9 @@ def run_align(args) -> int:
     if cfg.colour == "lab":
         heads.palette.copy_(fit_palette(enc, data_utils.catalog_images(root, "train"), cfg.palette_size, args.seed,
                                         workers=args.workers))
-    views, tr_attrs, va, va_attrs = _features(enc, root, args)
+    views, tr_attrs, va, va_recs = _features(enc, root, args)
     data, labels = _train_set(enc, views, tr_attrs, args, device)
-    va_text = cached_text_backbone(enc, [a["productDisplayName"] for a in va_attrs], Path(args.cache_dir), "val-names")
+    va_text = cached_text_backbone(enc, [r.attrs["productDisplayName"] for r in va_recs], Path(args.cache_dir), "val-names")
     clf = AttributeClassifiers(cfg.embed_dim, labels).to(device)
     heads.to(device).train()
     opt = torch.optim.AdamW(list(heads.parameters()) + list(clf.parameters()), lr=args.lr,
@@ -260,7 +259,7 @@ def run_align(args) -> int:
     for epoch in range(args.epochs):
         loss = _train_epoch(heads, clf, data, opt, sched, g, args, device)
         heads.eval()
-        metrics = _val_metrics(heads, va, va_text, va_attrs, device)
+        metrics = _val_metrics(heads, va, va_text, va_recs, device)
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), **metrics})
         log.info("epoch %d loss %.4f val %s", epoch + 1, loss, metrics)
         if best is None or _score(metrics) > _score(best):

@@ -23,8 +23,8 @@ from PIL import Image  # noqa: E402
 import data_utils  # noqa: E402
 import encoders  # noqa: E402
 from augment import augment  # noqa: E402
-from evaluate import attribute_precision_at_k  # noqa: E402
-from index import search  # noqa: E402
+from evaluate import attribute_precision_at_k, image2image  # noqa: E402
+from index import FeatureIndex, search  # noqa: E402
 from utils import WEIGHTS_DIR, setup_logging  # noqa: E402
 
 
@@ -48,14 +48,14 @@ def main() -> int:
     print("|---|---:|---:|---:|")
     for heads in args.heads:
         enc = encoders.load("lite", "cpu", heads=heads)
-        gallery, queries = encode(enc, clean), encode(enc, photos)
-        _, near = search(gallery, gallery, 11)
-        _, ranked = search(queries, gallery, 11)
+        gallery = FeatureIndex(encode(enc, clean), [r.name for r in recs])
+        queries = encode(enc, photos)
         own = torch.arange(len(recs))
-        r1 = 100 * float((ranked[:, 0] == own).float().mean())
-        others = [[j for j in row if j != i][:10] for i, row in enumerate(ranked.tolist())]
-        p10 = attribute_precision_at_k(torch.tensor(others), key, key, 10)
-        clean_p10 = attribute_precision_at_k(near[:, 1:], key, key, 10)
+        _, first = search(queries, gallery, 1)
+        r1 = 100 * float((first[:, 0] == own).float().mean())
+        _, others = search(queries, gallery, 10, exclude=own.tolist())  # the photo's own clean image left out
+        p10 = attribute_precision_at_k(others, key, key, 10)
+        clean_p10 = image2image(gallery, recs)["P@10"]
         print(f"| {heads} | {clean_p10:.1f} | {r1:.1f} | {p10:.1f} |")
     return 0
 
