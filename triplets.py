@@ -25,7 +25,7 @@ import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -167,6 +167,15 @@ class _Catalog:
 
 # ----------------------------------------------------------------------------------------------- change kinds
 
+def _draws(cat: _Catalog, rng: random.Random, cands: list, per_kind: int) -> Iterator[int]:
+    """References in a shuffled order until `cands` holds 3 x per_kind candidates (the kind then keeps a random
+    per_kind of them)."""
+    for ref in cat.refs(rng):
+        if len(cands) >= per_kind * 3:
+            return
+        yield ref
+
+
 def _propose_any(cat: _Catalog, rng: random.Random, ref: Mapping[str, str], attrs: Sequence[str]) -> dict | None:
     """The first kinds' draw: any other value of each attribute (the pool may turn out empty)."""
     opts = {}
@@ -206,9 +215,7 @@ def _change_kind(cat: _Catalog, kind: str, rng: random.Random, per_kind: int, ph
     attrs = tuple(CHANGED[c] for c in change)
     keys = WANTED_KEYS if kind in LEGACY_KINDS else wanted_keys(change)
     cands: list[CatalogTriplet] = []
-    for ref in cat.refs(rng):
-        if len(cands) >= per_kind * 3:
-            break
+    for ref in _draws(cat, rng, cands, per_kind):
         ra = cat.attrs[ref]
         chosen = (_propose_any(cat, rng, ra, attrs) if kind in LEGACY_KINDS
                   else _propose_existing(cat, rng, ra, attrs, keys))
@@ -253,9 +260,7 @@ def _same_product_colour(cat: _Catalog, rng: random.Random, phrasings: str) -> l
 def _matching(cat: _Catalog, rng: random.Random, per_kind: int, phrasings: str) -> list[CatalogTriplet]:
     """Another category in the reference's colour, for the same wearer (adults: or unisex)."""
     cands: list[CatalogTriplet] = []
-    for ref in cat.refs(rng):
-        if len(cands) >= per_kind * 3:
-            break
+    for ref in _draws(cat, rng, cands, per_kind):
         ra = cat.attrs[ref]
         g = ra["gender"]
         gender = g if g in ph.KIDS else ("Men", "Unisex", "Women") if g == "Unisex" else (g, "Unisex")
@@ -291,9 +296,7 @@ def _negation(cat: _Catalog, rng: random.Random, per_kind: int, phrasings: str) 
     say = {"baseColour": ph.negate_colour_caption, "usage": ph.negate_usage_caption,
            "pattern": ph.negate_pattern_caption}
     cands: list[CatalogTriplet] = []
-    for ref in cat.refs(rng):
-        if len(cands) >= per_kind * 3:
-            break
+    for ref in _draws(cat, rng, cands, per_kind):
         ra = cat.attrs[ref]
         opts = []
         for attr in ("baseColour", "usage", "pattern"):
@@ -311,9 +314,7 @@ def _negation(cat: _Catalog, rng: random.Random, per_kind: int, phrasings: str) 
 
 def _same_but_different(cat: _Catalog, rng: random.Random, per_kind: int, phrasings: str) -> list[CatalogTriplet]:
     cands: list[CatalogTriplet] = []
-    for ref in cat.refs(rng):
-        if len(cands) >= per_kind * 3:
-            break
+    for ref in _draws(cat, rng, cands, per_kind):
         wanted = {k: cat.attrs[ref][k] for k in ("gender", "articleType", "baseColour")}
         pool = cat.pool(wanted, ref=ref)
         if len(pool):
