@@ -103,7 +103,7 @@ def learn_palette(rgb: torch.Tensor, k: int = 64, seed: int = 0, samples: int = 
     """k CIELAB colours [k,3] that cover the item pixels of `rgb` (k-means over a seeded sample of them)."""
     from sklearn.cluster import KMeans
     x = _small(rgb)
-    wgt, fg, skin = pixel_weights(x)
+    fg, skin = foreground(x)
     px = rgb_to_lab(x).permute(0, 2, 3, 1).reshape(-1, 3)[((fg * (1 - skin)).reshape(-1) > 0.5)]
     g = torch.Generator().manual_seed(seed)
     px = px[torch.randperm(len(px), generator=g)[:samples]]
