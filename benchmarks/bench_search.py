@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import index as index_mod  # noqa: E402
-from index import load_index, recall_at_k, search  # noqa: E402
+from index import ann_recall, load_index, search  # noqa: E402
 from utils import REPO_DIR, save_tensors, setup_logging, write_json  # noqa: E402
 
 log = logging.getLogger("bench_search")
@@ -177,9 +177,9 @@ def measure(name: str, idx, q: torch.Tensor, truth: torch.Tensor, exclude: list 
                        for lo in range(0, len(q), 32)])
     single = latencies(idx, q, 10, exclude, 1, len(q))
     batched = latencies(idx, q, 10, exclude, 32, args.batch_rounds)
-    row = {"backend": name, "spec": idx.backend.spec, "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
+    row = {"backend": name, "spec": idx.backend.label, "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
            "b32_p50_ms": pct(batched, 50), "b32_p99_ms": pct(batched, 99),
-           "recall@10": recall_at_k(found, truth), **extra}
+           "recall@10": ann_recall(found, truth), **extra}
     log.info("%s: %s", name, {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
     return row
 

@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 import index as index_mod
-from index import (BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, load_index, recall_at_k,
+from index import (BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index,
                    search)
+from index.backends.milvus import _row_count
+from index.cli import main as index_main
 from utils import save_tensors, write_json
 
 N, DIM = 3000, 64
@@ -182,7 +184,7 @@ def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind):
     x = folder[1]
     idx = load_index(path, f"faiss:{kind}")
     b = idx.backend
-    assert isinstance(b, index_mod.FaissBackend) and b.kind == kind and not b.reused
+    assert isinstance(b, index_mod.FaissBackend) and b.ann_kind == kind and not b.reused
     assert b.meta["recall@10"] >= 0.9 and b.meta["build_seconds"] >= 0
     saved = list(path.glob(f"faiss-{kind}-*.index"))
     assert len(saved) == 1 and json.loads(saved[0].with_suffix(".json").read_text())["fingerprint"] == idx.fingerprint
@@ -190,7 +192,7 @@ def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind):
     excl = [[int(r)] for r in dense(q, x, 1)[1][:, 0]]   # each query's nearest row is excluded
     s, i = search(q, idx, 10, exclude=excl)
     _, truth = dense(q, x, 10, exclude=excl)
-    assert recall_at_k(i, truth) >= 0.9
+    assert ann_recall(i, truth) >= 0.9
     assert all(e[0] not in row for e, row in zip(excl, i.tolist()))
     assert (s[:, :-1] >= s[:, 1:]).all()
     # subset: exact, from the mapped features
@@ -208,7 +210,7 @@ def test_faiss_auto_picks_hnsw_and_tiny_indexes_fall_back(tmp_path):
     pytest.importorskip("faiss")
     x = write_folder(tmp_path / "tiny", n=12)
     idx = load_index(tmp_path / "tiny", "faiss")
-    assert idx.backend.kind == "hnsw"
+    assert idx.backend.ann_kind == "hnsw"
     _, i = search(x[:2].float(), idx, 50, exclude=[[0], [1, 2]])
     assert i.shape == (2, 10) and 0 not in i[0].tolist() and not {1, 2} & set(i[1].tolist())
 
@@ -217,20 +219,20 @@ def test_cli_check_build_help(folder, tmp_path, capsys):
     pytest.importorskip("faiss")
     from utils import run_cli
     path = copy_folder(folder[0], tmp_path / "idx")
-    assert index_mod.main(["check", "--features", str(path)]) == 0
+    assert index_main(["check", "--features", str(path)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["rows"] == N and out["dim"] == DIM and out["memory_mapped"]
-    assert index_mod.main(["build", "--features", str(path), "--backend", "faiss:hnsw?M=16"]) == 0
+    assert index_main(["build", "--features", str(path), "--backend", "faiss:hnsw?M=16"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["kind"] == "hnsw" and out["recall@10"] >= 0.9 and "efSearch" in out["search_params"]
-    assert run_cli(lambda: index_mod.main(["check", "--features", str(tmp_path / "nope")])) == 2
+    assert run_cli(lambda: index_main(["check", "--features", str(tmp_path / "nope")])) == 2
     with pytest.raises(SystemExit) as e:
-        index_mod.main(["--help"])
+        index_main(["--help"])
     assert e.value.code == 0
     help_text = capsys.readouterr().out
     assert all(w in help_text for w in ("check", "build", "load"))
     with pytest.raises(SystemExit):
-        index_mod.main(["load", "--help"])
+        index_main(["load", "--help"])
     help_text = capsys.readouterr().out
     assert all(w in help_text for w in ("--features", "--to", "--batch", "--index-type", "--replace"))
 
@@ -247,7 +249,7 @@ def milvus_folder(folder, tmp_path_factory):
 def _count(path: Path) -> int:
     idx = load_index(path)
     client = index_mod.milvus_client(str(path / "milvus.db"), index_mod.parse_backend("milvus"))
-    return index_mod._row_count(client, index_mod.collection_name(idx))
+    return _row_count(client, index_mod.collection_name(idx))
 
 
 def test_milvus_load_is_resumable_and_idempotent(milvus_folder, capsys):
@@ -255,13 +257,13 @@ def test_milvus_load_is_resumable_and_idempotent(milvus_folder, capsys):
     with pytest.raises(KeyboardInterrupt):   # killed after the first 1,000 rows
         index_mod.load_into_milvus(idx, "milvus", batch=500, progress=False, _stop_after_rows=1000)
     assert _count(milvus_folder) == 1000
-    with pytest.raises(IndexLoadError, match=r"only partly loaded; run `python index.py load"):
+    with pytest.raises(IndexLoadError, match=r"only partly loaded; run `python3 -m index load"):
         load_index(milvus_folder, "milvus")
-    assert index_mod.main(["load", "--features", str(milvus_folder), "--to", "milvus", "--batch", "500",
+    assert index_main(["load", "--features", str(milvus_folder), "--to", "milvus", "--batch", "500",
                            "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["resumed_from"] == 1000 and out["inserted"] == N - 1000 and _count(milvus_folder) == N
-    assert index_mod.main(["load", "--features", str(milvus_folder), "--to", "milvus", "--no-progress"]) == 0
+    assert index_main(["load", "--features", str(milvus_folder), "--to", "milvus", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["already_loaded"] and out["inserted"] == 0 and _count(milvus_folder) == N
 
@@ -276,7 +278,7 @@ def test_milvus_search_matches_exact(milvus_folder):
     excl = [[int(r)] for r in dense(q, x, 1)[1][:, 0]]
     s, i = search(q, idx, 10, exclude=excl)
     rs, ri = dense(q, x, 10, exclude=excl)
-    assert recall_at_k(i, ri) >= 0.9
+    assert ann_recall(i, ri) >= 0.9
     assert all(e[0] not in row for e, row in zip(excl, i.tolist()))
     assert torch.allclose(s[:, 0], rs[:, 0], atol=1e-3)
     group = [5, 17, 300, 301, 1200, 2999]
@@ -291,7 +293,7 @@ def test_milvus_stale_and_unreachable(milvus_folder, tmp_path):
     index_mod.load_into_milvus(load_index(path), "milvus", progress=False)
     assert load_index(path, "milvus").backend.health()["ok"]
     write_folder(path, n=300, seed=5)  # re-extracted since the load
-    with pytest.raises(StaleIndexError, match=r"stale\); run `python index.py load --features .* --to milvus`"):
+    with pytest.raises(StaleIndexError, match=r"stale\); run `python3 -m index load --features .* --to milvus`"):
         load_index(path, "milvus")
     out = index_mod.load_into_milvus(load_index(path), "milvus", progress=False)   # the fix replaces it
     assert out["replaced_stale"] and out["inserted"] == 300 and load_index(path, "milvus").backend.health()["ok"]
@@ -322,7 +324,7 @@ def test_milvus_missing_package_or_collection_is_clear(folder, tmp_path):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
     path = copy_folder(folder[0], tmp_path / "fresh")
-    with pytest.raises(IndexLoadError, match="has no collection cir_fresh .* run `python index.py load"):
+    with pytest.raises(IndexLoadError, match="has no collection cir_fresh .* run `python3 -m index load"):
         load_index(path, "milvus")
 
 

@@ -1,0 +1,95 @@
+"""The index command line: `python3 -m index check|build|load`.
+
+    python3 -m index check --features features/catalog-all             # validate + verify, print a summary
+    python3 -m index build --features features/catalog-all --backend faiss   # build/refresh the faiss index
+    python3 -m index load --features features/catalog-all --to milvus:http://host:19530   # fill Milvus
+
+Each prints one JSON line; a bad folder or option is one clear error line and exit code 2 (utils.run_cli).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Sequence
+
+from utils import setup_logging
+
+from .backends.faiss import FaissBackend
+from .backends.milvus import load_into_milvus
+from .feature_index import FeatureIndex, load_index
+from .files import verify_checksums
+from .registry import open_backend, parse_backend
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 -m index", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{check,build,load}")
+    c = sub.add_parser("check", help="load a feature folder, verify its checksums in full, print a JSON summary")
+    c.add_argument("--features", required=True, metavar="DIR", help="index folder written by extract_features.py")
+    c.add_argument("--backend", default="exact", metavar="SPEC",
+                   help="also open this backend and report its health (exact, faiss..., milvus...)")
+    c.add_argument("--require-verified", action="store_true",
+                   help="fail (exit code 2) when the manifest records no checksums, instead of reporting it")
+    b = sub.add_parser("build", help="build (or refresh, if the features changed) the saved faiss index; "
+                                     "prints recall@10 against exact and the build time")
+    b.add_argument("--features", required=True, metavar="DIR", help="index folder written by extract_features.py")
+    b.add_argument("--backend", default="faiss", metavar="SPEC",
+                   help="faiss, faiss:hnsw?M=32&efConstruction=128, faiss:ivfpq?nlist=4096&m=32 ... (default: "
+                        "faiss, HNSW or IVF-PQ by size)")
+    b.add_argument("--force", action="store_true", help="rebuild even if the saved index is up to date")
+    ld = sub.add_parser("load", help="copy a feature folder into a Milvus collection (idempotent, resumable)")
+    ld.add_argument("--features", required=True, metavar="DIR", help="index folder written by extract_features.py")
+    ld.add_argument("--to", default="milvus", metavar="URI",
+                    help="milvus (milvus-lite in DIR/milvus.db), milvus:FILE.db, or milvus:http://host:19530"
+                         "[?token=...&db=...]; a bare FILE.db or http:// URI works too (default: milvus)")
+    ld.add_argument("--batch", type=int, default=10_000, help="rows per insert request (default 10000)")
+    ld.add_argument("--index-type", default="HNSW", choices=["HNSW", "AUTOINDEX", "FLAT", "IVF_FLAT"],
+                    help="Milvus vector index built on the collection, inner-product metric (default HNSW)")
+    ld.add_argument("--replace", action="store_true", help="drop the collection first and load it afresh")
+    ld.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for s in (c, b, ld):
+        s.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _check(index: FeatureIndex, args: argparse.Namespace) -> dict:
+    """The summary, with the checksums verified once more in full (not from this process' memo)."""
+    t0 = time.perf_counter()
+    verified = verify_checksums(index.path, index.manifest, use_memo=False)
+    out = {**index.summary(), "verified": verified, "verify_seconds": round(time.perf_counter() - t0, 3)}
+    if not verified:
+        out["unverified_reason"] = ("the manifest records no checksums (extracted by an older version); "
+                                    "extract it again with --overwrite to record them")
+        if args.require_verified:
+            raise ValueError(f"{index.path}: {out['unverified_reason']}")
+    if parse_backend(args.backend).kind != "exact":
+        out["backend"] = open_backend(index, args.backend).health()
+    return out
+
+
+def _build(index: FeatureIndex, args: argparse.Namespace) -> dict:
+    backend_spec = parse_backend(args.backend)
+    if backend_spec.kind != "faiss":
+        raise ValueError(f"build makes faiss indexes; for Milvus use `python3 -m index load --to {args.backend}`")
+    backend = FaissBackend.open(index, backend_spec, rebuild=args.force)
+    return {"features": str(index.path), "backend": backend.label, **{k: backend.meta.get(k) for k in (
+        "kind", "file", "rows", "build_seconds", "recall@10", "recall_target", "search_params", "tuning")}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    index = load_index(args.features)
+    if args.command == "check":
+        out = _check(index, args)
+    elif args.command == "build":
+        out = _build(index, args)
+    else:
+        if args.batch < 1:
+            raise ValueError("--batch must be at least 1")
+        out = load_into_milvus(index, args.to, args.batch, args.index_type, progress=not args.no_progress,
+                               replace=args.replace)
+    print(json.dumps(out))
+    return 0

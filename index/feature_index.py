@@ -1,0 +1,212 @@
+"""FeatureIndex and load_index: a feature folder checked, verified and memory-mapped, with its ranking backend.
+
+`load_index(path, backend)` checks the folder is complete and consistent, verifies the files against the
+manifest's checksums (streamed sha256; a mismatch is an IndexLoadError naming the folder and the file),
+memory-maps the features (no copy in RAM per process: the OS page cache is shared) and attaches the backend
+the spec names. Folders written before the extractor recorded checksums load unverified
+(`FeatureIndex.verified` is False, and says so in health and summaries).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .backends.base import Backend, UnavailableBackend
+from .backends.exact import ExactBackend
+from .errors import IndexLoadError
+from .files import (FEATURES_FILE, MANIFEST_FILE, NAMES_FILE, check_sample, features_fingerprint, map_features,
+                    read_norms, verify_checksums)
+from .registry import open_backend, parse_backend
+from .specs import BackendSpec
+
+log = logging.getLogger("index")
+
+# Encoders whose raw outputs are unit vectors (lite's heads end in a normalisation): their folders from before
+# format 2, which stored only normalised rows, still give the exact raw features.
+UNIT_OUTPUT_ENCODERS = ("lite",)
+
+
+@dataclass
+class FeatureIndex:
+    features: torch.Tensor          # [N, d] L2-normalised, float16 as stored (memory-mapped when loaded)
+    names: list[str]                # row -> image name
+    manifest: dict = field(default_factory=dict)
+    path: Path | None = None        # the folder it was loaded from; None for an index built in memory
+    mapped: np.memmap | None = field(default=None, repr=False)   # the mapping under `features`, if any
+    unit_rows: bool = False         # rows checked to be unit-norm at load (enables the fp16 fast scan)
+    norms: torch.Tensor | None = None   # [N] float32 raw-feature norms (rows * norms = the encoder's raw
+                                        # output); None: the rows are the raw features themselves
+    raw_error: str | None = None    # why raw features cannot be had (an old folder of a non-unit encoder)
+    verified: bool = False          # the files matched the manifest's checksums at load (False: it has none,
+                                    # or the index was built in memory)
+    _ids: dict[str, int] | None = field(default=None, repr=False)
+    _f32: torch.Tensor | None = field(default=None, repr=False)
+    _backend: Any = field(default=None, repr=False)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return self.features.shape[1]
+
+    def id_of(self, name: str) -> int:
+        """Row of an image name; KeyError if the image is not in the index."""
+        if self._ids is None:
+            self._ids = {n: i for i, n in enumerate(self.names)}
+        return self._ids[name]
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.id_of(name)
+            return True
+        except KeyError:
+            return False
+
+    def matrix(self) -> torch.Tensor:
+        """float32 copy of the whole matrix, made once, for small callers (training, evaluation).
+
+        search() never needs it: a server keeps only the memory-mapped float16 file.
+        """
+        if self._f32 is None:
+            self._f32 = self.features.float()
+        return self._f32
+
+    def raw(self, rows: Any) -> torch.Tensor:
+        """float32 raw encoder features [len(rows), d] of some rows: what composition (model.compose) takes.
+
+        Gathers only those rows from the (memory-mapped) float16 features; raises IndexLoadError for a folder
+        that cannot give them (extracted before norms were stored, by an encoder whose outputs are not unit).
+        """
+        if self.raw_error:
+            raise IndexLoadError(self.raw_error)
+        rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        x = self.features[rows].float()
+        return x if self.norms is None else x * self.norms[rows].unsqueeze(1)
+
+    def raw_matrix(self) -> torch.Tensor:
+        """float32 raw features of every row (training, evaluation; not the server)."""
+        if self.raw_error:
+            raise IndexLoadError(self.raw_error)
+        return self.matrix() if self.norms is None else self.matrix() * self.norms.unsqueeze(1)
+
+    @property
+    def backend(self) -> Backend:
+        """What ranks this index; an exact scan unless load_index / with_backend chose another."""
+        if self._backend is None:
+            self._backend = ExactBackend(self)
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: Backend | None) -> None:
+        self._backend = value
+
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of the features (see features_fingerprint); computed once."""
+        if self._fingerprint is None:
+            if self.path is not None:
+                checksums = self.manifest.get("checksums") if self.verified else None
+                self._fingerprint = features_fingerprint(self.path, checksums=checksums)
+            else:
+                h = hashlib.sha256(self.features.contiguous().numpy().tobytes())
+                h.update(json.dumps(self.names).encode())
+                self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def summary(self) -> dict:
+        """What `python3 -m index check` prints: size, layout, encoder, fingerprint, verification."""
+        out = {"features": str(self.path) if self.path else None, "rows": len(self), "dim": self.dim,
+               "dtype": str(self.features.dtype), "memory_mapped": self.mapped is not None,
+               "encoder": self.manifest.get("encoder"), "verified": self.verified, "fingerprint": self.fingerprint}
+        if self.path is not None:
+            out["bytes"] = (self.path / FEATURES_FILE).stat().st_size
+            out["faiss_indexes"] = sorted(p.name for p in self.path.glob("faiss-*.index"))
+        return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IndexLoadError(f"{path.parent}: invalid JSON in {path.name}: {e}") from e
+
+
+def _check_consistent(path: Path, features: torch.Tensor, names: Any, manifest: dict) -> None:
+    if not isinstance(names, list) or len(names) != features.shape[0]:
+        raise IndexLoadError(f"{path}: {features.shape[0]} feature rows but "
+                             f"{len(names) if isinstance(names, list) else 'no list of'} names")
+    if manifest.get("dim") not in (None, features.shape[1]):
+        raise IndexLoadError(f"{path}: manifest says dim {manifest['dim']}, features have {features.shape[1]}")
+    if manifest.get("count") not in (None, features.shape[0]):
+        raise IndexLoadError(f"{path}: manifest says {manifest['count']} features, the file has "
+                             f"{features.shape[0]}; the folder is inconsistent, extract it again")
+
+
+def load_index(path: str | os.PathLike, backend: "str | BackendSpec | None" = "exact") -> FeatureIndex:
+    """Load a feature folder (memory-mapped), with a clear error for anything missing, truncated, corrupt,
+    altered or inconsistent, and attach the ranking backend named by `backend` (see index.specs)."""
+    path = Path(path)
+    files = {n: path / n for n in (FEATURES_FILE, NAMES_FILE, MANIFEST_FILE)}
+    missing = [n for n, f in files.items() if not f.exists()]
+    if missing:
+        raise IndexLoadError(f"{path} is not a complete feature folder (missing {', '.join(missing)}); "
+                             "run extract_features.py for it")
+    try:
+        manifest = _read_json(files[MANIFEST_FILE])
+        if not isinstance(manifest, dict):
+            raise IndexLoadError(f"{path}: {MANIFEST_FILE} is not a JSON object; extract the folder again")
+        # First: a damaged or altered file is reported as such, whatever else is wrong with it.
+        verified = verify_checksums(path, manifest)
+        features, mapped = map_features(files[FEATURES_FILE])
+        names = _read_json(files[NAMES_FILE])
+        _check_consistent(path, features, names, manifest)
+        unit = check_sample(files[FEATURES_FILE], features, bool(manifest.get("normalized")))
+        norms = read_norms(files[FEATURES_FILE], features.shape[0])
+    except OSError as e:
+        raise IndexLoadError(f"{path} is unreadable: {e}") from e
+    index = FeatureIndex(features, names, manifest, path=path, mapped=mapped, unit_rows=unit, norms=norms,
+                         raw_error=None if norms is not None else _legacy_raw_error(path, manifest),
+                         verified=verified)
+    return with_backend(index, backend)
+
+
+def _legacy_raw_error(path: Path, manifest: dict) -> str | None:
+    """Why an index without stored norms cannot give raw features (None when its rows are the raw ones)."""
+    if not manifest.get("normalized") or manifest.get("encoder") in UNIT_OUTPUT_ENCODERS:
+        return None
+    return (f"{path} holds only L2-normalised {manifest.get('encoder', '?')} features (feature format "
+            f"{manifest.get('format_version', 1)}), but composing a query needs the raw features the Combiner "
+            f"and sum fusion were defined on; extract it again with this version (extract_features.py --overwrite)")
+
+
+def with_backend(index: FeatureIndex, backend: "str | BackendSpec | None" = "exact") -> FeatureIndex:
+    """Attach a ranking backend to `index` (in place) and return it. Raises IndexLoadError (StaleIndexError,
+    BackendUnavailable) when the backend cannot serve this index."""
+    backend_spec = parse_backend(backend)
+    if backend_spec.kind == "exact" and not backend_spec.params and isinstance(index._backend, (ExactBackend,
+                                                                                                 type(None))):
+        return index  # nothing to do: indexes built in memory (tests, evaluation stand-ins) stay as they are
+    index.backend = open_backend(index, backend_spec)
+    return index
+
+
+def open_backend_or_placeholder(index: FeatureIndex, backend: "str | BackendSpec | None") -> FeatureIndex:
+    """with_backend for servers: a backend that cannot be opened (unreachable, stale, not loaded) leaves the
+    index searchable by nobody but reported by health, instead of failing the whole start-up."""
+    backend_spec = parse_backend(backend)
+    try:
+        return with_backend(index, backend_spec)
+    except IndexLoadError as e:
+        log.error("index backend %s of %s: %s", backend_spec.public, index.path, e)
+        index.backend = UnavailableBackend(index, backend_spec, e, reopen=lambda: open_backend(index, backend_spec))
+        return index
