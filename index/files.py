@@ -31,10 +31,7 @@ DTYPES = {"F16": np.dtype("<f2"), "F32": np.dtype("<f4")}   # what a feature fil
 MAX_HEADER_BYTES = 100 * 1024 * 1024                       # safetensors' own limit
 CHECK_SAMPLE_ROWS = 1024                                   # rows checked for NaN/inf and norm at load
 
-# Files already verified in this process, by identity: a process loading the same folder again (evaluation,
-# a reload) does not hash it again. ctime cannot be set from user space and changes on any write, rename or
-# utime, so an altered file never matches its old entry.
-_verified: dict[tuple, str] = {}
+# Folders already warned about (no checksums): once per folder and process, not at every reload.
 _warned_unverified: set[str] = set()
 
 
@@ -145,21 +142,6 @@ def check_sample(path: Path, features: torch.Tensor, normalized: bool) -> bool:
 
 # ----------------------------------------------------------------------------------------------- checksums
 
-def _identity(path: Path) -> tuple:
-    st = path.stat()
-    return (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def file_sha256(path: Path, use_memo: bool = True) -> str:
-    """sha256 of a file, streamed (utils.sha256_file); remembered per file identity unless `use_memo` is off."""
-    key = _identity(path)
-    if use_memo and key in _verified:
-        return _verified[key]
-    digest = sha256_file(path)
-    _verified[key] = digest
-    return digest
-
-
 def _reextract_hint(folder: Path, manifest: dict) -> str:
     """How to rebuild a folder: the extraction command with --overwrite, with what its manifest knows."""
     args = " ".join(f"--{k} {manifest[k]}" for k in ("dataset", "split") if isinstance(manifest.get(k), str))
@@ -167,8 +149,8 @@ def _reextract_hint(folder: Path, manifest: dict) -> str:
             "--overwrite")
 
 
-def verify_checksums(folder: Path, manifest: dict, use_memo: bool = True) -> bool:
-    """Check the files against the manifest's "checksums" (sha256 hex per file name).
+def verify_checksums(folder: Path, manifest: dict) -> bool:
+    """Check the files against the manifest's "checksums" (sha256 hex per file name, streamed: ~1 s per GB).
 
     Returns True when every listed file matches, False when the manifest has no checksums (a folder written
     before the extractor recorded them: it loads, unverified, with one warning per folder and process).
@@ -179,8 +161,9 @@ def verify_checksums(folder: Path, manifest: dict, use_memo: bool = True) -> boo
     if sums is None:
         if str(folder) not in _warned_unverified:
             _warned_unverified.add(str(folder))
-            log.warning("%s: its manifest records no checksums (extracted by an older version): loaded "
-                        "unverified; %s to have it verified at every load", folder, _reextract_hint(folder, manifest))
+            log.warning("%s: its manifest records no checksums (extracted by an older version), so damaged or "
+                        "altered files cannot be detected: loaded unverified. To have it verified, %s", folder,
+                        _reextract_hint(folder, manifest))
         return False
     if not (isinstance(sums, dict) and all(isinstance(v, str) for v in sums.values())
             and set(CHECKSUMMED_FILES) <= set(sums)):
@@ -192,7 +175,7 @@ def verify_checksums(folder: Path, manifest: dict, use_memo: bool = True) -> boo
         if Path(name).name != name or not path.is_file():
             raise IndexLoadError(f"{folder}: the manifest has a checksum for {name!r}, which is not a file of the "
                                  f"folder; the folder is damaged or was altered: {_reextract_hint(folder, manifest)}")
-        got = file_sha256(path, use_memo)
+        got = sha256_file(path)
         if got != want.lower():
             raise IndexLoadError(f"{folder}: {name} is damaged or was altered since extraction (sha256 {got[:16]}..., "
                                  f"the manifest records {want[:16]}...); it cannot be served: "
