@@ -540,8 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="decoding workers if extraction is needed")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--index-backend", default="exact", metavar="SPEC",
-                   help="how indexes are ranked (index.py): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
-                        "milvus (milvus-lite beside the features, filled by `index.py load`), milvus:http://host:19530")
+                   help="how indexes are ranked (index/): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
+                        "milvus (milvus-lite beside the features, filled by `python3 -m index load`), "
+                        "milvus:http://host:19530")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     parse_backend(args.index_backend)  # a bad spec fails now, before models and data are loaded
