@@ -15,6 +15,7 @@ from typing import Sequence
 
 from utils import setup_logging
 
+from . import __doc__ as _PACKAGE_DOC
 from .backends.faiss import FaissBackend
 from .backends.milvus import load_into_milvus
 from .feature_index import FeatureIndex, load_index
@@ -22,7 +23,7 @@ from .registry import open_backend, parse_backend
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python3 -m index", description=__doc__,
+    p = argparse.ArgumentParser(prog="python3 -m index", description=f"{__doc__}\n{_PACKAGE_DOC}",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="{check,build,load}")
     c = sub.add_parser("check", help="load a feature folder, verify its checksums in full, print a JSON summary")

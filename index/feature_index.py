@@ -193,8 +193,8 @@ def with_backend(index: FeatureIndex, backend: "str | BackendSpec | None" = "exa
     """Attach a ranking backend to `index` (in place) and return it. Raises IndexLoadError (StaleIndexError,
     BackendUnavailable) when the backend cannot serve this index."""
     backend_spec = parse_backend(backend)
-    if backend_spec.kind == "exact" and not backend_spec.params and isinstance(index._backend, (ExactBackend,
-                                                                                                 type(None))):
+    plain_exact = backend_spec.kind == "exact" and not backend_spec.params
+    if plain_exact and (index._backend is None or isinstance(index._backend, ExactBackend)):
         return index  # nothing to do: indexes built in memory (tests, evaluation stand-ins) stay as they are
     index.backend = open_backend(index, backend_spec)
     return index

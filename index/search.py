@@ -171,7 +171,8 @@ def _scan(features: torch.Tensor, q: torch.Tensor, plan: Plan, block: int, k: in
     return best if best is not None else _empty(b)
 
 
-def rescore(features: torch.Tensor, q: torch.Tensor, cand: torch.Tensor, cand_vals: torch.Tensor, k: int):
+def rescore(features: torch.Tensor, q: torch.Tensor, cand: torch.Tensor, cand_vals: torch.Tensor,
+            k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact float32 scores of candidate rows [B,c] (gathered from the mapped file), best k."""
     b, c = cand.shape
     rows = features[cand.reshape(-1)].float().view(b, c, -1)
@@ -207,7 +208,8 @@ FP16_EXTRA_CANDIDATES = 16
 
 
 def exact_search(features: torch.Tensor, q: torch.Tensor, plan: Plan, block: int = 4096,
-                 block16: int = 32768, half_max_batch: int = 4, normalized: bool = False):
+                 block16: int = 32768, half_max_batch: int = 4,
+                 normalized: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-k of float32 queries against `features` (fp16 or fp32, mapped or in memory).
 
     A few queries against normalised fp16 rows: one fp16 pass selects k+16 candidates, which are rescored

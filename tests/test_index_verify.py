@@ -11,6 +11,8 @@ import logging
 import random
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +127,17 @@ def test_fingerprint_follows_the_checksums(verified_folder):
     add_checksums(verified_folder)     # re-extracted: new files, new checksums
     after = load_index(verified_folder)
     assert after.verified and after.fingerprint != before
+
+
+def test_python_m_index_check(verified_folder):
+    """The command line as users run it: a verified folder passes, a damaged one is one clear line, exit 2."""
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "index", "check", "--features", str(verified_folder)],
+                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+
+    ok = run()
+    assert ok.returncode == 0 and json.loads(ok.stdout.strip().splitlines()[-1])["verified"] is True
+    overwrite_rows(verified_folder, [1], source=2)
+    bad = run()
+    assert bad.returncode == 2 and "features.safetensors is damaged or was altered" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -93,7 +93,7 @@ def collection_name(index: "FeatureIndex") -> str:
     return "cir_" + re.sub(r"[^0-9A-Za-z_]", "_", base)[:200]
 
 
-def milvus_client(uri: str, backend_spec: "BackendSpec"):
+def milvus_client(uri: str, backend_spec: "BackendSpec") -> Any:
     """A MilvusClient, or BackendUnavailable within `timeout` seconds (default 3) if the server is down."""
     try:
         import pymilvus   # heavy and optional: only Milvus deployments install it
