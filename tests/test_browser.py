@@ -332,6 +332,7 @@ def test_shopper_edits_in_a_browser(shopper_server, page, caption, right):
     base, attrs = shopper_server
     page.goto(base + "/")
     page.fill("#filter", SHOPPER_REFERENCE)
+    expect(page.locator("#grid-info")).to_contain_text(f"matching “{SHOPPER_REFERENCE}”")  # the filtered grid
     card = page.locator(f"#ref-grid .thumb-card[data-id='{SHOPPER_REFERENCE}']")
     expect(card).to_have_count(1)
     card.click()
@@ -368,6 +369,7 @@ def test_screenshot_composed_search(screenshot_server, page, tmp_path):
     base, attrs, whole_catalogue = screenshot_server
     page.goto(base + "/")
     page.fill("#filter", SCREENSHOT_REFERENCE)
+    expect(page.locator("#grid-info")).to_contain_text(f"matching “{SCREENSHOT_REFERENCE}”")  # the filtered grid
     page.locator(f"#ref-grid .thumb-card[data-id='{SCREENSHOT_REFERENCE}']").click()
     page.fill("#caption", SCREENSHOT_CAPTION)
     page.click("#search-btn")
@@ -385,7 +387,7 @@ def test_screenshot_composed_search(screenshot_server, page, tmp_path):
     # hover highlight is in the picture
     page.wait_for_function("""() => [...document.querySelectorAll('#search-view img')]
         .filter((i) => i.offsetParent !== null && i.getBoundingClientRect().top < innerHeight)
-        .every((i) => i.complete && i.naturalWidth > 0)""")
+        .every((i) => i.complete && i.naturalWidth > 0)""", timeout=30_000)
     _save_screenshot(page.screenshot(full_page=False), tmp_path, whole_catalogue)
     assert page.problems == []
 
