@@ -18,6 +18,7 @@ starts it. Routes:
     POST /api/search                         (GET with a query string works too)
     POST /api/upload                         multipart field "file" (or the raw image as the body)
     GET  /img/<name>/<id>, /thumb/<name>/<id>, /uploads/<id>, /uploads/<id>/thumb    images, by id only
+    GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (page_assets.py)
 """
 from __future__ import annotations
 
