@@ -18,6 +18,7 @@ starts it. Routes:
     POST /api/search                         (GET with a query string works too)
     POST /api/upload                         multipart field "file" (or the raw image as the body)
     GET  /img/<name>/<id>, /thumb/<name>/<id>, /uploads/<id>, /uploads/<id>/thumb    images, by id only
+    GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (page_assets.py)
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
+import page_assets
 from service import (MAX_CAPTION_CHARS, MAX_FILTER_CHARS, ApiError, BadInput, Dataset, Engine, NotFound, Settings,
                      parse_int, validate_text)
 from utils import REPO_DIR, run_cli, setup_logging
@@ -75,6 +77,8 @@ class AppConfig:
     warm_up: bool = True                    # run one query per text encoder at start-up
     index_backend: str = "exact"            # ranking backend of every dataset (index.py): exact, faiss[:hnsw|
                                             # ivfpq][?...], milvus (milvus-lite beside the features), milvus:URI
+    bootstrap: str = "local"                # where the page's Bootstrap CSS comes from: local (served from the
+                                            # pinned Bootstrap-Flask package; works offline) or cdn (jsDelivr)
 
     # environment variable -> field, for create_app() without arguments (gunicorn)
     ENV = {"CIR_DATA_ROOT": "data_root", "CIR_FEATURES": "features_root", "CIR_ENCODER": "encoder",
@@ -82,7 +86,7 @@ class AppConfig:
            "CIR_COMBINERS": "combiners", "CIR_TEXT_ENCODERS": "text_checkpoints", "CIR_UPLOAD_DIR": "upload_dir",
            "CIR_MAX_UPLOAD_MB": "max_upload_bytes", "CIR_MAX_PIXELS": "max_image_pixels",
            "CIR_DEFAULT_K": "default_k", "CIR_TEXT_CACHE": "text_cache_size", "CIR_QUERY_THREADS": "query_threads",
-           "CIR_INDEX_BACKEND": "index_backend"}
+           "CIR_INDEX_BACKEND": "index_backend", "CIR_BOOTSTRAP": "bootstrap"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "AppConfig":
@@ -106,6 +110,8 @@ class AppConfig:
                     kw[name] = int(value)
                 elif name in ("combiners", "text_checkpoints"):
                     kw[name] = _name_paths(value)
+                elif name == "bootstrap":
+                    kw[name] = page_assets.check_mode(value)
                 else:
                     kw[name] = value
             except ValueError as e:
@@ -139,16 +145,22 @@ def _name_paths(value: str) -> dict[str, str]:
 def create_app(config: AppConfig | None = None) -> Flask:
     """Build the demo app; loads everything once (a few seconds; indexes must already be extracted)."""
     config = config or AppConfig.from_env()
+    if page_assets.check_mode(config.bootstrap) == "local":
+        page_assets.bootstrap_dir()  # fail at start-up, not on the first page view, when the package is missing
     engine = Engine.load(config.settings())
     app = Flask(__name__, template_folder=str(REPO_DIR / "templates"), static_folder=str(REPO_DIR / "static"))
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + MULTIPART_SLACK
     app.json.sort_keys = False  # keep results in rank order and fields in a readable order
     app.extensions["cir"] = engine
+    app.config["CIR_BOOTSTRAP"] = config.bootstrap
     app.register_blueprint(bp)
+    app.register_blueprint(page_assets.bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
+    app.config["CIR_CSP"] = page_assets.content_security_policy(config.bootstrap)
     app.after_request(_count_errors)
+    app.after_request(_content_security_policy)
     return app
 
 
@@ -186,6 +198,12 @@ def _internal_error(e: Exception):
 def _count_errors(resp: Response) -> Response:
     if resp.status_code >= 400:
         _engine().metrics.error(resp.status_code)
+    return resp
+
+
+def _content_security_policy(resp: Response) -> Response:
+    # the page has no inline script or style, so its policy needs no 'unsafe-inline' (page_assets.py)
+    resp.headers.setdefault("Content-Security-Policy", current_app.config["CIR_CSP"])
     return resp
 
 
@@ -227,7 +245,8 @@ def _params() -> dict[str, Any]:
 def index():
     eng = _engine()
     return render_template("index.html", default_dataset=eng.default_dataset, attribution=ATTRIBUTION,
-                           max_upload_mb=eng.settings.max_upload_bytes // MB, max_caption=MAX_CAPTION_CHARS)
+                           max_upload_mb=eng.settings.max_upload_bytes // MB, max_caption=MAX_CAPTION_CHARS,
+                           bootstrap=page_assets.stylesheet(current_app.config["CIR_BOOTSTRAP"]))
 
 
 @bp.get("/api/health")
@@ -418,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "features), faiss (HNSW or IVF-PQ by size, built and saved beside the features), "
                         "faiss:hnsw?efSearch=128, milvus (milvus-lite file beside the features, filled by "
                         "`index.py load`), milvus:http://host:19530 (a Milvus server)")
+    p.add_argument("--bootstrap", default=None, choices=page_assets.BOOTSTRAP_MODES,
+                   help="where the page's Bootstrap CSS comes from: local (default; served from the pinned "
+                        "Bootstrap-Flask package, no network needed) or cdn (jsDelivr, with integrity)")
     p.add_argument("--no-extract", action="store_true",
                    help="do not extract the catalogue features first; serve whatever indexes exist")
     p.add_argument("--prepare-only", action="store_true",
@@ -432,7 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ("encoder", "encoder", str), ("device", "device", str),
                              ("upload_dir", "upload_dir", Path), ("max_pixels", "max_image_pixels", int),
                              ("k", "default_k", int), ("text_cache", "text_cache_size", int),
-                             ("query_threads", "query_threads", int), ("index_backend", "index_backend", str)]:
+                             ("query_threads", "query_threads", int), ("index_backend", "index_backend", str),
+                             ("bootstrap", "bootstrap", str)]:
         if getattr(args, flag) is not None:
             setattr(cfg, name, conv(getattr(args, flag)))
     if args.max_upload_mb is not None:

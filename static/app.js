@@ -15,6 +15,8 @@ const state = {
   tags: {},              // attribute -> value (tags mode)
   trail: [],             // past steps: {ref, caption, mode}
   busy: 0,
+  gridTicket: 0,         // numbers the grid and search requests: an answer that is no longer the latest
+  searchTicket: 0,       // is dropped (switching dataset while the first grid loads must not show the old one)
 };
 
 // ---------------------------------------------------------------------------------------------- helpers
@@ -61,24 +63,28 @@ function modeInfo(name) { return state.info.modes.find((m) => m.name === name); 
 async function loadGrid() {
   const params = new URLSearchParams({page: state.page, per_page: PER_PAGE});
   if (state.q) params.set("q", state.q);
+  const ticket = ++state.gridTicket;
   try {
     const data = await api(`/api/datasets/${encodeURIComponent(state.dataset)}/images?${params}`);
+    if (ticket !== state.gridTicket) return;
     state.pages = data.pages;
     renderGrid(data.images, `${data.total.toLocaleString("en")} image${data.total === 1 ? "" : "s"}${data.q ? ` matching “${data.q}”` : ""}`);
     $("#page-info").textContent = `page ${data.page} of ${data.pages}`;
     $("#prev-page").disabled = data.page <= 1;
     $("#next-page").disabled = data.page >= data.pages;
   } catch (e) {
-    renderGrid([], e.message);
+    if (ticket === state.gridTicket) renderGrid([], e.message);
   }
 }
 
 async function loadRandom() {
+  const ticket = ++state.gridTicket;
   try {
     const data = await api(`/api/datasets/${encodeURIComponent(state.dataset)}/random?n=${PER_PAGE}`);
+    if (ticket !== state.gridTicket) return;
     renderGrid(data.images, "random references");
     $("#page-info").textContent = "";
-  } catch (e) { renderGrid([], e.message); }
+  } catch (e) { if (ticket === state.gridTicket) renderGrid([], e.message); }
 }
 
 function renderGrid(images, info) {
@@ -270,13 +276,15 @@ async function runSearch() {
   if (state.mode !== "image" && $("#text-encoder-select").value !== "auto") body.text_encoder = $("#text-encoder-select").value;
   state.busy += 1;
   $("#search-btn").disabled = true;
+  const ticket = ++state.searchTicket;
   try {
     const data = await api("/api/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                            body: JSON.stringify(body)});
+    if (ticket !== state.searchTicket) return;
     renderResults(data);
     showStatus(data.warning || "");
   } catch (e) {
-    showStatus(e.message);
+    if (ticket === state.searchTicket) showStatus(e.message);
   } finally {
     state.busy -= 1;
     $("#search-btn").disabled = false;

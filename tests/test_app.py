@@ -65,7 +65,8 @@ def test_page_health_and_static(client):
     r = client.get("/")
     assert r.status_code == 200
     html = r.get_data(as_text=True)
-    assert "bootstrap@5" in html and "static/app.js" in html and 'name="viewport"' in html
+    # Bootstrap from the app itself by default (page_assets.py; tests/test_page.py covers it and the CDN option)
+    assert "/vendor/bootstrap/css/bootstrap.min.css" in html and "static/app.js" in html and 'name="viewport"' in html
     assert "Fashion Product Images (Small)" in html  # the catalogue's attribution in the footer
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/app.css").status_code == 200

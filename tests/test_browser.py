@@ -4,10 +4,14 @@ Flow: open the home page, filter and shuffle the references, pick one, type a ca
 results and see the trail grow, switch to image->image, go back along the trail, upload an image and search
 from it. Playwright cannot download its own browser here: `apt-get install chromium` provides one (CI does).
 
-The search view's screenshot goes to docs/search.png when UPDATE_SCREENSHOT=1, else to a temporary folder
-(so a test run never changes the repository). Bootstrap comes from a CDN the test machine may not reach: the
-test serves a local copy (.cache/bootstrap/bootstrap.min.css, or $CIR_BOOTSTRAP_CSS) when there is one, and
-otherwise blocks the request at once and runs on the page's own CSS.
+The page runs as shipped: Bootstrap's CSS from the app itself (page_assets.py) under the app's
+Content-Security-Policy, with every request to another origin blocked, so the tests prove the page is
+styled offline. Any console error (a CSP violation included), failed request or HTTP error fails a test.
+
+The README's screenshot (docs/search.png) is taken by test_screenshot_composed_search: with
+UPDATE_SCREENSHOT=1 over the whole catalogue (features/catalog-all, as `python3 app.py --prepare-only`
+extracts it), otherwise over the 993 test images into a temporary folder (a test run never changes the
+repository).
 """
 from __future__ import annotations
 
@@ -26,52 +30,145 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
+import page_assets  # noqa: E402
 from app import AppConfig, create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BOOTSTRAP = Path(os.environ.get("CIR_BOOTSTRAP_CSS", REPO / ".cache" / "bootstrap" / "bootstrap.min.css"))
+LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
+BOOTSTRAP_URL = "/vendor/bootstrap/css/bootstrap.min.css"
+PRIMARY = "rgb(13, 110, 253)"  # Bootstrap 5's --bs-primary: .btn-primary's background, .btn-outline-primary's text
+
+
+def _serve(app):
+    """Serve a Flask app on a free local port in a thread; returns (base URL, stop function)."""
+    from werkzeug.serving import make_server
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        srv.shutdown()
+        thread.join(5)
+    return f"http://127.0.0.1:{srv.port}", stop
 
 
 @pytest.fixture(scope="module")
 def server(demo_world, tmp_path_factory):
-    from werkzeug.serving import make_server
     app = create_app(AppConfig(**demo_world, upload_dir=tmp_path_factory.mktemp("browser-uploads")))
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.port}", app
-    srv.shutdown()
-    thread.join(5)
+    base, stop = _serve(app)
+    yield base, app
+    stop()
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        # reduced motion: Bootstrap then skips its colour transitions, so screenshots never catch one midway
-        context = browser.new_context(viewport={"width": 1280, "height": 800}, reduced_motion="reduce")
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        yield b
+        b.close()
 
-        def cdn(route):
-            if BOOTSTRAP.is_file():
-                route.fulfill(path=str(BOOTSTRAP), content_type="text/css",
-                              headers={"Access-Control-Allow-Origin": "*"})
-            else:
-                route.abort()
-        context.route(re.compile(r"https://cdn\.jsdelivr\.net/.*"), cdn)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.js_errors = errors
-        yield page
-        browser.close()
+
+def _new_page(browser, allow=None):
+    """A page that records every problem in page.problems: console errors (CSP violations are reported
+    there), uncaught exceptions, failed requests, HTTP errors, and requests to any origin but the local
+    server, which are blocked (offline). `allow(route)` may answer a blocked request instead."""
+    # reduced motion: Bootstrap then skips its colour transitions, so screenshots never catch one midway
+    context = browser.new_context(viewport={"width": 1280, "height": 800}, reduced_motion="reduce")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    problems: list[str] = []
+    responses: dict[str, tuple[int, str]] = {}
+
+    def route(r):
+        if LOCAL.match(r.request.url):
+            r.continue_()
+        elif allow is not None and allow(r):
+            pass
+        else:
+            problems.append(f"request to another origin: {r.request.url}")
+            r.abort()
+    context.route("**/*", route)
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    # ERR_ABORTED: the page itself dropped the request (a grid replaced while its thumbnails load)
+    page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED" else
+            problems.append(f"failed: {r.url} {r.failure}"))
+
+    def response(r):
+        responses[r.url] = (r.status, r.headers.get("content-type", ""))
+        if r.status >= 400:
+            problems.append(f"HTTP {r.status}: {r.url}")
+    page.on("response", response)
+    page.problems, page.responses = problems, responses
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    page = _new_page(browser)
+    yield page
+    page.context.close()
+
+
+def _assert_styled(page, base: str) -> None:
+    """Bootstrap's CSS came from the local server and applies: computed styles only Bootstrap gives."""
+    assert page.responses[base + BOOTSTRAP_URL] == (200, "text/css; charset=utf-8")
+    for asset in ("/static/app.css", "/static/app.js"):
+        assert page.responses[base + asset][0] == 200, asset
+    page.mouse.move(0, 0)  # no hover colours
+    assert page.evaluate("getComputedStyle(document.body).fontFamily").startswith("system-ui")
+    assert page.evaluate("getComputedStyle(document.querySelector('#text-only-btn')).color") == PRIMARY
+    assert page.evaluate("getComputedStyle(document.querySelector('#search-btn')).backgroundColor") == PRIMARY
+    assert page.evaluate("getComputedStyle(document.querySelector('nav.navbar')).display") == "flex"
+
+
+def test_page_is_styled_offline_under_its_csp(server, page):
+    """The page as shipped: local Bootstrap, the CSP header, no inline code, nothing from another origin."""
+    base, _ = server
+    resp = page.goto(base + "/")
+    assert resp.headers["content-security-policy"] == page_assets.content_security_policy("local")
+    expect(page.locator("#ref-grid .thumb-card")).to_have_count(24)
+    _assert_styled(page, base)
+    assert page.problems == []
+    # the policy is enforced, and a violation is caught: an inline style attribute is refused and reported
+    page.evaluate("""document.body.insertAdjacentHTML('beforeend',
+                     '<div id="csp-probe" style="color: rgb(255, 0, 0)">probe</div>')""")
+    assert page.evaluate("getComputedStyle(document.querySelector('#csp-probe')).color") != "rgb(255, 0, 0)"
+    page.wait_for_timeout(200)  # the console message is delivered asynchronously
+    assert any("Content Security Policy" in p for p in page.problems), page.problems
+    page.problems.clear()
+
+
+def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, browser):
+    """bootstrap=cdn: the CDN link with its integrity hash passes the cdn CSP (the CDN answered here by the
+    packaged file, byte-identical to the CDN's)."""
+    app = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "uploads", bootstrap="cdn", warm_up=False))
+    base, stop = _serve(app)
+    css = page_assets.bootstrap_dir() / page_assets.CSS_FILE
+
+    def cdn(route):
+        if route.request.url != page_assets.CDN_CSS:
+            return False
+        route.fulfill(path=str(css), content_type="text/css", headers={"Access-Control-Allow-Origin": "*"})
+        return True
+    page = _new_page(browser, allow=cdn)
+    try:
+        resp = page.goto(base + "/")
+        assert "https://cdn.jsdelivr.net" in resp.headers["content-security-policy"]
+        expect(page.locator("#ref-grid .thumb-card")).to_have_count(24)
+        assert page.evaluate("getComputedStyle(document.querySelector('#search-btn')).backgroundColor") == PRIMARY
+        assert base + BOOTSTRAP_URL not in page.responses
+        assert page.problems == []
+    finally:
+        page.context.close()
+        stop()
 
 
 def _ids(page, grid: str) -> list[str]:
     return page.locator(f"{grid} .thumb-card").evaluate_all("els => els.map(e => e.dataset.id)")
 
 
-def test_search_flow_in_a_browser(server, page, catalog_root, tmp_path):
+def test_search_flow_in_a_browser(server, page, catalog_root):
     base, app = server
     page.goto(base + "/")
     cards = page.locator("#ref-grid .thumb-card")
@@ -119,9 +216,6 @@ def test_search_flow_in_a_browser(server, page, catalog_root, tmp_path):
     expect(page.locator("#results")).to_have_attribute("data-mode", "image")
     expect(results).to_have_count(24)
     assert second not in _ids(page, "#results")
-    page.mouse.move(0, 0)  # no hover highlight in the picture
-    shot = page.screenshot(full_page=False)
-    _save_screenshot(shot, tmp_path)
 
     # back navigation along the trail
     page.click("#back-btn")
@@ -149,21 +243,9 @@ def test_search_flow_in_a_browser(server, page, catalog_root, tmp_path):
     page.set_viewport_size({"width": 390, "height": 844})
     expect(page.locator("#caption")).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
-    assert page.js_errors == []
+    assert page.problems == []
     m = app.extensions["cir"].metrics.snapshot()
     assert m["queries"] >= 7 and m["uploads"] == 1
-
-
-def _save_screenshot(png: bytes, tmp_path: Path) -> None:
-    """docs/search.png (quantised to stay small) when UPDATE_SCREENSHOT=1, else a temporary file."""
-    if os.environ.get("UPDATE_SCREENSHOT") != "1":
-        (tmp_path / "search.png").write_bytes(png)
-        return
-    from PIL import Image
-    out = REPO / "docs" / "search.png"
-    out.parent.mkdir(exist_ok=True)
-    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
-                                                        dither=Image.Dither.NONE).save(out, optimize=True)
 
 
 def test_cirr_group_row_in_a_browser(server, page):
@@ -182,7 +264,7 @@ def test_cirr_group_row_in_a_browser(server, page):
     expect(page.locator("#results .thumb-card")).to_have_count(11)
     group = set(app.extensions["cir"].datasets["cirr-val"].groups[ref]) - {ref}
     assert set(_ids(page, "#group-grid")) == group
-    assert page.js_errors == []
+    assert page.problems == []
 
 
 def test_text_and_tags_modes_in_a_browser(server, page):
@@ -212,32 +294,33 @@ def test_text_and_tags_modes_in_a_browser(server, page):
     page.fill("#caption", "in white")
     page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-mode", "composed")
-    assert page.js_errors == []
+    assert page.problems == []
 
 
 # A men's navy blue check shirt of the test split, as a new user would try it.
 SHOPPER_REFERENCE = "12329"
 
 
-@pytest.fixture(scope="module")
-def shopper_server(tmp_path_factory, catalog_root, lite_encoder):
-    """The demo as shipped (default composed mode, shipped Combiners) over the 993 test-split images."""
-    from werkzeug.serving import make_server
-
+def _catalog_server(tmp_path_factory, catalog_root, encoder, split: str, features: Path):
+    """The demo as shipped (default composed mode, shipped Combiners) over one split of the catalogue."""
     import data_utils
     from extract_features import ensure_index
-    features = tmp_path_factory.mktemp("shopper") / "features"
-    records = data_utils.catalog_images(catalog_root, "test")
-    ensure_index(records, lite_encoder, features / "catalog-test",
-                 info={"dataset": "catalog", "split": "test", "data_root": str(catalog_root)})
-    app = create_app(AppConfig(features_root=features, encoder_obj=lite_encoder, default_dataset="catalog-test",
+    records = data_utils.catalog_images(catalog_root, split)
+    ensure_index(records, encoder, features / f"catalog-{split}",
+                 info={"dataset": "catalog", "split": split, "data_root": str(catalog_root)})
+    app = create_app(AppConfig(features_root=features, encoder_obj=encoder, default_dataset=f"catalog-{split}",
                                upload_dir=tmp_path_factory.mktemp("shopper-uploads"), data_root=None))
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.port}", {r.name: r.attrs for r in records}
-    srv.shutdown()
-    thread.join(5)
+    base, stop = _serve(app)
+    return base, stop, {r.name: r.attrs for r in records}
+
+
+@pytest.fixture(scope="module")
+def shopper_server(tmp_path_factory, catalog_root, lite_encoder):
+    """The demo as shipped over the 993 test-split images."""
+    features = tmp_path_factory.mktemp("shopper") / "features"
+    base, stop, attrs = _catalog_server(tmp_path_factory, catalog_root, lite_encoder, "test", features)
+    yield base, attrs
+    stop()
 
 
 @pytest.mark.parametrize("caption, right", [
@@ -249,6 +332,7 @@ def test_shopper_edits_in_a_browser(shopper_server, page, caption, right):
     base, attrs = shopper_server
     page.goto(base + "/")
     page.fill("#filter", SHOPPER_REFERENCE)
+    expect(page.locator("#grid-info")).to_contain_text(f"matching “{SHOPPER_REFERENCE}”")  # the filtered grid
     card = page.locator(f"#ref-grid .thumb-card[data-id='{SHOPPER_REFERENCE}']")
     expect(card).to_have_count(1)
     card.click()
@@ -260,4 +344,60 @@ def test_shopper_edits_in_a_browser(shopper_server, page, caption, right):
     good = [n for n in top if right(attrs[n])]
     assert len(good) >= 7, (caption, [(n, attrs[n]["gender"], attrs[n]["articleType"], attrs[n]["baseColour"])
                                       for n in top])
-    assert page.js_errors == []
+    assert page.problems == []
+
+
+# The README screenshot's query: a men's black casual shoe of the test split + "in red". On the whole
+# catalogue the top 12 are 12 red casual shoes (11 men's, 1 unisex), checked against styles.csv.
+SCREENSHOT_REFERENCE, SCREENSHOT_CAPTION = "10168", "in red"
+
+
+@pytest.fixture(scope="module")
+def screenshot_server(request, tmp_path_factory, catalog_root, lite_encoder):
+    """UPDATE_SCREENSHOT=1: the demo as shipped over the whole catalogue, from the repository's features/
+    (extracted here unless `python3 app.py --prepare-only` already did); otherwise the test-split server."""
+    if os.environ.get("UPDATE_SCREENSHOT") != "1":
+        yield request.getfixturevalue("shopper_server") + (False,)
+        return
+    base, stop, attrs = _catalog_server(tmp_path_factory, catalog_root, lite_encoder, "all", REPO / "features")
+    yield base, attrs, True
+    stop()
+
+
+def test_screenshot_composed_search(screenshot_server, page, tmp_path):
+    """The README's picture: composed mode (the default, shipped Combiner), a query whose results are right."""
+    base, attrs, whole_catalogue = screenshot_server
+    page.goto(base + "/")
+    page.fill("#filter", SCREENSHOT_REFERENCE)
+    expect(page.locator("#grid-info")).to_contain_text(f"matching “{SCREENSHOT_REFERENCE}”")  # the filtered grid
+    page.locator(f"#ref-grid .thumb-card[data-id='{SCREENSHOT_REFERENCE}']").click()
+    page.fill("#caption", SCREENSHOT_CAPTION)
+    page.click("#search-btn")
+    results = page.locator("#results")
+    expect(results).to_have_attribute("data-mode", "composed")
+    expect(results).to_have_attribute("data-reference", SCREENSHOT_REFERENCE)
+    expect(page.locator("#results .thumb-card")).to_have_count(24)
+    top = [attrs[n] for n in _ids(page, "#results")[:12]]
+    red_shoes = sum(a["masterCategory"] == "Footwear" and a["baseColour"] == "Red" for a in top)
+    assert all(a["masterCategory"] == "Footwear" for a in top)
+    # the test split has only 9 red shoes and sandals in all; the whole catalogue has plenty
+    assert red_shoes >= (11 if whole_catalogue else 2), [(a["articleType"], a["baseColour"]) for a in top]
+    _assert_styled(page, base)
+    # every thumbnail in view has loaded (they load lazily); _assert_styled moved the mouse off the page, so no
+    # hover highlight is in the picture
+    page.wait_for_function("""() => [...document.querySelectorAll('#search-view img')]
+        .filter((i) => i.offsetParent !== null && i.getBoundingClientRect().top < innerHeight)
+        .every((i) => i.complete && i.naturalWidth > 0)""", timeout=30_000)
+    _save_screenshot(page.screenshot(full_page=False), tmp_path, whole_catalogue)
+    assert page.problems == []
+
+
+def _save_screenshot(png: bytes, tmp_path: Path, update: bool) -> None:
+    """docs/search.png (quantised to stay small) when updating, else a temporary file."""
+    if not update:
+        (tmp_path / "search.png").write_bytes(png)
+        return
+    from PIL import Image
+    out = REPO / "docs" / "search.png"
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT,
+                                                        dither=Image.Dither.NONE).save(out, optimize=True)
