@@ -32,8 +32,10 @@ from typing import Any, Mapping, Sequence
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
 
-from service import (MAX_CAPTION_CHARS, MAX_FILTER_CHARS, ApiError, BadInput, Dataset, Engine, NotFound, Settings,
-                     parse_int, validate_text)
+from service.datasets import Dataset
+from service.engine import Engine, Settings
+from service.errors import ApiError, BadInput, NotFound
+from service.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, validate_text
 from utils import REPO_DIR, run_cli, setup_logging
 
 log = logging.getLogger("app")

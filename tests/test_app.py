@@ -16,8 +16,10 @@ from PIL import Image
 import model
 from app import AppConfig, create_app, main
 from index import FeatureIndex, search
-from service import (LRU, MAX_CAPTION_CHARS, BadInput, Dataset, DatasetSpec, Metrics, cirr_groups, rank_group,
-                     tags_caption, validate_text)
+from service.caching import LRU, Metrics
+from service.datasets import Dataset, DatasetSpec, cirr_groups, rank_group, tags_caption
+from service.errors import BadInput
+from service.inputs import MAX_CAPTION_CHARS, validate_text
 
 
 @pytest.fixture(scope="module")
@@ -375,8 +377,9 @@ def test_cirr_group_row(client, engine):
 
 def test_rank_group_with_real_cirr_groups(tmp_path):
     """rank_group over the real CIRR val img_set lists, against brute force, reference excluded."""
-    import data_utils
     from conftest import CIRR_FORMATS
+
+    import data_utils
     if not CIRR_FORMATS.exists():
         pytest.skip("CIRR annotation files not available")
     triplets = data_utils.cirr_triplets(CIRR_FORMATS, "val")[:200]
