@@ -1,5 +1,6 @@
-"""The demo's datasets: where their features and images are (manifests or a datasets file), and one loaded
-dataset's index, records, tag vocabulary and CIRR groups."""
+"""The demo's datasets: where their features and images are (manifests or a datasets file), one loaded
+dataset's index, records, tag vocabulary and CIRR groups, and loading them all with the ones that fail kept
+as DamagedDataset (reported by /api/health, never dropped silently)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ import torch
 
 import data_utils
 from captions import GENDER_PHRASES, PLURAL_ONLY, article_phrase, colour_phrase, usage_phrase, with_a
-from index import FeatureIndex, load_index, open_backend_or_placeholder, search
+from encoders import Encoder
+from index import FeatureIndex, IndexLoadError, load_index, open_backend_or_placeholder, search
 from service.errors import BadInput, NotFound
 
 log = logging.getLogger("datasets")
@@ -36,7 +38,7 @@ def tags_caption(tags: Mapping[str, str]) -> str:
 
 
 @dataclass
-class DatasetSpec:
+class DatasetSource:
     """Where one searchable dataset's features and images are (from a manifest or the datasets file)."""
 
     name: str                       # id used in the API and URLs (the index folder name by default)
@@ -49,47 +51,63 @@ class DatasetSpec:
     manifest: dict = field(default_factory=dict, repr=False)
 
 
-def _spec_from_manifest(folder: Path, manifest: dict, **overrides: Any) -> DatasetSpec:
+@dataclass(frozen=True)
+class DamagedDataset:
+    """A dataset that was found but cannot be served: /api/health lists it, the start-up error names it."""
+
+    name: str                       # the name it would be served under (its folder's name by default)
+    folder: Path                    # its feature folder
+    reason: str                     # why it cannot be loaded, for the operator
+
+    def describe(self) -> dict:
+        return {"status": "degraded", "folder": str(self.folder), "reason": self.reason}
+
+
+def _source_from_manifest(folder: Path, manifest: dict, **overrides: Any) -> DatasetSource:
     root = overrides.get("data_root") or manifest.get("data_root")
-    spec = DatasetSpec(name=overrides.get("name") or folder.name, features=folder,
+    source = DatasetSource(name=overrides.get("name") or folder.name, features=folder,
                        dataset=overrides.get("dataset") or manifest.get("dataset", ""),
                        split=overrides.get("split", manifest.get("split")),
                        category=overrides.get("category", manifest.get("category")),
                        data_root=Path(root).expanduser() if root else None, label=overrides.get("label", ""),
                        manifest=manifest)
-    if not spec.label:
+    if not source.label:
         what = {"catalog": "Catalogue", "fashioniq": "FashionIQ", "cirr": "CIRR", "folder": "Folder"}.get(
-            spec.dataset, spec.dataset)
-        parts = [p for p in (spec.category, spec.split) if p]
-        if spec.dataset == "folder" and spec.data_root:
-            parts = [spec.data_root.name]
-        spec.label = f"{what} ({', '.join(parts)})" if parts else what
-    return spec
+            source.dataset, source.dataset)
+        parts = [p for p in (source.category, source.split) if p]
+        if source.dataset == "folder" and source.data_root:
+            parts = [source.data_root.name]
+        source.label = f"{what} ({', '.join(parts)})" if parts else what
+    return source
 
 
-def discover_datasets(features_root: Path) -> list[DatasetSpec]:
-    """Every complete index folder directly under `features_root` whose manifest names its dataset."""
-    specs = []
+def discover_datasets(features_root: Path) -> tuple[list[DatasetSource], list[DamagedDataset]]:
+    """Every index folder directly under `features_root` that has a manifest: the usable ones, and those
+    whose manifest cannot be read or names no known dataset."""
+    sources: list[DatasetSource] = []
+    damaged: list[DamagedDataset] = []
     if not features_root.is_dir():
-        return specs
+        return sources, damaged
     for folder in sorted(p for p in features_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         mf = folder / "manifest.json"
         if not mf.is_file():
             continue
         try:
             manifest = json.loads(mf.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            log.warning("skipping %s: unreadable manifest (%s)", folder, e)
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:   # json.JSONDecodeError is a ValueError
+            damaged.append(DamagedDataset(folder.name, folder, f"unreadable manifest.json ({e})"))
             continue
         if manifest.get("dataset") not in data_utils.DATASETS:
-            log.warning("skipping %s: its manifest names no known dataset (re-extract it with "
-                        "extract_features.py to record one)", folder)
+            damaged.append(DamagedDataset(folder.name, folder, "its manifest names no known dataset (extract it "
+                                          "again with extract_features.py to record one)"))
             continue
-        specs.append(_spec_from_manifest(folder, manifest))
-    return specs
+        sources.append(_source_from_manifest(folder, manifest))
+    return sources, damaged
 
 
-def read_datasets_file(path: Path, features_root: Path) -> list[DatasetSpec]:
+def read_datasets_file(path: Path, features_root: Path) -> list[DatasetSource]:
     """Datasets listed in a JSON file: a list (or {"datasets": [...]}) of objects with `features` (an index
     folder, relative to the file or to the features root) and optionally name, label, dataset, split,
     category, data_root; what is not given is read from the index's manifest."""
@@ -102,7 +120,7 @@ def read_datasets_file(path: Path, features_root: Path) -> list[DatasetSpec]:
     entries = data.get("datasets") if isinstance(data, dict) else data
     if not isinstance(entries, list):
         raise ValueError(f"datasets file {path}: expected a list of datasets or {{\"datasets\": [...]}}")
-    specs = []
+    sources = []
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or not isinstance(e.get("features"), str):
             raise ValueError(f"datasets file {path}: entry {i} needs a \"features\" folder (string)")
@@ -110,20 +128,27 @@ def read_datasets_file(path: Path, features_root: Path) -> list[DatasetSpec]:
         if not folder.is_absolute():
             folder = next((c for c in (Path(path).parent / folder, features_root / folder) if c.is_dir()),
                           Path(path).parent / folder)
-        mf = folder / "manifest.json"
-        manifest = json.loads(mf.read_text()) if mf.is_file() else {}
+        manifest = _manifest_or_empty(folder / "manifest.json")  # a bad one: load_all reports the folder
         if e.get("data_root") and not Path(e["data_root"]).expanduser().is_absolute():
             e = {**e, "data_root": str(Path(path).parent / e["data_root"])}
-        specs.append(_spec_from_manifest(folder, manifest, **{k: v for k, v in e.items() if k != "features"}))
-    return specs
+        sources.append(_source_from_manifest(folder, manifest, **{k: v for k, v in e.items() if k != "features"}))
+    return sources
+
+
+def _manifest_or_empty(path: Path) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
 
 
 class Dataset:
     """One searchable dataset: its feature index, image records, tag vocabulary and CIRR groups."""
 
-    def __init__(self, spec: DatasetSpec, index: FeatureIndex, records: Iterable[data_utils.ImageRecord],
+    def __init__(self, source: DatasetSource, index: FeatureIndex, records: Iterable[data_utils.ImageRecord],
                  groups: Mapping[str, Sequence[str]] | None = None):
-        self.spec, self.name, self.index = spec, spec.name, index
+        self.source, self.name, self.index = source, source.name, index
         by_name = {r.name: r for r in records}
         # Only what is in the index can be a reference or a result.
         self.records = {n: by_name[n] for n in index.names if n in by_name}
@@ -197,25 +222,25 @@ class Dataset:
         return out
 
     def describe(self) -> dict:
-        s = self.spec
+        s = self.source
         return {"name": self.name, "label": s.label, "dataset": s.dataset, "split": s.split,
                 "category": s.category, "count": len(self.index), "has_tags": bool(self.vocabulary),
                 "has_groups": bool(self.groups)}
 
 
-def _records_for(spec: DatasetSpec, data_root: str | None) -> tuple[list[data_utils.ImageRecord], Path]:
+def _records_for(source: DatasetSource, data_root: str | None) -> tuple[list[data_utils.ImageRecord], Path]:
     """The dataset's image records, from an explicit data root, else the one recorded at extraction."""
-    if spec.dataset == "folder":
-        root = spec.data_root if spec.data_root else Path(data_root or ".")
+    if source.dataset == "folder":
+        root = source.data_root if source.data_root else Path(data_root or ".")
         return data_utils.folder_images(root), root
     if data_root:
-        root = data_utils.resolve_data_root(spec.dataset, data_root)
-    elif spec.data_root and spec.data_root.is_dir():
-        root = spec.data_root
+        root = data_utils.resolve_data_root(source.dataset, data_root)
+    elif source.data_root and source.data_root.is_dir():
+        root = source.data_root
     else:
-        root = data_utils.resolve_data_root(spec.dataset, None)
-    cats = [spec.category] if spec.category else None
-    return data_utils.list_images(spec.dataset, root, spec.split, cats), root
+        root = data_utils.resolve_data_root(source.dataset, None)
+    cats = [source.category] if source.category else None
+    return data_utils.list_images(source.dataset, root, source.split, cats), root
 
 
 def cirr_groups(root: Path, split: str | None) -> dict[str, tuple[str, ...]]:
@@ -233,12 +258,48 @@ def cirr_groups(root: Path, split: str | None) -> dict[str, tuple[str, ...]]:
     return groups
 
 
-def load_dataset(spec: DatasetSpec, data_root: str | None = None, index_backend: str = "exact") -> Dataset:
+def load_dataset(source: DatasetSource, data_root: str | None = None, index_backend: str = "exact") -> Dataset:
     """A dataset with its index ranked by `index_backend`; an unreachable backend leaves it degraded."""
-    index = open_backend_or_placeholder(load_index(spec.features), index_backend)
-    records, root = _records_for(spec, data_root)
-    groups = cirr_groups(root, spec.split) if spec.dataset == "cirr" else {}
-    return Dataset(spec, index, records, groups)
+    index = open_backend_or_placeholder(load_index(source.features), index_backend)
+    records, root = _records_for(source, data_root)
+    groups = cirr_groups(root, source.split) if source.dataset == "cirr" else {}
+    return Dataset(source, index, records, groups)
+
+
+def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str | None = None,
+             index_backend: str = "exact") -> tuple[dict[str, Dataset], list[DamagedDataset]]:
+    """Every source this encoder can serve, loaded; those that fail are returned as DamagedDataset.
+
+    Indexes of another encoder are skipped quietly (a features root may hold several encoders' indexes); one
+    of this encoder's that cannot be loaded (corrupt or truncated files, other weights, a missing images root)
+    is damaged: the operator has to know, so it is reported, never dropped silently.
+    """
+    datasets: dict[str, Dataset] = {}
+    damaged: list[DamagedDataset] = []
+    for source in sources:
+        enc = source.manifest.get("encoder")
+        if enc not in (None, encoder.name) or source.manifest.get("dim") not in (None, encoder.dim):
+            log.info("skipping %s: extracted with encoder %s, the demo runs %s", source.name, enc, encoder.name)
+            continue
+        try:
+            datasets[source.name] = _load_checked(source, encoder, data_root, index_backend)
+        except (OSError, ValueError) as e:   # IndexLoadError is a ValueError; FileNotFoundError an OSError
+            log.warning("skipping %s: %s", source.name, e)
+            damaged.append(DamagedDataset(source.name, source.features, str(e)))
+    return datasets, damaged
+
+
+def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None, index_backend: str) -> Dataset:
+    if not DATASET_NAME.match(source.name):
+        raise ValueError(f"invalid dataset name {source.name!r}: names are letters, digits, '.', '_' and '-'")
+    stale = stale_encoder_fields(source.manifest, encoder)
+    if stale:
+        raise ValueError(f"extracted with other {encoder.name} weights or settings ({', '.join(stale)}); "
+                         "extract it again")
+    ds = load_dataset(source, data_root, index_backend)
+    if ds.index.raw_error:  # composed and sum queries would be mis-scaled: refuse, never guess
+        raise IndexLoadError(ds.index.raw_error)
+    return ds
 
 
 def rank_group(query: torch.Tensor, ds: Dataset, reference: str | None) -> list[tuple[str, float]]:
@@ -254,7 +315,7 @@ def rank_group(query: torch.Tensor, ds: Dataset, reference: str | None) -> list[
     return [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())]
 
 
-def stale_encoder_fields(manifest: dict, encoder) -> list[str]:
+def stale_encoder_fields(manifest: dict, encoder: Encoder) -> list[str]:
     """The fields of encoder.describe() that an index manifest records with another value: its features are
     not this encoder's (other heads, preprocessing or colour descriptor), so they must not be searched."""
     now = json.loads(json.dumps(encoder.describe(), default=str))  # tuples -> lists, as the manifest holds them

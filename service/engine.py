@@ -10,6 +10,9 @@ every dataset's feature index once; a query then goes
 so the demo ranks with exactly the code evaluation uses. Every dataset is ranked by the index backend of
 `Settings.index_backend` (exact, faiss, milvus: see index.py); one that cannot be reached (a Milvus server
 that is down) leaves its dataset listed but degraded: `Engine.health()` says why and its searches answer 503.
+A dataset that was found but cannot be loaded (corrupt features, unreadable manifest, missing images) is kept
+in `Engine.damaged` and reported as degraded too. `Engine.run` answers a `SearchResult` (dataclasses), which
+app.py serialises. Torch's thread count is set once per process (set_worker_threads), never per request.
 Errors a user can cause are raised as `ApiError` subclasses (400 / 404 / 413) carrying a message meant for
 that user.
 """
@@ -22,28 +25,30 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
 from PIL import Image, ImageOps
 
 import encoders
 import model
-from index import BackendUnavailable, IndexLoadError, parse_backend, search
+from encoders import Encoder, TextSide
+from index import BackendUnavailable, parse_backend, search
 from preprocess import to_rgb
 from service.caching import LRU, Metrics, TimedTexts
 from service.datasets import (
-    DATASET_NAME,
+    DamagedDataset,
     Dataset,
+    DatasetSource,
     discover_datasets,
-    load_dataset,
+    load_all,
     rank_group,
     read_datasets_file,
-    stale_encoder_fields,
     tags_caption,
 )
 from service.errors import BadInput, NotFound, ServiceUnavailable
 from service.inputs import parse_int, validate_text
+from service.settings import Settings
 from service.uploads import UploadStore
 
 log = logging.getLogger("engine")
@@ -54,33 +59,6 @@ MODE_LABELS = {"composed": "Composed (Combiner)", "sum": "Composed (sum baseline
                "text": "Text → image", "tags": "Tags → image"}
 NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
-
-
-@dataclass
-class Settings:
-    """What Engine.load needs (app.AppConfig fills it from flags and environment variables)."""
-
-    features_root: Path
-    upload_dir: Path
-    encoder: str = "lite"
-    device: str = "auto"
-    data_root: str | None = None
-    datasets_file: Path | None = None
-    default_dataset: str | None = None
-    combiners: Mapping[str, str] | None = None
-    text_checkpoints: Mapping[str, str] | None = None
-    max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    default_k: int = 24
-    max_k: int = 200
-    text_cache_size: int = 4096
-    upload_cache_size: int = 256
-    thumb_cache_size: int = 2048
-    thumb_size: int = 256
-    query_threads: int | None = 1
-    encoder_obj: Any = None
-    warm_up: bool = True
-    index_backend: str = "exact"    # index.py backend spec for every dataset: exact, faiss[...], milvus[:URI]
 
 
 @dataclass
@@ -96,17 +74,83 @@ class SearchRequest:
     text_encoder: str | None = None
 
 
+@dataclass
+class Hit:
+    """One ranked image of a dataset."""
+
+    name: str
+    score: float
+
+
+@dataclass
+class Timings:
+    """Where a query's time went, in ms (`text_cached`: None when no caption was encoded)."""
+
+    encode_text_ms: float
+    text_cached: bool | None
+    fuse_ms: float
+    wait_ms: float              # waiting for the model lock (another request was encoding)
+    search_ms: float
+    total_ms: float
+
+
+@dataclass
+class ModelChoice:
+    """The Combiner and the text side that answered (None where the mode used none)."""
+
+    combiner: str | None
+    text_encoder: str | None
+
+
+@dataclass
+class SearchResult:
+    """What Engine.run answers; app.py turns it into the /api/search JSON (adding URLs and the reference)."""
+
+    mode: str
+    dataset: str
+    caption: str | None         # the caption as sent (None in tags mode, whose text is generated)
+    query_text: str | None      # the text that was encoded (caption, or the tags' phrase)
+    tags: dict[str, str] | None
+    model: ModelChoice
+    results: list[Hit]
+    group: list[Hit] | None     # CIRR: the reference's img_set members ranked by the same query
+    timings: Timings
+    warning: str | None         # e.g. a Combiner used with another text side than it was trained with
+
+
+class PairedCombiner(NamedTuple):
+    combiner: model.Combiner
+    text_encoder: str           # name (in Engine.text_sides) of the text side it was trained with
+
+
+def set_worker_threads(n: int | None) -> None:
+    """Run torch with `n` intra-op threads in this process from now on (0 / None: leave torch's choice).
+
+    Called once per server process (Engine.load), never per request: torch's thread count is global to the
+    process, so under the threaded dev server one request restoring "its" old value would undo another's
+    setting in the middle of that one's search. One thread per worker because a query encodes one sentence or
+    one image and scans one index: more threads add only synchronisation, and the server's parallelism comes
+    from its workers. Measured on 2 shared cores: MiniLM on one caption 12 ms with one thread, 500 ms with two;
+    gunicorn, 2 workers, 16 clients: 185 queries/s with one thread, 66 with two (idle OpenMP threads spin on
+    the core the other worker needs).
+    """
+    if n and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
 class Engine:
     """Everything the demo loaded at start-up, plus its caches, metrics and the lock around the models."""
 
-    def __init__(self, settings: Settings, encoder, text_sides: dict[str, Any],
-                 combiners: dict[str, tuple[Any, str]], datasets: dict[str, Dataset], default_dataset: str):
+    def __init__(self, settings: Settings, encoder: Encoder, text_sides: dict[str, Encoder],
+                 combiners: dict[str, PairedCombiner], datasets: dict[str, Dataset], default_dataset: str,
+                 damaged: Mapping[str, DamagedDataset] | None = None):
         self.settings = settings
         self.encoder = encoder
         self.text_sides = text_sides            # name -> encoder sharing the image side (base, stage1, ...)
-        self.combiners = combiners              # name -> (Combiner, name of the text side it was trained with)
+        self.combiners = combiners              # name -> the Combiner and the text side it was trained with
         self.datasets = datasets
         self.default_dataset = default_dataset
+        self.damaged = dict(damaged or {})      # name -> a dataset found but not loadable (health: degraded)
         # Tokenizers and ONNX sessions are not all safe to call from several threads at once, and two cores
         # gain nothing from overlapping model calls: one query encodes at a time.
         self.model_lock = threading.Lock()
@@ -117,92 +161,35 @@ class Engine:
                                    settings.max_image_pixels, settings.upload_cache_size, self.model_calls)
 
     @contextlib.contextmanager
-    def model_calls(self):
-        """Hold the model lock and run torch with `query_threads` intra-op threads meanwhile.
-
-        A query encodes one sentence or one image: more threads add only synchronisation, and on a small,
-        busy CPU the waiting dominates (measured on 2 shared cores: MiniLM on one caption 12 ms with one
-        thread, 500 ms with two). The previous setting is restored afterwards.
-        """
-        with self.model_lock, self.query_threads():
+    def model_calls(self) -> Iterator[None]:
+        """Hold the model lock meanwhile. Torch's thread count is not touched here: set_worker_threads set it
+        once for the whole process."""
+        with self.model_lock:
             yield
-
-    @contextlib.contextmanager
-    def query_threads(self):
-        """Run torch with `query_threads` intra-op threads meanwhile (the search too, not only the models).
-
-        Under load, a server's parallelism comes from its workers: a multi-threaded matrix product in one
-        worker leaves OpenMP threads spinning on the cores the other workers need (measured with gunicorn,
-        2 workers, 16 clients: 66 queries/s with the search at 2 threads, 185 with 1).
-        """
-        n = self.settings.query_threads
-        old = torch.get_num_threads()
-        if n and n != old:
-            torch.set_num_threads(n)
-        try:
-            yield
-        finally:
-            if n and n != old:
-                torch.set_num_threads(old)
 
     # -- start-up
 
     @classmethod
     def load(cls, settings: Settings) -> "Engine":
+        """Load the encoder, its text sides, the Combiners and every dataset once (a few seconds)."""
         t0 = time.perf_counter()
         encoder = settings.encoder_obj or encoders.load(settings.encoder, settings.device)
-        text_sides: dict[str, Any] = {"base": encoder}
-        wanted_text = settings.text_checkpoints
-        if wanted_text is None:  # default: the shipped stage-1 text encoder, when it has been trained
-            stage1 = Path(encoders.resolve_text("stage1"))
-            wanted_text = {"stage1": str(stage1)} if stage1.exists() else {}
-        for name, path in wanted_text.items():
-            try:
-                text_sides[name] = encoder.with_text(encoders.resolve_text(path))
-            except (FileNotFoundError, ValueError, NotImplementedError) as e:
-                log.warning("text encoder %s unavailable: %s", name, e)
-
+        text_sides = _load_text_sides(settings, encoder)
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)
-        specs = (read_datasets_file(settings.datasets_file, settings.features_root) if settings.datasets_file
-                 else discover_datasets(settings.features_root))
-        datasets: dict[str, Dataset] = {}
-        for spec in specs:
-            if not DATASET_NAME.match(spec.name):
-                log.warning("skipping dataset %r: names are letters, digits, '.', '_' and '-'", spec.name)
-                continue
-            enc = spec.manifest.get("encoder")
-            if enc not in (None, encoder.name) or spec.manifest.get("dim") not in (None, encoder.dim):
-                log.info("skipping %s: extracted with encoder %s, the demo runs %s", spec.name, enc, encoder.name)
-                continue
-            stale = stale_encoder_fields(spec.manifest, encoder)
-            if stale:
-                log.warning("skipping %s: extracted with other %s weights or settings (%s); extract it again",
-                            spec.name, encoder.name, ", ".join(stale))
-                continue
-            try:
-                ds = load_dataset(spec, settings.data_root, settings.index_backend)
-                if ds.index.raw_error:  # composed and sum queries would be mis-scaled: refuse, never guess
-                    raise IndexLoadError(ds.index.raw_error)
-                datasets[spec.name] = ds
-            except (IndexLoadError, FileNotFoundError, ValueError) as e:
-                log.warning("skipping dataset %s: %s", spec.name, e)
+        sources, damaged = _dataset_sources(settings)
+        datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend)
+        damaged = {d.name: d for d in [*damaged, *failed]}
         if not datasets:
-            where = settings.datasets_file or settings.features_root
-            raise FileNotFoundError(
-                f"no feature index for encoder {encoder.name!r} found in {where}; run `python3 app.py` (it "
-                "extracts the catalogue first) or extract_features.py --dataset ... --out FEATURES")
-        default = settings.default_dataset if settings.default_dataset in datasets else next(
-            (n for n in ("catalog-all", *sorted(datasets)) if n in datasets and datasets[n].spec.dataset == "catalog"),
-            next(iter(datasets)))
-        if settings.default_dataset and settings.default_dataset not in datasets:
-            log.warning("default dataset %r not found; using %s", settings.default_dataset, default)
-        engine = cls(settings, encoder, text_sides, combiners, datasets, default)
+            raise _nothing_to_serve(settings, encoder, damaged)
+        default = _default_dataset(settings.default_dataset, datasets)
+        set_worker_threads(settings.query_threads)  # once per process: see set_worker_threads
+        engine = cls(settings, encoder, text_sides, combiners, datasets, default, damaged)
         if settings.warm_up:
             engine.warm_up()
-        log.info("demo ready in %.1f s: %d dataset(s) (%s), combiners: %s, text encoders: %s",
+        log.info("demo ready in %.1f s: %d dataset(s) (%s), combiners: %s, text encoders: %s%s",
                  time.perf_counter() - t0, len(datasets), ", ".join(datasets), ", ".join(combiners) or "none",
-                 ", ".join(text_sides))
+                 ", ".join(text_sides), f"; DAMAGED: {', '.join(damaged)}" if damaged else "")
         return engine
 
     def warm_up(self) -> None:
@@ -221,10 +208,14 @@ class Engine:
         """Per dataset: its index backend and whether it can serve (a Milvus server may be down)."""
         return {name: ds.index.backend.health() for name, ds in self.datasets.items()}
 
+    def damaged_report(self) -> dict[str, dict]:
+        """Per dataset that was found but could not be loaded: its folder and why (see DamagedDataset)."""
+        return {name: d.describe() for name, d in self.damaged.items()}
+
     # -- what the page needs to know
 
     def models(self) -> dict:
-        return {"combiners": [{"name": n, "text_encoder": t} for n, (_, t) in self.combiners.items()],
+        return {"combiners": [{"name": n, "text_encoder": c.text_encoder} for n, c in self.combiners.items()],
                 "default_combiner": next(iter(self.combiners), None),
                 "text_encoders": list(self.text_sides), "composed_available": bool(self.combiners),
                 "encoder": self.encoder.name}
@@ -276,7 +267,7 @@ class Engine:
         req.combiner, req.text_encoder = comb, None if text == "auto" else text
         return req
 
-    def run(self, req: SearchRequest) -> dict:
+    def run(self, req: SearchRequest) -> SearchResult:
         """Answer a parsed request: ranked results, the CIRR group row, timings (ms)."""
         t0 = time.perf_counter()
         ds = self.dataset(req.dataset)
@@ -295,7 +286,8 @@ class Engine:
             combiner, paired = self.combiners[comb_name]
         text_name = (req.text_encoder or paired) if method != "image" else None
         warning = None
-        if method == "combiner" and req.text_encoder and req.text_encoder != paired:
+        if method == "combiner" and req.text_encoder and \
+                self.text_sides[req.text_encoder].text_side != self.text_sides[paired].text_side:
             warning = (f"combiner {comb_name} was trained with the {paired} text encoder; "
                        f"results with {req.text_encoder} may be worse")
         texts = TimedTexts(self.text_sides[text_name or "base"], self.text_cache, text_name or "base")
@@ -305,26 +297,21 @@ class Engine:
             query = model.compose(texts, ref_feats, [req.caption] if req.caption else None, method, combiner)
         t2 = time.perf_counter()
         try:
-            with self.query_threads():
-                scores, ids = search(query, ds.index, req.k, exclude=exclude)
-                group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
+            scores, ids = search(query, ds.index, req.k, exclude=exclude)
+            group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
         t3 = time.perf_counter()
-        total = (t3 - t0) * 1000
-        return {
-            "mode": req.mode, "dataset": ds.name, "caption": req.caption if req.mode != "tags" else None,
-            "query_text": req.caption if req.mode in ("text", "tags", "composed", "sum") else None,
-            "tags": req.tags or None,
-            "model": {"combiner": comb_name, "text_encoder": text_name},
-            "results": [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())],
-            "group": group,
-            "timings": {"encode_text_ms": round(texts.ms, 3), "text_cached": texts.cached if text_name else None,
-                        "fuse_ms": round(max(0.0, (t2 - t_locked) * 1000 - texts.ms), 3),
-                        "wait_ms": round((t_locked - t1) * 1000, 3),
-                        "search_ms": round((t3 - t2) * 1000, 3), "total_ms": round(total, 3)},
-            "warning": warning,
-        }
+        timings = Timings(encode_text_ms=round(texts.ms, 3), text_cached=texts.cached if text_name else None,
+                          fuse_ms=round(max(0.0, (t2 - t_locked) * 1000 - texts.ms), 3),
+                          wait_ms=round((t_locked - t1) * 1000, 3), search_ms=round((t3 - t2) * 1000, 3),
+                          total_ms=round((t3 - t0) * 1000, 3))
+        return SearchResult(
+            mode=req.mode, dataset=ds.name, caption=req.caption if req.mode != "tags" else None,
+            query_text=req.caption if req.mode in ("text", "tags", "composed", "sum") else None,
+            tags=req.tags or None, model=ModelChoice(comb_name, text_name),
+            results=[Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())],
+            group=None if group is None else [Hit(n, v) for n, v in group], timings=timings, warning=warning)
 
     # -- images
 
@@ -348,12 +335,27 @@ class Engine:
         return data
 
 
-def _load_combiners(settings: Settings, encoder, text_sides: dict[str, Any]) -> dict[str, tuple[Any, str]]:
+def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]:
+    """The text sides to offer, by name: base, plus the stage-1 checkpoints of the settings that load."""
+    text_sides: dict[str, Encoder] = {"base": encoder}
+    wanted: Mapping[str, Any] | None = settings.text_checkpoints
+    if wanted is None:  # default: the shipped stage-1 text encoder, when it has been trained
+        stage1 = TextSide.of("stage1")
+        wanted = {"stage1": stage1} if stage1.exists() else {}
+    for name, choice in wanted.items():
+        try:
+            text_sides[name] = encoder.with_text(TextSide.of(choice))
+        except (FileNotFoundError, ValueError, NotImplementedError) as e:
+            log.warning("text encoder %s unavailable: %s", name, e)
+    return text_sides
+
+
+def _load_combiners(settings: Settings, encoder: Encoder, text_sides: dict[str, Encoder]) -> dict[str, PairedCombiner]:
     """The Combiner checkpoints that exist, each paired with the text side it was trained with."""
     wanted = settings.combiners
     if wanted is None:  # default: the shipped checkpoints that have been trained
         wanted = {n: str(p) for n, p in model.SHIPPED_COMBINERS.items() if Path(p).exists()}
-    out: dict[str, tuple[Any, str]] = {}
+    out: dict[str, PairedCombiner] = {}
     for name, path in wanted.items():
         try:
             _, comb = model.load_method(str(path))
@@ -364,30 +366,55 @@ def _load_combiners(settings: Settings, encoder, text_sides: dict[str, Any]) -> 
             log.warning("combiner %s was trained on %s features (dim %d), not %s (dim %d): skipped", name,
                         comb.cfg.encoder or "unknown", comb.cfg.feature_dim, encoder.name, encoder.dim)
             continue
-        side = _text_side_for(comb.cfg.text_encoder, encoder, text_sides, encoders.resolve_text)
+        side = _paired_side(comb.cfg.text_side, encoder, text_sides)
         if side is None:
             log.warning("combiner %s needs text encoder %s, which is not available: skipped", name,
                         comb.cfg.text_encoder)
             continue
-        out[name] = (comb.eval(), side)
+        out[name] = PairedCombiner(comb.eval(), side)
     return out
 
 
-def _text_side_for(spec: str, encoder, text_sides: dict[str, Any], resolve: Callable[[str], str]) -> str | None:
-    """Name of the loaded text side a Combiner was trained with, loading it if needed."""
-    if not spec or spec == "base":
-        return "base"
-    path = resolve(spec)
+def _paired_side(want: TextSide, encoder: Encoder, text_sides: dict[str, Encoder]) -> str | None:
+    """Name of the loaded text side that is `want`, loading it (named want.name) when none is."""
     for name, side in text_sides.items():
-        if getattr(side, "text_checkpoint", "base") not in ("base",) and \
-                Path(side.text_checkpoint).resolve() == Path(path).resolve():
+        if side.text_side == want:
             return name
-    if not Path(path).exists():
+    if not want.exists():
         return None
-    name = "stage1" if Path(path).resolve() == Path(resolve("stage1")).resolve() else Path(path).stem
+    name = want.name if want.name not in text_sides else want.record
     try:
-        text_sides[name] = encoder.with_text(path)
+        text_sides[name] = encoder.with_text(want)
     except (FileNotFoundError, ValueError, NotImplementedError) as e:
-        log.warning("text encoder %s unavailable: %s", path, e)
+        log.warning("text encoder %s unavailable: %s", want.record, e)
         return None
     return name
+
+
+def _dataset_sources(settings: Settings) -> tuple[list[DatasetSource], list[DamagedDataset]]:
+    if settings.datasets_file:
+        return read_datasets_file(Path(settings.datasets_file), Path(settings.features_root)), []
+    return discover_datasets(Path(settings.features_root))
+
+
+def _nothing_to_serve(settings: Settings, encoder: Encoder, damaged: Mapping[str, DamagedDataset]) -> Exception:
+    """The start-up error when no dataset loads: the damaged folders and why, else how to extract one."""
+    where = settings.datasets_file or settings.features_root
+    if damaged:
+        lines = "".join(f"\n  {d.folder}: {d.reason}" for d in damaged.values())
+        return ValueError(f"no dataset in {where} can be served: {len(damaged)} found but damaged (repair or "
+                          f"extract them again, or move them away):{lines}")
+    return FileNotFoundError(
+        f"no feature index for encoder {encoder.name!r} found in {where}; run `python3 app.py` (it "
+        "extracts the catalogue first) or extract_features.py --dataset ... --out FEATURES")
+
+
+def _default_dataset(wanted: str | None, datasets: Mapping[str, Dataset]) -> str:
+    """`wanted` if it was loaded, else catalog-all, another catalogue or the first dataset."""
+    if wanted in datasets:
+        return wanted
+    default = next((n for n in ("catalog-all", *sorted(datasets)) if n in datasets
+                    and datasets[n].source.dataset == "catalog"), next(iter(datasets)))
+    if wanted:
+        log.warning("default dataset %r not found; using %s", wanted, default)
+    return default
