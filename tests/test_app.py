@@ -652,3 +652,28 @@ def test_features_of_other_heads_are_never_served(demo_world, tmp_path, caplog):
     names = [d["name"] for d in app.test_client().get("/api/datasets").get_json()["datasets"]]
     assert names == ["cirr-val"]
     assert "catalog-test: extracted with other lite weights or settings (image_weights)" in caplog.text
+
+
+def test_combiners_pair_with_the_same_side_however_it_is_written(tmp_path):
+    """The engine pairs a Combiner's recorded text side with a loaded one by identity, not by string."""
+    from encoders import BASE_TEXT, STAGE1_TEXT, TextSide
+    from service.engine import _paired_side
+
+    class Side:
+        def __init__(self, side):
+            self.text_side = side
+
+        def with_text(self, side):
+            return Side(TextSide.of(side))
+
+    ckpt = tmp_path / "s1.safetensors"
+    ckpt.write_bytes(b"")
+    sides = {"base": Side(BASE_TEXT), "mine": Side(TextSide.of(ckpt)), "shipped": Side(TextSide.of(STAGE1_TEXT))}
+    enc = sides["base"]
+    assert _paired_side(TextSide.of("base"), enc, sides) == "base"
+    assert _paired_side(TextSide.of(str(tmp_path / "." / "s1.safetensors")), enc, sides) == "mine"
+    assert _paired_side(TextSide.of(STAGE1_TEXT.name), enc, sides) == "shipped"  # as combiner-stage1 records it
+    assert _paired_side(TextSide.of(tmp_path / "missing.safetensors"), enc, sides) is None
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"")
+    assert _paired_side(TextSide.of(other), enc, sides) == "other" and sides["other"].text_side == TextSide.of(other)
