@@ -234,10 +234,10 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
     reference = (_upload_json(req.upload) if req.upload else
                  {**_image_json(ds, req.reference), "kind": "dataset"} if req.reference else None)
     return {"mode": res.mode, "dataset": res.dataset, "caption": res.caption, "query_text": res.query_text,
-            "tags": res.tags, "model": asdict(res.model), "results": results,
-            "group": None if res.group is None else _hits_json(ds, res.group), "timings": asdict(res.timings),
+            "tags": res.tags, "model": asdict(res.model), "results": results, "timings": asdict(res.timings),
             "warning": res.warning, "reference": reference, "ids": [r["id"] for r in results],
-            "scores": [r["score"] for r in results], "urls": [r["url"] for r in results]}
+            "scores": [r["score"] for r in results], "urls": [r["url"] for r in results],
+            "group": None if res.group is None else _hits_json(ds, res.group)}
 
 
 @bp.post("/api/upload")

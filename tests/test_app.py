@@ -144,8 +144,8 @@ def test_every_mode_answers(client, ref, mode):
     r = _search(client, mode=mode, reference=ref, **MODE_BODIES[mode])
     assert r.status_code == 200, r.get_json()
     d = r.get_json()
-    assert list(d) == ["mode", "dataset", "caption", "query_text", "tags", "model", "results", "group", "timings",
-                       "warning", "reference", "ids", "scores", "urls", "latency_ms"]  # README's answer, in order
+    assert list(d) == ["mode", "dataset", "caption", "query_text", "tags", "model", "results", "timings", "warning",
+                       "reference", "ids", "scores", "urls", "group", "latency_ms"]  # the answer, in its order
     assert list(d["timings"]) == ["encode_text_ms", "text_cached", "fuse_ms", "wait_ms", "search_ms", "total_ms"]
     assert list(d["results"][0]) == ["rank", "id", "title", "attrs", "url", "thumb", "score"]
     assert d["mode"] == mode and len(d["results"]) == 24 == len(d["ids"]) == len(d["scores"]) == len(d["urls"])
