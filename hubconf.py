@@ -11,16 +11,17 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from encoders import available_models, load  # noqa: E402
+from encoders import BaseEncoder, available_models, load  # noqa: E402
 from model import SHIPPED_COMBINERS, Combiner  # noqa: E402
 
 
-def encoder(name: str = "lite", device: str = "auto", **kwargs):
-    """An image/text encoder (see encoders.available_models()); `encode_images`, `encode_texts`, `preprocess`."""
+def encoder(name: str = "lite", device: str = "auto", **kwargs) -> BaseEncoder:
+    """An image/text encoder (see encoders.available_models()); `encode_images`, `encode_texts`, `preprocess`;
+    `text="stage1"` (or a checkpoint path) loads a stage-1 text side."""
     return load(name, device, **kwargs)
 
 
-def lite(device: str = "auto", **kwargs):
+def lite(device: str = "auto", **kwargs) -> BaseEncoder:
     """The offline lite dual encoder with the shipped projection heads."""
     return load("lite", device, **kwargs)
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from encoders import CaptionEncoder, TextSide
 from utils import WEIGHTS_DIR, config_from_dict, save_checkpoint
 
 COMBINE_METHODS = ("combiner", "sum", "image", "text")
@@ -42,12 +43,18 @@ class CombinerConfig:
     dropout: float = 0.5           # dropout everywhere, as the paper
     logit_scale: float = 100.0     # fixed temperature of the classification loss
     encoder: str = ""              # encoder whose features it was trained on ("" = unknown, e.g. original .pt)
-    text_encoder: str = "base"     # text side it was trained with: "base" or a stage-1 checkpoint file name
+    text_encoder: str = "base"     # text side it was trained with: "base", a stage-1 checkpoint's file name in
+                                   # weights/ or its path (TextSide.record); compare `text_side`, not this
     inputs: str = "raw"            # features it takes: "raw" (the papers) or "normalized" (L2-normalised first)
 
     @classmethod
     def from_dict(cls, d: dict) -> "CombinerConfig":
         return config_from_dict(cls, d)
+
+    @property
+    def text_side(self) -> TextSide:
+        """The text side this Combiner was trained with, resolved (encoders.TextSide decides the pairing)."""
+        return TextSide.of(self.text_encoder)
 
     @classmethod
     def from_state_dict(cls, sd: dict[str, torch.Tensor]) -> "CombinerConfig":
@@ -170,7 +177,7 @@ def load_method(spec: str, map_location: str | torch.device = "cpu") -> tuple[st
     return "combiner", Combiner.load(path, map_location)
 
 
-def compose(encoder, image_feats: torch.Tensor | None, captions: list[str] | None, method: str,
+def compose(encoder: CaptionEncoder, image_feats: torch.Tensor | None, captions: list[str] | None, method: str,
             combiner: Combiner | None = None) -> torch.Tensor:
     """Query features for raw reference-image features [B,d] and relative captions, by fusion method.
 

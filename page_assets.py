@@ -16,7 +16,8 @@ from pathlib import Path
 
 from flask import Blueprint, abort, send_from_directory, url_for
 
-BOOTSTRAP_MODES = ("local", "cdn")
+from service.settings import BOOTSTRAP_MODES
+
 BOOTSTRAP_PACKAGE = "flask_bootstrap"      # import name of Bootstrap-Flask (requirements.txt pins it)
 BOOTSTRAP_VERSION = "5.3.8"                # the version that package ships; the CDN link uses the same
 CDN_ORIGIN = "https://cdn.jsdelivr.net"
@@ -33,7 +34,8 @@ _CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src {style}; scri
 
 
 def check_mode(mode: str) -> str:
-    """The bootstrap setting, validated: "local" (served from the package) or "cdn"."""
+    """The bootstrap setting, validated: "local" (served from the package) or "cdn" (Settings validates it
+    too; this guards the helpers below when they are called directly)."""
     if mode not in BOOTSTRAP_MODES:
         raise ValueError(f"bootstrap must be one of {', '.join(BOOTSTRAP_MODES)}, not {mode!r}")
     return mode

@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
+
 import data_utils
+import encoders
+from extract_features import ensure_index, index_name
 from index import search
 from utils import run_cli, setup_logging
 
@@ -39,9 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.text is not None and not args.text.strip():
         p.error("the text query is empty")
 
-    import encoders
-    from extract_features import ensure_index, index_name
-    from PIL import Image
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     split = None if args.dataset == "folder" else args.split
     records = data_utils.list_images(args.dataset, root, split)

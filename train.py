@@ -174,12 +174,11 @@ def cmd_combiner(args) -> int:
     resolve_defaults(args, "combiner", encoder.dim)
     data = load_train_data(encoder, args)
     texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
-    text_name = encoders.resolve_text(args.text_encoder)
-    if text_name != "base":
-        text_name = Path(text_name).name if Path(text_name).parent.resolve() == WEIGHTS_DIR.resolve() else text_name
-    # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on.
+    # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on; the text
+    # side as TextSide records it, so the server and evaluate.py pair it with the same side.
     cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=args.projection_dim, hidden_dim=args.hidden_dim,
-                         dropout=args.dropout, encoder=encoder.name, text_encoder=text_name, inputs="raw")
+                         dropout=args.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
+                         inputs="raw")
     combiner = Combiner(cfg).to(device)
     raw = data.train.raw_matrix().to(device)
     unit = F.normalize(raw, dim=-1)

@@ -30,7 +30,8 @@ import torch  # noqa: E402
 
 import data_utils  # noqa: E402
 import model  # noqa: E402
-from app import AppConfig, create_app, ensure_catalog  # noqa: E402
+from app import create_app, ensure_catalog  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from utils import REPO_DIR, setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_app")
@@ -69,8 +70,8 @@ def main() -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = AppConfig(features_root=Path(args.features), data_root=args.data_root, device=args.device,
-                        upload_dir=Path(tmp) / "uploads", default_dataset="catalog-all")
+        cfg = Settings(features_root=Path(args.features), data_root=args.data_root, device=args.device,
+                       upload_dir=Path(tmp) / "uploads", default_dataset="catalog-all")
         ensure_catalog(cfg)
         shipped = model.SHIPPED_COMBINERS["combiner"]
         if shipped.exists():

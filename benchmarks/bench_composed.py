@@ -82,7 +82,7 @@ def main() -> None:
     root = data_utils.resolve_data_root("catalog")
     records = data_utils.catalog_images(root, "test")
     base = encoders.load("lite")
-    sides = {"base": base, "stage1": base.with_text(encoders.resolve_text("stage1"))}
+    sides = {"base": base, "stage1": base.with_text("stage1")}
     index = ensure_index(records, base, Path("features") / index_name("catalog", "test"),
                          info={"dataset": "catalog", "split": "test", "data_root": str(root)})
     trips = {p: triplets.generate(records, seed=0, per_kind=500, phrasings=p) for p in ("all", "heldout")}

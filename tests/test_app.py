@@ -8,22 +8,29 @@ from __future__ import annotations
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 import model
+import app as app_module
 from app import AppConfig, create_app, main
 from index import FeatureIndex, search
-from service import (LRU, MAX_CAPTION_CHARS, BadInput, Dataset, DatasetSpec, Metrics, cirr_groups, rank_group,
-                     tags_caption, validate_text)
+from service.caching import LRU, Metrics
+from service.datasets import Dataset, DatasetSource, cirr_groups, rank_group, tags_caption
+from service.engine import Hit, ModelChoice, SearchResult
+from service.errors import BadInput
+from service.inputs import MAX_CAPTION_CHARS, validate_text
+from service.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def app(demo_world, tmp_path_factory):
-    cfg = AppConfig(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), max_image_pixels=4_000_000)
-    return create_app(cfg)
+    threads = torch.get_num_threads()  # the app sets this process's thread count; other modules get theirs back
+    yield create_app(Settings(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), max_image_pixels=4_000_000))
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture()
@@ -138,6 +145,10 @@ def test_every_mode_answers(client, ref, mode):
     r = _search(client, mode=mode, reference=ref, **MODE_BODIES[mode])
     assert r.status_code == 200, r.get_json()
     d = r.get_json()
+    assert list(d) == ["mode", "dataset", "caption", "query_text", "tags", "model", "results", "timings", "warning",
+                       "reference", "ids", "scores", "urls", "group", "latency_ms"]  # the answer, in its order
+    assert list(d["timings"]) == ["encode_text_ms", "text_cached", "fuse_ms", "wait_ms", "search_ms", "total_ms"]
+    assert list(d["results"][0]) == ["rank", "id", "title", "attrs", "url", "thumb", "score"]
     assert d["mode"] == mode and len(d["results"]) == 24 == len(d["ids"]) == len(d["scores"]) == len(d["urls"])
     assert d["scores"] == sorted(d["scores"], reverse=True)
     assert all(u.startswith("/img/catalog-test/") for u in d["urls"])
@@ -163,6 +174,31 @@ def test_search_is_compose_then_index_search(client, engine, ref):
         d = _search(client, mode=mode, reference=ref, caption=caption, k=10, combiner="tiny").get_json()
         assert d["ids"] == [ds.index.names[i] for i in ids[0].tolist()], mode
         assert d["scores"] == pytest.approx(scores[0].tolist(), abs=1e-3)
+
+
+def test_engine_run_answers_a_typed_result(engine, ref):
+    req = engine.parse({"dataset": "catalog-test", "mode": "composed", "reference": ref, "caption": "is blue",
+                        "k": 5, "text_encoder": "stage1"})
+    res = engine.run(req)
+    assert isinstance(res, SearchResult) and len(res.results) == 5 and all(isinstance(h, Hit) for h in res.results)
+    assert res.model == ModelChoice("tiny", "stage1") and "trained with the base" in res.warning
+    assert res.timings.total_ms > 0 and res.group is None and res.query_text == "is blue"
+    cirr = engine.datasets["cirr-val"]
+    member = next(n for n in cirr.index.names if n in cirr.groups)
+    res = engine.run(engine.parse({"dataset": "cirr-val", "mode": "image", "reference": member}))
+    assert res.model == ModelChoice(None, None) and res.group and all(isinstance(h, Hit) for h in res.group)
+
+
+def test_torch_threads_are_set_once_not_per_request(client, engine, ref, monkeypatch):
+    """Engine.load set this process's thread count; a request never sets (or restores) it, so one request
+    cannot undo another's setting in the middle of its search under the threaded server."""
+    assert engine.settings.query_threads == 1 and torch.get_num_threads() == 1
+    calls = []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as if something else had changed it
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    for mode, body in MODE_BODIES.items():
+        assert _search(client, mode=mode, reference=ref, **body).status_code == 200
+    assert calls == []
 
 
 def test_k_and_query_string(client, ref):
@@ -376,8 +412,9 @@ def test_cirr_group_row(client, engine):
 
 def test_rank_group_with_real_cirr_groups(tmp_path):
     """rank_group over the real CIRR val img_set lists, against brute force, reference excluded."""
-    import data_utils
     from conftest import CIRR_FORMATS
+
+    import data_utils
     if not CIRR_FORMATS.exists():
         pytest.skip("CIRR annotation files not available")
     triplets = data_utils.cirr_triplets(CIRR_FORMATS, "val")[:200]
@@ -386,7 +423,7 @@ def test_rank_group_with_real_cirr_groups(tmp_path):
     feats = torch.nn.functional.normalize(torch.randn(len(names), 16, generator=g), dim=-1).half()
     index = FeatureIndex(feats, names, {})
     groups = cirr_groups(CIRR_FORMATS, "val")  # every member of an img_set maps to (its first) set
-    ds = Dataset(DatasetSpec("cirr-val", tmp_path, "cirr", "val"), index, [], groups)
+    ds = Dataset(DatasetSource("cirr-val", tmp_path, "cirr", "val"), index, [], groups)
     for t in triplets[:50]:
         q = torch.nn.functional.normalize(torch.randn(1, 16, generator=g), dim=-1)
         ranked = rank_group(q, ds, t.reference)
@@ -423,7 +460,7 @@ def test_metrics_are_per_app():
 
 
 def test_without_a_combiner_composed_is_unavailable(demo_world, tmp_path):
-    app = create_app(AppConfig(**{**demo_world, "combiners": {}, "text_checkpoints": {}}, upload_dir=tmp_path,
+    app = create_app(Settings(**{**demo_world, "combiners": {}, "text_checkpoints": {}}, upload_dir=tmp_path,
                                warm_up=False))
     client = app.test_client()
     d = client.get("/api/datasets").get_json()
@@ -440,28 +477,132 @@ def test_datasets_file(demo_world, tmp_path):
     listing = tmp_path / "datasets.json"
     listing.write_text(json.dumps({"datasets": [
         {"name": "my-cirr", "label": "My CIRR", "features": str(demo_world["features_root"] / "cirr-val")}]}))
-    app = create_app(AppConfig(**{**demo_world, "default_dataset": None}, datasets_file=listing,
+    app = create_app(Settings(**{**demo_world, "default_dataset": None}, datasets_file=listing,
                                upload_dir=tmp_path / "u", warm_up=False))
     d = app.test_client().get("/api/datasets").get_json()
     assert [x["name"] for x in d["datasets"]] == ["my-cirr"] and d["default"] == "my-cirr"
     assert d["datasets"][0]["label"] == "My CIRR" and d["datasets"][0]["has_groups"]
 
 
+def _copy_features(demo_world, root):
+    import shutil
+    for name in ("catalog-test", "cirr-val"):
+        shutil.copytree(demo_world["features_root"] / name, root / name)
+    return root
+
+
+def test_damaged_datasets_are_reported_not_dropped(demo_world, tmp_path):
+    """A folder that was found but fails to load makes health "degraded", naming it and saying why."""
+    root = _copy_features(demo_world, tmp_path / "features")
+    feats = root / "cirr-val" / "features.safetensors"
+    feats.write_bytes(feats.read_bytes()[:feats.stat().st_size // 2])  # truncated
+    threads = torch.get_num_threads()
+    try:
+        app = create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u", warm_up=False,
+                                  query_threads=2))
+        assert torch.get_num_threads() == 2  # set once, at start-up
+    finally:
+        torch.set_num_threads(threads)
+    h = app.test_client().get("/api/health").get_json()
+    assert h["status"] == "degraded" and h["datasets"] == ["catalog-test"] and h["backends"]["catalog-test"]["ok"]
+    assert list(h["damaged"]) == ["cirr-val"]
+    bad = h["damaged"]["cirr-val"]
+    assert bad["status"] == "degraded" and bad["folder"] == str(root / "cirr-val") and "truncated" in bad["reason"]
+    assert _search(app.test_client(), mode="text", caption="red").status_code == 200  # the rest still serves
+
+
+@pytest.mark.parametrize("damage,words", [
+    ("names", "invalid JSON"), ("manifest", "unreadable manifest.json"), ("truncate", "truncated")])
+def test_each_kind_of_damage_is_named(demo_world, tmp_path, damage, words):
+    root = _copy_features(demo_world, tmp_path / "features")
+    folder = root / "catalog-test"
+    if damage == "names":
+        (folder / "names.json").write_text('["15970", ')
+    elif damage == "manifest":
+        (folder / "manifest.json").write_text("{not json")
+    else:
+        f = folder / "features.safetensors"
+        f.write_bytes(f.read_bytes()[:100])
+    app = create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u", warm_up=False))
+    h = app.test_client().get("/api/health").get_json()
+    assert h["status"] == "degraded" and h["datasets"] == ["cirr-val"]
+    assert h["damaged"]["catalog-test"]["folder"] == str(folder) and words in h["damaged"]["catalog-test"]["reason"]
+
+
+def test_all_damaged_is_a_start_up_error_naming_them(demo_world, tmp_path):
+    root = _copy_features(demo_world, tmp_path / "features")
+    (root / "catalog-test" / "names.json").write_text("{")
+    feats = root / "cirr-val" / "features.safetensors"
+    feats.write_bytes(feats.read_bytes()[:64])
+    with pytest.raises(ValueError, match="found but damaged") as e:
+        create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u"))
+    msg = str(e.value)
+    assert str(root / "catalog-test") in msg and str(root / "cirr-val") in msg and "invalid JSON" in msg
+    assert "truncated" in msg and "extract_features.py --dataset" not in msg
+
+
 def test_no_index_is_a_clear_error(demo_world, tmp_path):
     with pytest.raises(FileNotFoundError, match="no feature index"):
-        create_app(AppConfig(**{**demo_world, "features_root": tmp_path / "empty"}, upload_dir=tmp_path / "u"))
+        create_app(Settings(**{**demo_world, "features_root": tmp_path / "empty"}, upload_dir=tmp_path / "u"))
 
 
-def test_config_from_env(tmp_path):
-    cfg = AppConfig.from_env({"CIR_FEATURES": str(tmp_path), "CIR_MAX_UPLOAD_MB": "2", "CIR_DEFAULT_K": "12",
-                              "CIR_COMBINERS": "a=x.safetensors,y/b.safetensors", "CIR_TEXT_ENCODERS": "",
-                              "CIR_DATA_ROOT": "/data", "CIR_QUERY_THREADS": "2"})
+def test_settings_from_env(tmp_path):
+    cfg = Settings.from_env({"CIR_FEATURES": str(tmp_path), "CIR_MAX_UPLOAD_MB": "2", "CIR_DEFAULT_K": "12",
+                             "CIR_COMBINERS": "a=x.safetensors,y/b.safetensors", "CIR_TEXT_ENCODERS": "",
+                             "CIR_DATA_ROOT": "/data", "CIR_QUERY_THREADS": "2", "CIR_UPLOAD_DIR": "~/up",
+                             "CIR_DATASETS_FILE": "d.json", "CIR_MAX_PIXELS": "1000", "CIR_TEXT_CACHE": "7",
+                             "CIR_ENCODER": "hf:x", "CIR_DEVICE": "cpu", "CIR_DEFAULT_DATASET": "cirr-val",
+                             "CIR_INDEX_BACKEND": "faiss", "CIR_WARM_UP": "off", "CIR_MAX_K": "50"})
     assert cfg.features_root == tmp_path and cfg.max_upload_bytes == 2 * 1024 * 1024 and cfg.default_k == 12
     assert cfg.combiners == {"a": "x.safetensors", "b": "y/b.safetensors"} and cfg.text_checkpoints == {}
-    assert cfg.data_root == "/data" and cfg.query_threads == 2
-    assert AppConfig.from_env({}).combiners is None  # default: the shipped checkpoints that exist
-    with pytest.raises(ValueError, match="CIR_DEFAULT_K"):
-        AppConfig.from_env({"CIR_DEFAULT_K": "many"})
+    assert cfg.data_root == "/data" and cfg.query_threads == 2 and cfg.upload_dir == Path("~/up").expanduser()
+    assert (cfg.datasets_file, cfg.max_image_pixels, cfg.text_cache_size) == (Path("d.json"), 1000, 7)
+    assert (cfg.encoder, cfg.device, cfg.default_dataset, cfg.index_backend) == ("hf:x", "cpu", "cirr-val", "faiss")
+    assert cfg.warm_up is False and cfg.max_k == 50
+    default = Settings.from_env({"CIR_DATA_ROOT": "", "CIR_FEATURES": ""})  # empty: unset, except name=path lists
+    assert default == Settings() and default.combiners is None  # None: the shipped checkpoints that exist
+    assert AppConfig is Settings  # the name app.py's settings had before
+    for env, words in [({"CIR_DEFAULT_K": "many"}, "CIR_DEFAULT_K"), ({"CIR_WARM_UP": "maybe"}, "CIR_WARM_UP"),
+                       ({"CIR_MAX_UPLOAD_MB": "x"}, "CIR_MAX_UPLOAD_MB"), ({"CIR_DEFAULT_K": "500"}, "default_k"),
+                       ({"CIR_MAX_PIXELS": "0"}, "max_image_pixels")]:
+        with pytest.raises(ValueError, match=words):
+            Settings.from_env(env)
+
+
+def _cli_settings(argv, environ=None):
+    args = app_module.parser().parse_args(argv)
+    return Settings.from_args(args, Settings.from_env(environ or {}))
+
+
+def test_flags_override_the_environment(tmp_path):
+    env = {"CIR_DEFAULT_K": "12", "CIR_COMBINERS": "a=x.safetensors", "CIR_MAX_UPLOAD_MB": "3"}
+    assert _cli_settings([], env) == Settings.from_env(env)  # no flags: the environment as it is
+    s = _cli_settings(["-k", "5", "--combiner", "b=y.safetensors", "--combiner", "z/c.safetensors",
+                       "--max-upload-mb", "0.5", "--features", str(tmp_path), "--text-encoder", "s=t.safetensors",
+                       "--no-warm-up", "--query-threads", "0", "--data-root", "/d", "--max-pixels", "99"], env)
+    assert s.default_k == 5 and s.combiners == {"b": "y.safetensors", "c": "z/c.safetensors"}
+    assert s.max_upload_bytes == 512 * 1024 and s.features_root == tmp_path and s.text_checkpoints == {"s": "t.safetensors"}
+    assert s.warm_up is False and s.query_threads == 0 and s.data_root == "/d" and s.max_image_pixels == 99
+    with pytest.raises(SystemExit):
+        _cli_settings(["--max-pixels", "lots"])  # argparse: invalid value, exit 2
+
+
+def test_one_declaration_adds_an_option():
+    """A field declared with option(...) gets its variable and its flag, nothing else to edit."""
+    import argparse
+    from dataclasses import dataclass
+
+    from service.settings import option
+
+    @dataclass
+    class More(Settings):
+        greeting: str = option("hello", "what the page says first", env="CIR_GREETING", flag="--greeting")
+
+    assert More.from_env({"CIR_GREETING": "hi"}).greeting == "hi"
+    p = argparse.ArgumentParser()
+    More.add_arguments(p)
+    assert More.from_args(p.parse_args(["--greeting", "x"]), More()).greeting == "x"
+    assert "$CIR_GREETING" in p.format_help() and "default: hello" in p.format_help()
 
 
 def test_cli_help_explains_every_flag(capsys):
@@ -471,8 +612,10 @@ def test_cli_help_explains_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--data-root", "--features", "--datasets-file", "--encoder", "--device",
                  "--combiner", "--text-encoder", "--upload-dir", "--max-upload-mb", "--max-pixels", "--no-extract",
-                 "--prepare-only", "--query-threads"):
+                 "--prepare-only", "--query-threads", "--default-dataset", "-k", "--text-cache", "--index-backend"):
         assert flag in out
+    for name, opt in Settings.options():  # every option with a flag has one, naming its variable
+        assert (opt.flag is None or opt.flag in out) and (opt.env is None or f"${opt.env}" in out), name
 
 
 # ----------------------------------------------------------------------------------------------- units
@@ -504,8 +647,33 @@ def test_features_of_other_heads_are_never_served(demo_world, tmp_path, caplog):
     assert manifest["image_weights"] == demo_world["encoder_obj"].describe()["image_weights"]
     mf.write_text(json.dumps({**manifest, "image_weights": "0" * 16}))
     with caplog.at_level("WARNING"):
-        app = create_app(AppConfig(**{**demo_world, "features_root": root, "default_dataset": None},
+        app = create_app(Settings(**{**demo_world, "features_root": root, "default_dataset": None},
                                    upload_dir=tmp_path / "u", warm_up=False))
     names = [d["name"] for d in app.test_client().get("/api/datasets").get_json()["datasets"]]
     assert names == ["cirr-val"]
     assert "catalog-test: extracted with other lite weights or settings (image_weights)" in caplog.text
+
+
+def test_combiners_pair_with_the_same_side_however_it_is_written(tmp_path):
+    """The engine pairs a Combiner's recorded text side with a loaded one by identity, not by string."""
+    from encoders import BASE_TEXT, STAGE1_TEXT, TextSide
+    from service.engine import _paired_side
+
+    class Side:
+        def __init__(self, side):
+            self.text_side = side
+
+        def with_text(self, side):
+            return Side(TextSide.of(side))
+
+    ckpt = tmp_path / "s1.safetensors"
+    ckpt.write_bytes(b"")
+    sides = {"base": Side(BASE_TEXT), "mine": Side(TextSide.of(ckpt)), "shipped": Side(TextSide.of(STAGE1_TEXT))}
+    enc = sides["base"]
+    assert _paired_side(TextSide.of("base"), enc, sides) == "base"
+    assert _paired_side(TextSide.of(str(tmp_path / "." / "s1.safetensors")), enc, sides) == "mine"
+    assert _paired_side(TextSide.of(STAGE1_TEXT.name), enc, sides) == "shipped"  # as combiner-stage1 records it
+    assert _paired_side(TextSide.of(tmp_path / "missing.safetensors"), enc, sides) is None
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"")
+    assert _paired_side(TextSide.of(other), enc, sides) == "other" and sides["other"].text_side == TextSide.of(other)

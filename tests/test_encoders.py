@@ -416,3 +416,33 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
     torch.save({"model": tuned.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="'CLIP' entry"):
         enc.with_text(tmp_path / "other.pt")
+
+
+# ----------------------------------------------------------------------------------------------- text sides
+
+def test_text_side_is_one_identity_per_checkpoint(tmp_path, monkeypatch):
+    """"stage1", the shipped file's bare name and its path (relative or absolute) are one side; base is base."""
+    shipped = encoders.STAGE1_TEXT
+    if not shipped.exists():
+        pytest.skip("the shipped stage-1 text checkpoint is absent")
+    forms = ["stage1", shipped.name, str(shipped), str(shipped.parent / ".." / shipped.parent.name / shipped.name)]
+    sides = {encoders.TextSide.of(f) for f in forms}
+    assert len(sides) == 1
+    side = sides.pop()
+    assert (side.name, side.record, side.is_base) == ("stage1", shipped.name, False)
+    assert encoders.TextSide.of(side) is side
+    for base in (None, "", "base", encoders.BASE_TEXT):
+        assert encoders.TextSide.of(base) == encoders.BASE_TEXT and encoders.TextSide.of(base).record == "base"
+    mine = tmp_path / "mine.safetensors"
+    monkeypatch.chdir(tmp_path)
+    assert encoders.TextSide.of("mine.safetensors") == encoders.TextSide.of(mine) != side  # relative = absolute
+    assert (encoders.TextSide.of(mine).name, encoders.TextSide.of(mine).record) == ("mine", str(mine.resolve()))
+    assert not encoders.TextSide.of(mine).exists() and encoders.BASE_TEXT.exists()
+
+
+def test_a_loaded_text_side_knows_which_it_is(lite_encoder):
+    assert lite_encoder.text_side == encoders.BASE_TEXT and lite_encoder.with_text("base") is lite_encoder
+    if not encoders.STAGE1_TEXT.exists():
+        pytest.skip("the shipped stage-1 text checkpoint is absent")
+    s1 = lite_encoder.with_text("stage1")
+    assert s1.text_side == encoders.TextSide.of(encoders.STAGE1_TEXT.name) and s1.text_side.name == "stage1"

@@ -17,6 +17,7 @@ import evaluate
 from evaluate import (attribute_match_at_k, cirr_submission, composed_catalog, composed_cirr, composed_fashioniq,
                       fiq_caption, group_rankings, recall_at_k, recall_subset_at_k, reference_features,
                       submission_paths)
+from encoders import BASE_TEXT
 from index import FeatureIndex, search
 from model import compose
 from utils import run_cli
@@ -32,7 +33,7 @@ DIM = 64
 class StandInEncoder:
     """Text features from a hash of the text: deterministic, normalised, no model to load."""
 
-    name, dim, text_checkpoint = "stand-in", DIM, "base"
+    name, dim, text_side = "stand-in", DIM, BASE_TEXT
 
     def encode_texts(self, texts, raw=False):  # unit rows: raw and normalised are the same
         texts = list(texts)
@@ -390,3 +391,17 @@ def test_catalog_end_to_end(catalog_root, lite_encoder, tmp_path, monkeypatch, c
     assert m["index_size"] == 120 and m["queries"] == len(json.loads((tmp_path / "rank.json").read_text()))
     assert {"R@1", "R@10", "R@50", "attr@1", "attr@10"} <= set(m) and m["encoder"] == "lite"
     assert m["R@50"] > m["R@1"] >= 0  # real features: the composed query finds targets
+
+
+def test_load_text_side_pairs_by_identity(caplog):
+    """--text-encoder stage1 with a Combiner that recorded the shipped file's name is the same side: no warning."""
+    from encoders import TextSide
+    from model import Combiner, CombinerConfig
+    comb = Combiner(CombinerConfig(feature_dim=8, projection_dim=4, hidden_dim=4, text_encoder="lite-text.safetensors"))
+    assert evaluate.load_text_side(comb, None) == TextSide.of("stage1") == comb.cfg.text_side
+    assert evaluate.load_text_side(None, None) == BASE_TEXT
+    with caplog.at_level("WARNING"):
+        assert evaluate.load_text_side(comb, "stage1") == comb.cfg.text_side
+        assert "differs" not in caplog.text
+        assert evaluate.load_text_side(comb, "base") == BASE_TEXT
+        assert "differs from the text side the combiner was trained with (lite-text.safetensors)" in caplog.text
