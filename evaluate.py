@@ -44,8 +44,10 @@ import data_utils
 import encoders
 from conditions import ConditionMasks, condition_key, make_key
 from encoders import BASE_TEXT, CaptionEncoder, Encoder, TextSide
+from extract_features import ensure_index, index_name
 from index import FeatureIndex, parse_backend, search, with_backend
 from model import Combiner, compose, load_method
+from triplets import generate
 from utils import atomic_write, run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
@@ -293,8 +295,8 @@ def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequ
     return ComposedResult(metrics, _names(index, ids))
 
 
-def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureIndex], triplets: Sequence[data_utils.Triplet],
-                       method: str, combiner=None,
+def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureIndex],
+                       triplets: Sequence[data_utils.Triplet], method: str, combiner=None,
                        extra: Mapping[str, FeatureIndex] | None = None) -> ComposedResult:
     """FashionIQ: each category's queries ranked in its own index, reference kept (as CLIP4Cir).
 
@@ -384,7 +386,6 @@ def fashioniq_indexes(annotations: Sequence[data_utils.Triplet], root: Path, spl
 
     `build(records, folder_name, searched=True, category=...)` returns the (extracted or loaded) index.
     """
-    from extract_features import index_name
     indexes, extra = {}, {}
     for c in dict.fromkeys(t.category for t in annotations):
         indexes[c] = build(data_utils.list_images("fashioniq", root, split, [c]), index_name("fashioniq", split, c),
@@ -421,18 +422,44 @@ def check_combiner(combiner: Combiner | None, encoder: Encoder) -> None:
                          f"{encoder.dim}-d")
 
 
+def _composed_protocol(args, root: Path, data: list, build: Callable, encoder: Encoder, method: str,
+                       combiner: Combiner | None) -> tuple[ComposedResult, int]:
+    """The protocol of --dataset: the catalogue's generated triplets, FashionIQ per category, or CIRR.
+
+    `data` holds the catalogue's image records, or the dataset's annotations; `build(records, name)` gives
+    the (extracted if needed) index searched with --index-backend. Returns the result and the index size.
+    """
+    if args.dataset == "catalog":
+        index = build(data, index_name("catalog", args.split))
+        usable = [r for r in data if r.name in index]
+        if len(usable) < len(data):
+            log.warning("%d catalogue images have no features; triplets use the other %d",
+                        len(data) - len(usable), len(usable))
+        trips = generate(usable, seed=args.triplet_seed, per_kind=args.per_kind, phrasings=args.phrasings)
+        log.info("catalog %s: %d triplets (seed %d, %d per kind)", args.split, len(trips), args.triplet_seed,
+                 args.per_kind)
+        return composed_catalog(encoder, index, data, trips, method, combiner), len(index)
+    if args.dataset == "fashioniq":
+        indexes, extra = fashioniq_indexes(data, root, args.split, build)
+        result = composed_fashioniq(encoder, indexes, data, method, combiner, extra)
+        result.metrics["index_sizes"] = {c: len(i) for c, i in indexes.items()}
+        return result, sum(len(i) for i in indexes.values())
+    if args.dataset == "cirr":
+        index = build(data_utils.list_images("cirr", root, args.split), index_name("cirr", args.split))
+        return composed_cirr(encoder, index, data, method, combiner), len(index)
+    raise ValueError(f"unknown dataset {args.dataset!r} for --task composed; valid: catalog, fashioniq, cirr")
+
+
 def run_composed(args) -> dict:
     """--task composed: load annotations (fail fast on bad input), then models, indexes, and the protocol."""
-    from extract_features import ensure_index, index_name
-
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     if args.submission and args.dataset != "cirr":
         raise ValueError("--submission writes CIRR evaluation-server files; use it with --dataset cirr")
     if args.dataset == "catalog":
-        records = data_utils.list_images("catalog", root, args.split)
+        data = data_utils.list_images("catalog", root, args.split)
     else:
-        annotations = data_utils.load_triplets(args.dataset, root, args.split, args.categories)
-        if not annotations:
+        data = data_utils.load_triplets(args.dataset, root, args.split, args.categories)
+        if not data:
             raise ValueError(f"no {args.dataset} {args.split} annotations under {root}")
 
     method, combiner = load_method(args.combiner)
@@ -446,31 +473,8 @@ def run_composed(args) -> dict:
                              info={"dataset": args.dataset, "split": args.split, "data_root": str(root), **info})
         return with_backend(index, args.index_backend) if searched else index
 
-    if args.dataset == "catalog":
-        from triplets import generate
-        index = build(records, index_name("catalog", args.split))
-        usable = [r for r in records if r.name in index]
-        if len(usable) < len(records):
-            log.warning("%d catalogue images have no features; triplets use the other %d",
-                        len(records) - len(usable), len(usable))
-        trips = generate(usable, seed=args.triplet_seed, per_kind=args.per_kind, phrasings=args.phrasings)
-        log.info("catalog %s: %d triplets (seed %d, %d per kind)", args.split, len(trips), args.triplet_seed,
-                 args.per_kind)
-        t0 = time.time()
-        result, size = composed_catalog(encoder, index, records, trips, method, combiner), len(index)
-    elif args.dataset == "fashioniq":
-        indexes, extra = fashioniq_indexes(annotations, root, args.split, build)
-        t0 = time.time()
-        result = composed_fashioniq(encoder, indexes, annotations, method, combiner, extra)
-        size = sum(len(i) for i in indexes.values())
-        result.metrics["index_sizes"] = {c: len(i) for c, i in indexes.items()}
-    elif args.dataset == "cirr":
-        index = build(data_utils.list_images("cirr", root, args.split), index_name("cirr", args.split))
-        t0 = time.time()
-        result, size = composed_cirr(encoder, index, annotations, method, combiner), len(index)
-    else:
-        raise ValueError(f"unknown dataset {args.dataset!r} for --task composed; valid: catalog, fashioniq, cirr")
-
+    t0 = time.time()
+    result, size = _composed_protocol(args, root, data, build, encoder, method, combiner)
     if args.dataset != "catalog" and "average" not in result.metrics and "avg" not in result.metrics:
         log.warning("%s %s has no targets: no metrics, only rankings%s", args.dataset, args.split,
                     " (use --submission)" if args.dataset == "cirr" and not args.submission else "")
@@ -487,7 +491,8 @@ def run_composed(args) -> dict:
             "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line of evaluate.py (every flag with its help)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=["text2image", "image2image", "composed"],
                    help="what to measure: product name -> photo, photo -> similar photos, or composed "
@@ -538,7 +543,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "milvus (milvus-lite beside the features, filled by `python3 -m index load`), "
                         "milvus:http://host:19530")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     parse_backend(args.index_backend)  # a bad spec fails now, before models and data are loaded
     setup_logging(args.verbose)
     args.split = args.split or DEFAULT_SPLITS[args.dataset]
@@ -553,7 +562,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset != "catalog":
         raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
 
-    from extract_features import ensure_index, index_name
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     records = data_utils.list_images(args.dataset, root, args.split)
     encoder = encoders.load(args.encoder, args.device, text=args.text_encoder)

@@ -273,7 +273,7 @@ def test_cirr_rigged_targets_are_found(cirr_val):
 def stand_in_cli(monkeypatch):
     """main() with the stand-in encoder and random (seeded by folder name) indexes instead of extraction."""
     import encoders
-    import extract_features
+    import evaluate
     built = {}
 
     def ensure_index(records, encoder, out_dir, **kw):
@@ -281,7 +281,7 @@ def stand_in_cli(monkeypatch):
         return built[Path(out_dir).name]
 
     monkeypatch.setattr(encoders, "load", lambda *a, **k: StandInEncoder())
-    monkeypatch.setattr(extract_features, "ensure_index", ensure_index)
+    monkeypatch.setattr(evaluate, "ensure_index", ensure_index)
     return built
 
 

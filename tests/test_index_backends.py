@@ -363,13 +363,12 @@ def test_evaluate_index_backend_flag(monkeypatch, capsys):
     pytest.importorskip("faiss")
     import encoders
     import evaluate
-    import extract_features
     from test_evaluate_composed import FORMATS, StandInEncoder, _seed, random_index
     from utils import run_cli
     if not FORMATS.is_dir():
         pytest.skip("shared annotation files absent")
     monkeypatch.setattr(encoders, "load", lambda *a, **k: StandInEncoder())
-    monkeypatch.setattr(extract_features, "ensure_index", lambda records, encoder, out_dir, **kw: random_index(
+    monkeypatch.setattr(evaluate, "ensure_index", lambda records, encoder, out_dir, **kw: random_index(
         [r.name for r in records], seed=_seed(Path(out_dir).name) % 2**31))
     argv = ["--task", "composed", "--dataset", "cirr", "--data-root", str(FORMATS), "--split", "val",
             "--combiner", "sum"]
