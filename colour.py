@@ -101,7 +101,7 @@ def lab_descriptor(rgb: torch.Tensor, palette: torch.Tensor, sigma: float = 10.0
 
 def learn_palette(rgb: torch.Tensor, k: int = 64, seed: int = 0, samples: int = 200_000) -> torch.Tensor:
     """k CIELAB colours [k,3] that cover the item pixels of `rgb` (k-means over a seeded sample of them)."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # lazily: scikit-learn takes ~1 s to import; only training needs it
     x = _small(rgb)
     fg, skin = foreground(x)
     px = rgb_to_lab(x).permute(0, 2, 3, 1).reshape(-1, 3)[((fg * (1 - skin)).reshape(-1) > 0.5)]

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from encoders import CaptionEncoder, TextSide
 from utils import WEIGHTS_DIR, config_from_dict, save_checkpoint
@@ -119,7 +120,6 @@ class Combiner(nn.Module):
         if not path.exists():
             raise FileNotFoundError(f"combiner checkpoint {path} not found")
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
             sd = load_file(path, device=str(map_location))
             cfg_file = path.with_suffix(".json")
             if cfg_file.exists():

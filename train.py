@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import encoders
 import triplets
+from model import Combiner, CombinerConfig, element_wise_sum
 from train_align import run_align
 from train_data import TRAIN_DATASETS, FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
 from utils import WEIGHTS_DIR, atomic_write, content_key, get_device, run_cli, setup_logging, write_json
@@ -166,9 +168,6 @@ def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def cmd_combiner(args) -> int:
-    import encoders
-    from model import Combiner, CombinerConfig
-
     device = get_device(args.device)
     encoder = encoders.load(args.encoder, device, text=args.text_encoder)
     resolve_defaults(args, "combiner", encoder.dim)
@@ -206,9 +205,6 @@ def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) ->
 
 
 def cmd_text(args) -> int:
-    import encoders
-    from model import element_wise_sum
-
     device = get_device(args.device)
     encoder = encoders.load(args.encoder, device)
     resolve_defaults(args, "text", encoder.dim)

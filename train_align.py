@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 import data_utils
@@ -43,7 +44,6 @@ def cached_image_backbone(encoder: LiteEncoder, records: Sequence[data_utils.Ima
                           seed: int = 0) -> dict:
     """Frozen lite-tower features {names, pooled, colour} of `records` (view 0: as they are; view v > 0: the
     v-th augmented view), computed once and cached under a key of everything they depend on."""
-    from safetensors.torch import load_file
     names = [r.name for r in records]
     heads = encoder.heads
     colour_state = [asdict(heads.cfg), heads.palette.tolist() if hasattr(heads, "palette") else None]
@@ -71,7 +71,6 @@ def cached_image_backbone(encoder: LiteEncoder, records: Sequence[data_utils.Ima
 
 def cached_text_backbone(encoder: LiteEncoder, texts: Sequence[str], cache_dir: Path, tag: str) -> torch.Tensor:
     """Frozen MiniLM embeddings of `texts`, cached by content."""
-    from safetensors.torch import load_file
     f = cache_dir / f"{tag}-{content_key(list(texts))}.safetensors"
     if f.exists():
         return load_file(f)["text"]

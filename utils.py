@@ -11,10 +11,12 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from safetensors.torch import save
 
 REPO_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = REPO_DIR / "weights"
@@ -63,7 +65,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     """Atomically save tensors as safetensors."""
-    from safetensors.torch import save
 
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
     with atomic_write(path) as f:
@@ -72,7 +73,6 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: Any, kind: str) -> None:
     """Weights as safetensors at `path`, the dataclass `config` as JSON beside it (same stem, .json)."""
-    from dataclasses import asdict
     path = Path(path)
     save_tensors(path, tensors, metadata={"format": "pt", "kind": kind})
     write_json(path.with_suffix(".json"), asdict(config))
@@ -80,7 +80,6 @@ def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], c
 
 def config_from_dict(cls: type, d: dict) -> Any:
     """Build a config dataclass from a dict, ignoring keys it does not know (files from other versions)."""
-    from dataclasses import fields
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in known})
 
