@@ -25,7 +25,7 @@ import argparse
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,12 +36,12 @@ from service.datasets import Dataset
 from service.engine import Engine, Settings
 from service.errors import ApiError, BadInput, NotFound
 from service.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, validate_text
+from service.uploads import default_upload_dir
 from utils import REPO_DIR, run_cli, setup_logging
+from web_guards import QuietRequestHandler, install_guards, parse_json_object
 
 log = logging.getLogger("app")
 MB = 1024 * 1024
-# Multipart framing around an uploaded file: the request may exceed the file limit by this much.
-MULTIPART_SLACK = 64 * 1024
 ATTRIBUTION = ("Product photos: “Fashion Product Images (Small)” (Myntra catalogue), published for research use. "
                "FashionIQ annotations: CDLA licence. CIRR annotations: MIT licence.")
 
@@ -62,9 +62,16 @@ class AppConfig:
                                                        # weights/combiner*.safetensors that exist
     text_checkpoints: Mapping[str, str] | None = None  # extra text sides, name -> stage-1 checkpoint;
                                                        # None: "stage1" when weights/lite-text exists
-    upload_dir: Path = REPO_DIR / "uploads"  # where uploads are stored (re-encoded JPEG + features .npy)
+    upload_dir: Path = field(default_factory=default_upload_dir)  # where uploads are stored (re-encoded JPEG
+                                            # + features .npy): $XDG_CACHE_HOME or ~/.cache/cir-demo/uploads
     max_upload_bytes: int = 10 * MB         # larger uploads get 413
-    max_image_pixels: int = 40_000_000      # decompression-bomb guard: width x height above this gets 413
+    max_image_pixels: int = 25_000_000      # width x height above this gets 413: every phone's default photo
+                                            # fits (12 MP; 24.5 MP on recent iPhone Pros); a 48-200 MP
+                                            # full-resolution shot must be scaled down (see README, limits)
+    upload_quota_mb: float = 512            # all stored uploads together; the oldest are deleted beyond it
+    upload_quota_count: int = 1000          # stored uploads at most; the oldest are deleted beyond it
+    upload_ttl_s: float = 3600              # an upload is deleted this long after it was stored
+    upload_decodes: int = 2                 # uploads decoded at once per worker; more wait 2 s, then get 503
     default_k: int = 24                     # results per query when the request does not say
     max_k: int = 200                        # largest k a request may ask for
     text_cache_size: int = 4096             # LRU of encoded captions (per text encoder)
@@ -84,7 +91,9 @@ class AppConfig:
            "CIR_COMBINERS": "combiners", "CIR_TEXT_ENCODERS": "text_checkpoints", "CIR_UPLOAD_DIR": "upload_dir",
            "CIR_MAX_UPLOAD_MB": "max_upload_bytes", "CIR_MAX_PIXELS": "max_image_pixels",
            "CIR_DEFAULT_K": "default_k", "CIR_TEXT_CACHE": "text_cache_size", "CIR_QUERY_THREADS": "query_threads",
-           "CIR_INDEX_BACKEND": "index_backend"}
+           "CIR_INDEX_BACKEND": "index_backend", "CIR_UPLOAD_QUOTA_MB": "upload_quota_mb",
+           "CIR_UPLOAD_QUOTA_COUNT": "upload_quota_count", "CIR_UPLOAD_TTL_S": "upload_ttl_s",
+           "CIR_UPLOAD_DECODES": "upload_decodes"}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "AppConfig":
@@ -104,8 +113,11 @@ class AppConfig:
                     kw[name] = Path(value).expanduser()
                 elif name == "max_upload_bytes":
                     kw[name] = int(float(value) * MB)
-                elif name in ("max_image_pixels", "default_k", "text_cache_size", "query_threads"):
+                elif name in ("max_image_pixels", "default_k", "text_cache_size", "query_threads",
+                              "upload_quota_count", "upload_decodes"):
                     kw[name] = int(value)
+                elif name in ("upload_quota_mb", "upload_ttl_s"):
+                    kw[name] = float(value)
                 elif name in ("combiners", "text_checkpoints"):
                     kw[name] = _name_paths(value)
                 else:
@@ -120,7 +132,9 @@ class AppConfig:
                         datasets_file=Path(self.datasets_file) if self.datasets_file else None,
                         default_dataset=self.default_dataset, combiners=self.combiners,
                         text_checkpoints=self.text_checkpoints, max_upload_bytes=self.max_upload_bytes,
-                        max_image_pixels=self.max_image_pixels, default_k=self.default_k, max_k=self.max_k,
+                        max_image_pixels=self.max_image_pixels, upload_quota_mb=self.upload_quota_mb,
+                        upload_quota_count=self.upload_quota_count, upload_ttl_s=self.upload_ttl_s,
+                        upload_decodes=self.upload_decodes, default_k=self.default_k, max_k=self.max_k,
                         text_cache_size=self.text_cache_size, upload_cache_size=self.upload_cache_size,
                         thumb_cache_size=self.thumb_cache_size, thumb_size=self.thumb_size,
                         query_threads=self.query_threads,
@@ -143,7 +157,7 @@ def create_app(config: AppConfig | None = None) -> Flask:
     config = config or AppConfig.from_env()
     engine = Engine.load(config.settings())
     app = Flask(__name__, template_folder=str(REPO_DIR / "templates"), static_folder=str(REPO_DIR / "static"))
-    app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes + MULTIPART_SLACK
+    install_guards(app, max_upload_bytes=config.max_upload_bytes, upload_max_age_s=config.upload_ttl_s)
     app.json.sort_keys = False  # keep results in rank order and fields in a readable order
     app.extensions["cir"] = engine
     app.register_blueprint(bp)
@@ -214,14 +228,7 @@ def _params() -> dict[str, Any]:
         return params
     data = request.get_data(cache=True)
     if data.strip():
-        import json
-        try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise BadInput("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadInput("the request body must be a JSON object")
-        params.update(body)
+        params.update(parse_json_object(data))
     return params
 
 
@@ -407,10 +414,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--text-encoder", action="append", default=None, metavar="NAME=PATH",
                    help="a stage-1 text checkpoint to offer (repeatable); default: stage1 = "
                         "weights/lite-text.safetensors when it exists")
-    p.add_argument("--upload-dir", default=None, help="where uploads are stored (default: uploads/)")
+    p.add_argument("--upload-dir", default=None,
+                   help="where uploads are stored (default: $XDG_CACHE_HOME/cir-demo/uploads, else "
+                        "~/.cache/cir-demo/uploads)")
+    p.add_argument("--upload-quota-mb", type=float, default=None,
+                   help="total size of the stored uploads; the oldest are deleted beyond it (default 512)")
+    p.add_argument("--upload-quota-count", type=int, default=None,
+                   help="number of stored uploads; the oldest are deleted beyond it (default 1000)")
+    p.add_argument("--upload-ttl", type=float, default=None, metavar="SECONDS",
+                   help="uploads are deleted this long after they were stored (default 3600)")
+    p.add_argument("--upload-decodes", type=int, default=None,
+                   help="uploads decoded at once per process; more wait, then get 503 (default 2)")
     p.add_argument("--max-upload-mb", type=float, default=None, help="upload size limit in MB (default 10)")
     p.add_argument("--max-pixels", type=int, default=None,
-                   help="largest width x height an upload may have (decompression-bomb guard; default 40,000,000)")
+                   help="largest width x height an upload may have (decompression-bomb guard; default 25,000,000)")
     p.add_argument("-k", type=int, default=None, help="results per query by default (default 24)")
     p.add_argument("--text-cache", type=int, default=None, help="captions kept encoded in memory (default 4096)")
     p.add_argument("--query-threads", type=int, default=None,
@@ -434,7 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              ("encoder", "encoder", str), ("device", "device", str),
                              ("upload_dir", "upload_dir", Path), ("max_pixels", "max_image_pixels", int),
                              ("k", "default_k", int), ("text_cache", "text_cache_size", int),
-                             ("query_threads", "query_threads", int), ("index_backend", "index_backend", str)]:
+                             ("query_threads", "query_threads", int), ("index_backend", "index_backend", str),
+                             ("upload_quota_mb", "upload_quota_mb", float),
+                             ("upload_quota_count", "upload_quota_count", int),
+                             ("upload_ttl", "upload_ttl_s", float), ("upload_decodes", "upload_decodes", int)]:
         if getattr(args, flag) is not None:
             setattr(cfg, name, conv(getattr(args, flag)))
     if args.max_upload_mb is not None:
@@ -449,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     app = create_app(cfg)
     log.info("serving on http://%s:%d/", args.host, args.port)
-    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False,
+            request_handler=QuietRequestHandler)
     return 0
 
 

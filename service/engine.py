@@ -43,8 +43,8 @@ from service.datasets import (
     tags_caption,
 )
 from service.errors import BadInput, NotFound, ServiceUnavailable
-from service.inputs import parse_int, validate_text
-from service.uploads import UploadStore
+from service.inputs import choice, optional_name, parse_int, validate_text
+from service.uploads import UploadLimits, UploadStore
 
 log = logging.getLogger("engine")
 
@@ -70,7 +70,11 @@ class Settings:
     combiners: Mapping[str, str] | None = None
     text_checkpoints: Mapping[str, str] | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 25_000_000   # see app.AppConfig for the reasons of these upload limits
+    upload_quota_mb: float = 512
+    upload_quota_count: int = 1000
+    upload_ttl_s: float = 3600
+    upload_decodes: int = 2
     default_k: int = 24
     max_k: int = 200
     text_cache_size: int = 4096
@@ -113,8 +117,8 @@ class Engine:
         self.text_cache = LRU(settings.text_cache_size)
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
-        self.uploads = UploadStore(settings.upload_dir, encoder, settings.max_upload_bytes,
-                                   settings.max_image_pixels, settings.upload_cache_size, self.model_calls)
+        self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings), settings.upload_cache_size,
+                                   self.model_calls)
 
     @contextlib.contextmanager
     def model_calls(self):
@@ -242,19 +246,17 @@ class Engine:
 
     def parse(self, params: Mapping[str, Any]) -> SearchRequest:
         """A search request from JSON or query-string parameters; BadInput / NotFound say what is wrong."""
-        mode = params.get("mode") or ("composed" if self.combiners else "sum")
-        if mode not in MODES:
-            raise BadInput(f"unknown mode {str(mode)[:40]!r}; valid: {', '.join(MODES)}")
-        ds = self.dataset(params.get("dataset") or self.default_dataset)
+        mode = choice(params.get("mode"), "mode", MODES, "composed" if self.combiners else "sum")
+        ds = self.dataset(optional_name(params.get("dataset"), "dataset") or self.default_dataset)
         req = SearchRequest(mode=mode, dataset=ds.name,
                             k=parse_int(params.get("k"), "k", 1, self.settings.max_k, self.settings.default_k))
-        ref, upload = params.get("reference"), params.get("upload")
-        if ref not in (None, "") and upload not in (None, ""):
+        ref, upload = optional_name(params.get("reference"), "reference"), optional_name(params.get("upload"), "upload")
+        if ref is not None and upload is not None:
             raise BadInput("give either a reference image or an upload id, not both")
         if mode in NEEDS_REFERENCE:
-            if ref in (None, "") and upload in (None, ""):
+            if ref is None and upload is None:
                 raise BadInput(f"mode {mode!r} needs a reference: a dataset image id or an upload id")
-            if upload not in (None, ""):
+            if upload is not None:
                 self.uploads.path(upload)
                 req.upload = upload
             else:
@@ -265,11 +267,8 @@ class Engine:
         if mode == "tags":
             req.tags = ds.check_tags(params.get("tags"))
             req.caption = tags_caption(req.tags)
-        comb, text = params.get("combiner") or None, params.get("text_encoder") or None
-        if comb is not None and comb not in self.combiners:
-            raise BadInput(f"unknown combiner {str(comb)[:60]!r}; available: {', '.join(self.combiners) or 'none'}")
-        if text is not None and text not in ("auto",) and text not in self.text_sides:
-            raise BadInput(f"unknown text encoder {str(text)[:60]!r}; available: {', '.join(self.text_sides)}")
+        comb = choice(params.get("combiner"), "combiner", list(self.combiners))
+        text = choice(params.get("text_encoder"), "text encoder", ["auto", *self.text_sides])
         if mode == "composed" and not self.combiners:
             raise BadInput("composed (Combiner) mode is unavailable: no Combiner checkpoint is loaded "
                            "(train one into weights/combiner.safetensors); use mode 'sum' meanwhile")
