@@ -62,11 +62,19 @@ class Guards:
     def cap_body(self) -> None:
         """before_request: this route's cap, enforced by werkzeug on every read (chunked bodies too)."""
         limit = self.body_limit(request.path)
-        request.max_content_length = limit
         if request.path not in self.upload_routes:
             request.max_form_memory_size = limit
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestEntityTooLarge()  # refused before any view reads it
+        if request.content_length is not None:
+            request.max_content_length = limit
+            if request.content_length > limit:
+                raise RequestEntityTooLarge()  # refused before any view reads it
+        elif request.environ.get("wsgi.input_terminated"):
+            # A chunked body: werkzeug stops reading at the cap *silently* (the view would see a truncated
+            # body), so read it here, up to one byte past the cap, and refuse it when that byte exists.
+            # Views then read the cached bytes (forms included).
+            request.max_content_length = limit + 1
+            if len(request.get_data(cache=True)) > limit:
+                raise RequestEntityTooLarge()
 
     def too_large(self, e: RequestEntityTooLarge) -> tuple[Response, int]:
         if request.path in self.upload_routes:
@@ -85,7 +93,7 @@ class Guards:
             resp.cache_control.public = False
             resp.cache_control.private = True
             resp.cache_control.max_age = self.upload_max_age_s
-            resp.expires = None
+            resp.headers.pop("Expires", None)  # max-age rules; an Expires a day ahead would only confuse
         return resp
 
 

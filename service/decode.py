@@ -40,7 +40,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
         raise BadInput("the image has no pixels")
     if w * h > max_pixels:
         raise TooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
-                       "(photos from any phone fit; scale the image down)")
+                       "(phones' usual photos fit; scale larger images down)")
 
 
 def decode_upload(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Image, str]:
