@@ -90,7 +90,7 @@ class _Stored:
     uid: str
     mtime: float
     size: int
-    paths: list[Path]
+    names: list[str]      # its files in the folder
 
 
 class UploadStore:
@@ -228,7 +228,7 @@ class UploadStore:
                 total -= stored[n_gone].size
                 n_gone += 1
             for s in stored[:n_gone]:
-                self._remove(s.uid, s.paths)
+                self._remove(s.uid, s.names)
             if n_gone:
                 log.info("uploads: %d expired, %d evicted (quota %d uploads, %.0f MB); %d kept, %.1f MB",
                          n_expired, n_gone - n_expired, lim.quota_count, lim.quota_bytes / MB,
@@ -256,7 +256,7 @@ class UploadStore:
                 uid = m.group(1)
                 s = found.setdefault(uid, _Stored(uid, 0.0, 0, []))
                 s.size += st.st_size
-                s.paths.append(Path(entry.path))
+                s.names.append(entry.name)
                 s.mtime = max(s.mtime, st.st_mtime)
                 if entry.name == f"{uid}.jpg":
                     jpeg_mtime[uid] = st.st_mtime
@@ -264,12 +264,12 @@ class UploadStore:
             found[uid].mtime = t
         return list(found.values())
 
-    def _remove(self, uid: str, paths: list[Path] | None = None) -> None:
+    def _remove(self, uid: str, names: list[str] | None = None) -> None:
         """Delete an upload's files: its JPEG, features and temporary files. (Its features may stay in the
         memory cache: every lookup checks the JPEG first.)"""
-        for p in paths if paths is not None else list(self.folder.glob(f"*{uid}.*")):
+        for name in names if names is not None else [p.name for p in self.folder.glob(f"*{uid}.*")]:
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                os.unlink(self.folder / name)
 
 
 def _duration(seconds: float) -> str:
