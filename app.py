@@ -157,7 +157,8 @@ def create_app(config: AppConfig | None = None) -> Flask:
     config = config or AppConfig.from_env()
     engine = Engine.load(config.settings())
     app = Flask(__name__, template_folder=str(REPO_DIR / "templates"), static_folder=str(REPO_DIR / "static"))
-    install_guards(app, max_upload_bytes=config.max_upload_bytes, upload_max_age_s=config.upload_ttl_s)
+    # bootstrap="cdn": this page loads Bootstrap from the CDN (the offline page passes its own setting here).
+    install_guards(app, max_upload_bytes=config.max_upload_bytes, upload_max_age_s=config.upload_ttl_s, bootstrap="cdn")
     app.json.sort_keys = False  # keep results in rank order and fields in a readable order
     app.extensions["cir"] = engine
     app.register_blueprint(bp)

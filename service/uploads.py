@@ -244,6 +244,8 @@ class UploadStore:
         (a crashed write's temporary file, features of a deleted JPEG) age from their newest file."""
         found: dict[str, _Stored] = {}
         jpeg_mtime: dict[str, float] = {}
+        if not self.folder.is_dir():  # removed under the running server: the next write recreates it
+            return []
         with os.scandir(self.folder) as it:
             for entry in it:
                 m = _FILE_ID.match(entry.name)
