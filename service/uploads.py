@@ -4,8 +4,8 @@ once, and kept within a quota (total bytes and count, oldest evicted first) and 
 Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy beside it (the raw image features); an upload's
 age is its JPEG's modification time. Nothing ever builds a path from user input except a validated
 32-hex-digit id. The limits hold across the workers of one server because each sweep reads the folder
-itself (a few ms for the count quota's 1,000 uploads); two workers adding at the same instant may overshoot
-the quota by one upload each until the next sweep.
+itself (about 9 ms with 1,000 uploads stored, on 2 cores); two workers adding at the same instant may
+overshoot the quota by one upload each until the next sweep.
 """
 from __future__ import annotations
 
