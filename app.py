@@ -24,7 +24,6 @@ which is how gunicorn starts it; the flags below are generated from the same dec
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -44,10 +43,9 @@ from service.errors import ApiError, BadInput, NotFound
 from service.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, validate_text
 from service.settings import MB, Settings
 from utils import REPO_DIR, run_cli, setup_logging
+from web_guards import QuietRequestHandler, install_guards, parse_json_object
 
 log = logging.getLogger("app")
-# Multipart framing around an uploaded file: the request may exceed the file limit by this much.
-MULTIPART_SLACK = 64 * 1024
 ATTRIBUTION = ("Product photos: “Fashion Product Images (Small)” (Myntra catalogue), published for research use. "
                "FashionIQ annotations: CDLA licence. CIRR annotations: MIT licence.")
 
@@ -68,17 +66,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         page_assets.bootstrap_dir()  # fail at start-up, not on the first page view, when the package is missing
     engine = Engine.load(settings)
     app = Flask(__name__, template_folder=str(REPO_DIR / "templates"), static_folder=str(REPO_DIR / "static"))
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes + MULTIPART_SLACK
+    # body caps, safe JSON, security headers: the policy is the page's own (page_assets.py)
+    install_guards(app, max_upload_bytes=settings.max_upload_bytes, upload_max_age_s=settings.upload_ttl_s,
+                   csp=page_assets.content_security_policy(settings.bootstrap))
     app.json.sort_keys = False  # keep results in rank order and fields in a readable order
     app.extensions["cir"] = engine
-    app.config["CIR_CSP"] = page_assets.content_security_policy(settings.bootstrap)
     app.register_blueprint(bp)
     app.register_blueprint(page_assets.bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _internal_error)
     app.after_request(_count_errors)
-    app.after_request(_content_security_policy)
     return app
 
 
@@ -96,10 +94,7 @@ def _api_error(e: ApiError) -> tuple[Response, int]:
 
 def _http_error(e: HTTPException) -> tuple[Response, int]:
     status = e.code or 500
-    if status == 413:
-        limit = _engine().settings.max_upload_bytes
-        message = f"the request is too large: the limit is {limit / MB:g} MB ({limit:,} bytes)"
-    elif status == 404:
+    if status == 404:
         message = f"no such page or API route: {request.path}"
     elif status == 405:
         message = f"{request.method} is not allowed on {request.path}"
@@ -116,12 +111,6 @@ def _internal_error(e: Exception) -> tuple[Response, int]:
 def _count_errors(resp: Response) -> Response:
     if resp.status_code >= 400:
         _engine().metrics.error(resp.status_code)
-    return resp
-
-
-def _content_security_policy(resp: Response) -> Response:
-    # the page has no inline script or style, so its policy needs no 'unsafe-inline' (page_assets.py)
-    resp.headers.setdefault("Content-Security-Policy", current_app.config["CIR_CSP"])
     return resp
 
 
@@ -148,13 +137,7 @@ def _params() -> dict[str, Any]:
         return params
     data = request.get_data(cache=True)
     if data.strip():
-        try:
-            body = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            raise BadInput("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadInput("the request body must be a JSON object")
-        params.update(body)
+        params.update(parse_json_object(data))
     return params
 
 
@@ -351,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     app = create_app(settings)
     log.info("serving on http://%s:%d/", args.host, args.port)
-    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+    app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False,
+            request_handler=QuietRequestHandler)
     return 0
 
 

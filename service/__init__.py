@@ -6,7 +6,8 @@ and the engine that loads everything once and answers queries. app.py is the HTT
     inputs    validation of captions, filters and integers a client sends
     caching   LRU map, cached timed text encoding, per-app metrics
     datasets  where datasets are (manifests, datasets file), one loaded Dataset, the damaged ones
-    uploads   the UploadStore: sniffed, bounded, re-encoded user images and their features
+    decode    untrusted images decoded at a bounded cost, without metadata
+    uploads   the UploadStore: re-encoded user images and their features, within a quota and a TTL
     engine    Engine.load(settings) and Engine.run(request) -> SearchResult: the query path
 """
 from service.engine import Engine, SearchRequest, SearchResult  # noqa: F401 (the package's front door)

@@ -47,9 +47,9 @@ from service.datasets import (
     tags_caption,
 )
 from service.errors import BadInput, NotFound, ServiceUnavailable
-from service.inputs import parse_int, validate_text
+from service.inputs import choice, optional_name, parse_int, validate_text
 from service.settings import Settings
-from service.uploads import UploadStore
+from service.uploads import UploadLimits, UploadStore
 
 log = logging.getLogger("engine")
 
@@ -157,8 +157,8 @@ class Engine:
         self.text_cache = LRU(settings.text_cache_size)
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
-        self.uploads = UploadStore(settings.upload_dir, encoder, settings.max_upload_bytes,
-                                   settings.max_image_pixels, settings.upload_cache_size, self.model_calls)
+        self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
+                                   settings.upload_cache_size, self.model_calls)
 
     @contextlib.contextmanager
     def model_calls(self) -> Iterator[None]:
@@ -233,19 +233,17 @@ class Engine:
 
     def parse(self, params: Mapping[str, Any]) -> SearchRequest:
         """A search request from JSON or query-string parameters; BadInput / NotFound say what is wrong."""
-        mode = params.get("mode") or ("composed" if self.combiners else "sum")
-        if mode not in MODES:
-            raise BadInput(f"unknown mode {str(mode)[:40]!r}; valid: {', '.join(MODES)}")
-        ds = self.dataset(params.get("dataset") or self.default_dataset)
+        mode = choice(params.get("mode"), "mode", MODES, "composed" if self.combiners else "sum")
+        ds = self.dataset(optional_name(params.get("dataset"), "dataset") or self.default_dataset)
         req = SearchRequest(mode=mode, dataset=ds.name,
                             k=parse_int(params.get("k"), "k", 1, self.settings.max_k, self.settings.default_k))
-        ref, upload = params.get("reference"), params.get("upload")
-        if ref not in (None, "") and upload not in (None, ""):
+        ref, upload = optional_name(params.get("reference"), "reference"), optional_name(params.get("upload"), "upload")
+        if ref is not None and upload is not None:
             raise BadInput("give either a reference image or an upload id, not both")
         if mode in NEEDS_REFERENCE:
-            if ref in (None, "") and upload in (None, ""):
+            if ref is None and upload is None:
                 raise BadInput(f"mode {mode!r} needs a reference: a dataset image id or an upload id")
-            if upload not in (None, ""):
+            if upload is not None:
                 self.uploads.path(upload)
                 req.upload = upload
             else:
@@ -256,11 +254,8 @@ class Engine:
         if mode == "tags":
             req.tags = ds.check_tags(params.get("tags"))
             req.caption = tags_caption(req.tags)
-        comb, text = params.get("combiner") or None, params.get("text_encoder") or None
-        if comb is not None and comb not in self.combiners:
-            raise BadInput(f"unknown combiner {str(comb)[:60]!r}; available: {', '.join(self.combiners) or 'none'}")
-        if text is not None and text not in ("auto",) and text not in self.text_sides:
-            raise BadInput(f"unknown text encoder {str(text)[:60]!r}; available: {', '.join(self.text_sides)}")
+        comb = choice(params.get("combiner"), "combiner", list(self.combiners))
+        text = choice(params.get("text_encoder"), "text encoder", ["auto", *self.text_sides])
         if mode == "composed" and not self.combiners:
             raise BadInput("composed (Combiner) mode is unavailable: no Combiner checkpoint is loaded "
                            "(train one into weights/combiner.safetensors); use mode 'sum' meanwhile")
@@ -342,9 +337,9 @@ def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]
     if wanted is None:  # default: the shipped stage-1 text encoder, when it has been trained
         stage1 = TextSide.of("stage1")
         wanted = {"stage1": stage1} if stage1.exists() else {}
-    for name, choice in wanted.items():
+    for name, wanted_side in wanted.items():
         try:
-            text_sides[name] = encoder.with_text(TextSide.of(choice))
+            text_sides[name] = encoder.with_text(TextSide.of(wanted_side))
         except (FileNotFoundError, ValueError, NotImplementedError) as e:
             log.warning("text encoder %s unavailable: %s", name, e)
     return text_sides

@@ -28,6 +28,12 @@ class TooLarge(ApiError):
 
 
 class ServiceUnavailable(ApiError):
-    """The dataset's index backend cannot be reached (e.g. its Milvus server is down)."""
+    """The server cannot answer right now (an index backend is down, every image decoder is busy): retry."""
 
     status = 503
+
+
+class InsufficientStorage(ApiError):
+    """The server's disk (or its quota) is full: nothing was stored, the user may retry later."""
+
+    status = 507

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from encoders import Encoder
+from service.uploads import default_upload_dir
 from utils import REPO_DIR
 
 MB = 1024 * 1024
@@ -39,6 +40,14 @@ def path(value: str) -> Path:
 
 def integer(value: str) -> int:
     return int(value)
+
+
+def number(value: str) -> float:
+    """A finite number (seconds, MB ...)."""
+    x = float(value)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return x
 
 
 def megabytes(value: str) -> int:
@@ -88,8 +97,11 @@ class Option:
     empty_is_value: bool = False            # an empty variable is parsed (e.g. "no combiners"), not ignored
 
 
-def option(default: Any, help: str, **how: Any) -> Any:
-    """A Settings field with its default and how flags and variables set it (see Option)."""
+def option(default: Any, help: str, *, factory: Callable[[], Any] | None = None, **how: Any) -> Any:
+    """A Settings field with its default (or a `factory` computing it when Settings is made) and how flags
+    and variables set it (see Option)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"option": Option(help, **how)})
     return field(default=default, metadata={"option": Option(help, **how)})
 
 
@@ -124,13 +136,26 @@ class Settings:
         None, "stage-1 text checkpoints to offer, NAME=PATH (repeatable, as --combiner); default: stage1 = "
         "weights/lite-text.safetensors when it exists", env="CIR_TEXT_ENCODERS", flag="--text-encoder",
         parse=name_paths, metavar="NAME=PATH", repeat=True, empty_is_value=True)
-    upload_dir: Path = option(REPO_DIR / "uploads", "where uploads are stored (re-encoded JPEG + features .npy)",
-                              env="CIR_UPLOAD_DIR", flag="--upload-dir", parse=path, metavar="DIR")
+    upload_dir: Path = option(
+        None, "where uploads are stored (re-encoded JPEG + features .npy), outside the source tree: "
+        "$XDG_CACHE_HOME/cir-demo/uploads, else ~/.cache/cir-demo/uploads", factory=default_upload_dir,
+        env="CIR_UPLOAD_DIR", flag="--upload-dir", parse=path, metavar="DIR")
     max_upload_bytes: int = option(10 * MB, "upload size limit in MB; larger uploads get 413",
                                    env="CIR_MAX_UPLOAD_MB", flag="--max-upload-mb", parse=megabytes, metavar="MB")
     max_image_pixels: int = option(
-        40_000_000, "largest width x height an upload may have (decompression-bomb guard; larger gets 413)",
+        25_000_000, "largest width x height an upload may have; larger gets 413. Every phone's default photo "
+        "fits (12 MP; 24.5 MP on recent iPhone Pros); 48-200 MP full-resolution shots must be scaled down",
         env="CIR_MAX_PIXELS", flag="--max-pixels", parse=integer, metavar="N")
+    upload_quota_bytes: int = option(
+        512 * MB, "all stored uploads together, in MB; the oldest are deleted beyond it",
+        env="CIR_UPLOAD_QUOTA_MB", flag="--upload-quota-mb", parse=megabytes, metavar="MB")
+    upload_quota_count: int = option(1000, "stored uploads at most; the oldest are deleted beyond it",
+                                     env="CIR_UPLOAD_QUOTA_COUNT", flag="--upload-quota-count", parse=integer,
+                                     metavar="N")
+    upload_ttl_s: float = option(3600.0, "an upload is deleted this many seconds after it was stored",
+                                 env="CIR_UPLOAD_TTL_S", flag="--upload-ttl", parse=number, metavar="SECONDS")
+    upload_decodes: int = option(2, "uploads decoded at once per worker; more wait 2 s, then get 503",
+                                 env="CIR_UPLOAD_DECODES", flag="--upload-decodes", parse=integer, metavar="N")
     default_k: int = option(24, "results per query when the request does not say", env="CIR_DEFAULT_K",
                             flag="-k", parse=integer, metavar="N")
     max_k: int = option(200, "largest k a request may ask for", env="CIR_MAX_K", flag="--max-k", parse=integer,
@@ -161,6 +186,10 @@ class Settings:
         problems = [f"{name} must be {rule}, not {getattr(self, name)!r}" for name, ok, rule in (
             ("max_upload_bytes", self.max_upload_bytes > 0, "positive"),
             ("max_image_pixels", self.max_image_pixels > 0, "positive"),
+            ("upload_quota_bytes", self.upload_quota_bytes > 0, "positive"),
+            ("upload_quota_count", self.upload_quota_count > 0, "positive"),
+            ("upload_ttl_s", self.upload_ttl_s > 0, "positive"),
+            ("upload_decodes", self.upload_decodes > 0, "positive"),
             ("max_k", self.max_k >= 1, "at least 1"),
             ("default_k", 1 <= self.default_k <= self.max_k, f"between 1 and max_k ({self.max_k})"),
             ("query_threads", self.query_threads is None or self.query_threads >= 0, "0 or more"),
@@ -224,7 +253,8 @@ class Settings:
     @classmethod
     def _default_note(cls, name: str, opt: Option) -> str:
         """' (default: X; $CIR_Y)' after a flag's help."""
-        default = next(f.default for f in dataclasses.fields(cls) if f.name == name)
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         notes = ([] if default is None else [f"default: {_shown(default, opt)}"]) + ([f"${opt.env}"] if opt.env else [])
         return f" ({'; '.join(notes)})" if notes else ""
 

@@ -1,29 +1,51 @@
-"""User uploads: sniffed, bounded, re-encoded under a generated id, their image features computed once."""
+"""User uploads: decoded safely (service.decode), re-encoded under a generated id, their image features computed
+once, and kept within a quota (total bytes and count, oldest evicted first) and a time-to-live.
+
+Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy beside it (the raw image features); an upload's
+age is its JPEG's modification time. Nothing ever builds a path from user input except a validated
+32-hex-digit id. The limits hold across the workers of one server because each sweep reads the folder
+itself (about 9 ms with 1,000 uploads stored, on 2 cores); two workers adding at the same instant may
+overshoot the quota by one upload each until the next sweep.
+"""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
+import logging
+import os
 import re
+import threading
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from preprocess import to_rgb
 from service.caching import LRU
-from service.errors import ApiError, BadInput, NotFound, TooLarge
+from service.decode import UPLOAD_FORMATS, decode_upload  # noqa: F401 (UPLOAD_FORMATS: part of this API)
+from service.errors import InsufficientStorage, NotFound, ServiceUnavailable, TooLarge
 from utils import atomic_write
 
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what PIL may sniff an upload as
+log = logging.getLogger("uploads")
+MB = 1024 * 1024
 UPLOAD_MAX_SIDE = 1024      # uploads are stored at most this large: the encoders work at 224 px anyway
 UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")                       # uuid4().hex, nothing else names an upload
+_FILE_ID = re.compile(r"^\.?([0-9a-f]{32})\.")                   # an upload's files, and atomic_write's temps
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def default_upload_dir(environ: dict[str, str] | None = None) -> Path:
+    """$XDG_CACHE_HOME/cir-demo/uploads, else ~/.cache/cir-demo/uploads: user data stays out of the source tree."""
+    env = os.environ if environ is None else environ
+    cache = env.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(cache) / "cir-demo" / "uploads"
 
 
 def encoder_tag(encoder) -> str:
@@ -31,6 +53,27 @@ def encoder_tag(encoder) -> str:
     by the same encoder (a retrained head gets fresh ones)."""
     desc = json.dumps(encoder.describe(), sort_keys=True, default=str)
     return hashlib.sha256(desc.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How much one upload and all of them together may cost (see Settings for the defaults' reasons)."""
+
+    max_bytes: int = 10 * MB            # one upload's file
+    max_pixels: int = 25_000_000        # width x height of one upload, read from its header
+    quota_bytes: int = 512 * MB         # all stored uploads together (JPEGs + features)
+    quota_count: int = 1000             # stored uploads
+    ttl_s: float = 3600.0               # an upload is deleted this long after it was stored
+    decodes: int = 2                    # images decoded at once per process; more wait, then get 503
+    decode_wait_s: float = 2.0          # how long an upload waits for a decode slot
+
+    @classmethod
+    def of(cls, settings: Any) -> "UploadLimits":
+        """The limits named in an Engine settings object (fields max_upload_bytes, max_image_pixels,
+        upload_quota_bytes, upload_quota_count, upload_ttl_s, upload_decodes)."""
+        return cls(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels,
+                   quota_bytes=settings.upload_quota_bytes, quota_count=settings.upload_quota_count,
+                   ttl_s=settings.upload_ttl_s, decodes=settings.upload_decodes)
 
 
 @dataclass
@@ -42,89 +85,59 @@ class UploadResult:
     encode_ms: float
 
 
+@dataclass
+class _Stored:
+    uid: str
+    mtime: float
+    size: int
+    names: list[str]      # its files in the folder
+
+
 class UploadStore:
-    """User images: sniffed, bounded, re-encoded as JPEG under a generated id, features computed once.
+    """User images: decoded within bounds, re-encoded as JPEG under a generated id, features computed once,
+    evicted oldest first beyond the quota and deleted after the time-to-live."""
 
-    Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy (the raw image features). Nothing ever builds a
-    path from user input except a validated 32-hex-digit id.
-    """
-
-    def __init__(self, folder: Path, encoder, max_bytes: int, max_pixels: int, cache_size: int,
+    def __init__(self, folder: Path, encoder, limits: UploadLimits, cache_size: int,
                  guard: Callable[[], ContextManager]):
-        self.folder, self.encoder = Path(folder), encoder
-        self.max_bytes, self.max_pixels = max_bytes, max_pixels
+        self.folder, self.encoder, self.limits = Path(folder), encoder, limits
         self.tag = encoder_tag(encoder)
         self.cache = LRU(cache_size)
         self.guard = guard  # held around every model call (see Engine.model_calls)
+        self._decodes = threading.BoundedSemaphore(max(1, limits.decodes))
+        self._lock = threading.Lock()        # one sweep (and quota check) at a time in this process
+        # Sweeps also run from lookups, at most this often: the TTL holds without a background thread.
+        self.sweep_every_s = min(60.0, limits.ttl_s / 4)
+        self._last_sweep = 0.0
         self.folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # uploads are users' photos: not for other local users
+            self.folder.chmod(0o700)
+        self.sweep()
+
+    @property
+    def max_bytes(self) -> int:
+        return self.limits.max_bytes
+
+    @property
+    def max_pixels(self) -> int:
+        return self.limits.max_pixels
+
+    # -- lookups
 
     def path(self, uid: Any) -> Path:
+        """The JPEG of a stored, unexpired upload; NotFound otherwise."""
         if not isinstance(uid, str) or not UPLOAD_ID.match(uid):
             raise NotFound(f"upload {str(uid)[:40]!r} does not exist (upload ids are 32 hex digits)")
+        self._maybe_sweep()
         p = self.folder / f"{uid}.jpg"
-        if not p.is_file():
-            raise NotFound(f"upload {uid} does not exist (uploads may have been cleared; upload it again)")
-        return p
-
-    def _decode(self, data: bytes) -> tuple[Image.Image, str]:
-        if not data:
-            raise BadInput("the upload is empty; choose an image file")
-        if len(data) > self.max_bytes:
-            raise TooLarge(f"the upload has {len(data):,} bytes; the limit is {self.max_bytes / 2**20:g} MB "
-                           f"({self.max_bytes:,} bytes)")
         try:
-            with warnings.catch_warnings():
-                # Our own pixel limit below is the guard; PIL's DecompressionBombWarning would only be noise.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as im:
-                    fmt = im.format or ""
-                    if fmt not in UPLOAD_FORMATS:
-                        raise BadInput(f"unsupported image type {fmt or 'unknown'}; "
-                                       f"use one of {', '.join(UPLOAD_FORMATS)}")
-                    self._check_pixels(im.size)
-                    im.verify()  # structure and checksums, without decoding the pixels
-                with Image.open(io.BytesIO(data)) as im:
-                    self._check_pixels(im.size)
-                    im.load()  # full decode: truncated or corrupt data fails here
-                    img = ImageOps.exif_transpose(im)
-                    return img, fmt
-        except ApiError:
-            raise
-        except Image.DecompressionBombError as e:
-            raise TooLarge(f"the image has too many pixels: {e}") from None
-        except UnidentifiedImageError:
-            raise BadInput("the upload is not an image (its bytes match no supported image format)") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
-            raise BadInput(f"the image is corrupt or truncated ({type(e).__name__}); try another file") from None
-
-    def _check_pixels(self, size: tuple[int, int]) -> None:
-        w, h = size
-        if w <= 0 or h <= 0:
-            raise BadInput("the image has no pixels")
-        if w * h > self.max_pixels:
-            raise TooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {self.max_pixels:,}")
-
-    def add(self, data: bytes) -> UploadResult:
-        """Validate, re-encode, store and encode an uploaded image; returns its id and sizes."""
-        img, fmt = self._decode(data)
-        img = to_rgb(img)
-        img.thumbnail((UPLOAD_MAX_SIDE, UPLOAD_MAX_SIDE), Image.LANCZOS)
-        uid = uuid.uuid4().hex
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=90)
-        with atomic_write(self.folder / f"{uid}.jpg") as f:
-            f.write(buf.getvalue())
-        t0 = time.perf_counter()
-        with self.guard():
-            feats = self.encoder.encode_images([img], raw=True)
-        ms = (time.perf_counter() - t0) * 1000
-        self._keep(uid, feats)
-        return UploadResult(uid, img.width, img.height, fmt, ms)
-
-    def _keep(self, uid: str, feats: torch.Tensor) -> None:
-        self.cache.put(uid, feats)
-        with atomic_write(self._npy(uid)) as f:
-            np.save(f, feats.numpy().astype(np.float32))
+            age = time.time() - p.stat().st_mtime
+        except FileNotFoundError:
+            raise NotFound(f"upload {uid} does not exist (uploads may have been cleared; upload it again)") from None
+        if age > self.limits.ttl_s:
+            self._remove(uid)
+            raise NotFound(f"upload {uid} has expired: uploads are kept {_duration(self.limits.ttl_s)}; "
+                           "upload it again")
+        return p
 
     def features(self, uid: Any) -> torch.Tensor:
         """[1, dim] raw image features of an upload: memory, else the .npy beside it, else encoded once now."""
@@ -143,9 +156,125 @@ class UploadStore:
                 return feats
         with Image.open(path) as im, self.guard():  # another encoder's upload: encode it once, keep it
             feats = self.encoder.encode_images([im.convert("RGB")], raw=True)
-        self._keep(uid, feats)
+        self.cache.put(uid, feats)
+        try:
+            self._save_features(uid, feats)
+        except OSError as e:  # the search can go on without the file: it is only a cache
+            log.warning("could not store the features of upload %s: %s", uid, e)
         return feats
+
+    # -- adding
+
+    def add(self, data: bytes) -> UploadResult:
+        """Validate, re-encode, store and encode an uploaded image; returns its id and sizes.
+
+        BadInput / TooLarge for a bad image, ServiceUnavailable while every decode slot stays busy,
+        InsufficientStorage when the disk is full (nothing of the upload is left behind).
+        """
+        if len(data) > self.max_bytes:
+            raise TooLarge(f"the upload has {len(data):,} bytes; the limit is {self.max_bytes / MB:g} MB "
+                           f"({self.max_bytes:,} bytes)")
+        if not self._decodes.acquire(timeout=self.limits.decode_wait_s):
+            raise ServiceUnavailable("the server is busy decoding other uploads; try again in a few seconds")
+        try:
+            img, fmt = decode_upload(data, self.max_pixels, UPLOAD_MAX_SIDE)
+        finally:
+            self._decodes.release()
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)  # img has no metadata (decode_upload): neither has the file
+        jpeg = buf.getvalue()
+        uid = uuid.uuid4().hex
+        self.sweep(incoming=len(jpeg) + 4 * self.encoder.dim + 128)  # room for the JPEG and its .npy
+        try:
+            with atomic_write(self.folder / f"{uid}.jpg") as f:
+                f.write(jpeg)
+            t0 = time.perf_counter()
+            with self.guard():
+                feats = self.encoder.encode_images([img], raw=True)
+            ms = (time.perf_counter() - t0) * 1000
+            self._save_features(uid, feats)
+        except BaseException as e:
+            self._remove(uid)  # an upload is whole or absent
+            if isinstance(e, OSError) and e.errno in _DISK_FULL:
+                log.error("upload refused, the disk is full: %s", e)
+                raise InsufficientStorage("the server has no room for uploads right now; try again later "
+                                          "or search from a catalogue image") from None
+            raise
+        self.cache.put(uid, feats)
+        return UploadResult(uid, img.width, img.height, fmt, ms)
+
+    def _save_features(self, uid: str, feats: torch.Tensor) -> None:
+        with atomic_write(self._npy(uid)) as f:
+            np.save(f, feats.numpy().astype(np.float32))
 
     def _npy(self, uid: str) -> Path:
         # ".raw": files of versions that stored normalised features are not mistaken for raw ones.
         return self.folder / f"{uid}.{self.tag}.raw.npy"
+
+    # -- quota and time-to-live
+
+    def sweep(self, incoming: int = 0) -> int:
+        """Delete expired uploads, then the oldest ones until `incoming` more bytes (and, when incoming, one
+        more upload) fit the quota. Returns how many uploads were deleted."""
+        with self._lock:
+            self._last_sweep = time.monotonic()
+            lim, now = self.limits, time.time()
+            stored = sorted(self._scan(), key=lambda s: (s.mtime, s.uid))  # oldest first
+            n_expired = sum(now - s.mtime > lim.ttl_s for s in stored)
+            total = sum(s.size for s in stored[n_expired:])
+            n_gone = n_expired
+            while n_gone < len(stored) and (total + incoming > lim.quota_bytes or
+                                            len(stored) - n_gone + (incoming > 0) > lim.quota_count):
+                total -= stored[n_gone].size
+                n_gone += 1
+            for s in stored[:n_gone]:
+                self._remove(s.uid, s.names)
+            if n_gone:
+                log.info("uploads: %d expired, %d evicted (quota %d uploads, %.0f MB); %d kept, %.1f MB",
+                         n_expired, n_gone - n_expired, lim.quota_count, lim.quota_bytes / MB,
+                         len(stored) - n_gone, total / MB)
+            return n_gone
+
+    def _maybe_sweep(self) -> None:
+        if time.monotonic() - self._last_sweep > self.sweep_every_s:
+            self.sweep()
+
+    def _scan(self) -> list[_Stored]:
+        """Every upload in the folder with its total size. Its age is its JPEG's; leftovers without a JPEG
+        (a crashed write's temporary file, features of a deleted JPEG) age from their newest file."""
+        found: dict[str, _Stored] = {}
+        jpeg_mtime: dict[str, float] = {}
+        if not self.folder.is_dir():  # removed under the running server: the next write recreates it
+            return []
+        with os.scandir(self.folder) as it:
+            for entry in it:
+                m = _FILE_ID.match(entry.name)
+                if not m:
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:  # deleted by another worker meanwhile
+                    continue
+                uid = m.group(1)
+                s = found.setdefault(uid, _Stored(uid, 0.0, 0, []))
+                s.size += st.st_size
+                s.names.append(entry.name)
+                s.mtime = max(s.mtime, st.st_mtime)
+                if entry.name == f"{uid}.jpg":
+                    jpeg_mtime[uid] = st.st_mtime
+        for uid, t in jpeg_mtime.items():
+            found[uid].mtime = t
+        return list(found.values())
+
+    def _remove(self, uid: str, names: list[str] | None = None) -> None:
+        """Delete an upload's files: its JPEG, features and temporary files. (Its features may stay in the
+        memory cache: every lookup checks the JPEG first.)"""
+        for name in names if names is not None else [p.name for p in self.folder.glob(f"*{uid}.*")]:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.folder / name)
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
