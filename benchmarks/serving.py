@@ -217,5 +217,8 @@ def machine() -> dict:
 
 
 def quoted_argv() -> str:
-    """This benchmark's own command line, as a user would type it (for the README table's caption)."""
-    return "python3 " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+    """This benchmark's own command line, as a user would type it (for the README table's caption), with the
+    GUNICORN_* variables gunicorn.conf.py reads when they are set."""
+    env = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("GUNICORN_")]
+    argv = ["python3", os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]
+    return " ".join(env + [shlex.quote(a) for a in argv])
