@@ -39,20 +39,26 @@ def main() -> int:
     with Server(args.config, shlex.split(args.gunicorn_args), args.workers, env) as server:
         refs = server.references(args.dataset)
         server_header = server.headers().get("Server")
-        lat, errors = run_clients(server.port, args.dataset, refs, args.clients, args.seconds, args.warmup,
-                                  args.captions)
+        # The warm-up runs on its own, so that the CPU time below covers exactly the counted queries.
+        _, warm_errors = run_clients(server.port, args.dataset, refs, args.clients, 0, args.warmup, args.captions,
+                                     first_seed=args.clients)
+        cpu0 = server.cpu_seconds()
+        lat, errors = run_clients(server.port, args.dataset, refs, args.clients, args.seconds, 0, args.captions)
+        cpu = server.cpu_seconds() - cpu0
+        errors = warm_errors + errors
         load = machine()
         server_metrics = server.get_json("/api/metrics")
     res = {"clients": args.clients, "seconds": args.seconds, "config": args.config, "gunicorn_args": args.gunicorn_args,
            "workers": args.workers, "captions": args.captions, **summary(lat, errors, args.seconds),
+           "server_cpu_ms_per_query": round(1000 * cpu / max(len(lat), 1), 1),
            "startup_s": round(server.startup_s, 1), **load, "server_header": server_header,
            "server_metrics_one_worker": server_metrics}
     print(f"\nMeasured with `{quoted_argv()}` on {load['cores']} cores "
           f"(load average {load['loadavg_1m']} at the end)\n")
-    print("| clients | captions | queries | errors | throughput q/s | p50 ms | p95 ms | p99 ms |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {args.clients} | {args.captions} | {res['queries']} | {res['errors']} | "
-          f"{res['throughput_qps']} | {res['p50_ms']} | {res['p95_ms']} | {res['p99_ms']} |\n")
+    print("| clients | captions | queries | errors | throughput q/s | p50 ms | p95 ms | p99 ms | server CPU ms/query |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {args.clients} | {args.captions} | {res['queries']} | {res['errors']} | {res['throughput_qps']} | "
+          f"{res['p50_ms']} | {res['p95_ms']} | {res['p99_ms']} | {res['server_cpu_ms_per_query']} |\n")
     print(json.dumps(res))
     return 1 if errors else 0
 

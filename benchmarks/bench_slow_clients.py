@@ -118,13 +118,16 @@ def main() -> int:
         refs = server.references(args.dataset)
         # Warm up every worker (first queries load lazily built parts) before anything is counted.
         run_clients(server.port, args.dataset, refs, args.clients, 0, args.warmup, timeout=args.timeout)
-        for n in (int(v) for v in args.idle.split(",")):
+        for phase, n in enumerate(int(v) for v in args.idle.split(",")):
             with IdleConnections(server.port, n, args.stall, args.trickle) as idle:
                 time.sleep(1)  # let the server take them in before the clients start
+                cpu0 = server.cpu_seconds()
                 lat, errors = run_clients(server.port, args.dataset, refs, args.clients, args.seconds,
-                                          timeout=args.timeout)
+                                          timeout=args.timeout, first_seed=(phase + 1) * args.clients)
+                cpu = server.cpu_seconds() - cpu0
                 row = {"idle": n, "held_at_end": idle.held(), "dropped_by_server": idle.dropped,
-                       "failed_connects": idle.failed_connects, **summary(lat, errors, args.seconds)}
+                       "failed_connects": idle.failed_connects, **summary(lat, errors, args.seconds),
+                       "server_cpu_ms_per_query": round(1000 * cpu / len(lat), 1) if len(lat) else None}
             log.info("%s", row)
             rows.append(row)
             time.sleep(2)  # the held connections are gone; a worker stuck on one is free again

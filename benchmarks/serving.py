@@ -131,6 +131,22 @@ class Server:
         # Workers load in parallel, a few seconds each; this is the old fixed wait, which held for 2 workers.
         time.sleep(2 + 3 * (self.workers or 2))
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server's processes (Linux /proc; 0 elsewhere).
+
+        Unlike req/s, CPU time per query hardly depends on what else runs on the machine, so it compares
+        worker setups fairly on a busy one.
+        """
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[2]) == self.proc.pid:  # process group: gunicorn's master and its workers
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+
     def get_json(self, path: str, timeout: float = 10) -> dict:
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         c.request("GET", path)
@@ -187,14 +203,18 @@ def client(port: int, dataset: str, refs: list[str], captions: str, seed: int, s
 
 
 def run_clients(port: int, dataset: str, refs: list[str], n: int, seconds: float, warmup: float = 0,
-                captions: str = "unique", timeout: float = 30) -> tuple[np.ndarray, list[str]]:
-    """n clients for warmup + seconds; returns the latencies (ms) of answers after the warm-up, and the errors."""
+                captions: str = "unique", timeout: float = 30, first_seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """n clients for warmup + seconds; returns the latencies (ms) of answers after the warm-up, and the errors.
+
+    Client i draws its queries with seed first_seed + i: runs against the same server need seeds of their own,
+    else "unique" captions repeat ones an earlier run sent, and the server's text cache answers them.
+    """
     lat: list = []
     errors: list = []
     t0 = time.time()
     stop = t0 + warmup + seconds
     threads = [threading.Thread(target=client, args=(port, dataset, refs, captions, s, stop, lat, errors, timeout))
-               for s in range(n)]
+               for s in range(first_seed, first_seed + n)]
     for t in threads:
         t.start()
     for t in threads:
