@@ -1,7 +1,7 @@
 """The web demo: a Flask app over the JSON API in front of service.Engine, plus its one-page front end.
 
     python3 app.py                                        # extracts the catalogue once if needed, then serves
-    python3 app.py --prepare-only && gunicorn -w 2 -b 0.0.0.0:8000 --timeout 120 'app:create_app()'
+    python3 app.py --prepare-only && gunicorn -c gunicorn.conf.py 'app:create_app()'   # production (gevent)
 
 `create_app(settings)` loads the encoder, the Combiner checkpoints and every dataset's features once and
 keeps them in `app.extensions["cir"]` (a service.Engine); nothing lives at module level. `create_app()` with
