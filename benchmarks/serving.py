@@ -162,6 +162,9 @@ class Server:
 
     def references(self, dataset: str, n: int = 100) -> list[str]:
         body = self.get_json(f"/api/datasets/{dataset}/random?n={n}&seed=0")
+        if "images" not in body:  # e.g. the dataset is not extracted: say so, not a KeyError
+            raise SystemExit(f"dataset {dataset!r}: {body.get('message', body)} (extract it first: "
+                             "python3 app.py --prepare-only, or pass --dataset)")
         return [im["id"] for im in body["images"]]
 
 
