@@ -86,13 +86,16 @@ def main() -> int:
         out["probes"] = probes(idx, data_utils.catalog_images(root, "train"), test)
     t2i, i2i = out["text2image"], out["image2image"]
     rows = [
-        ("text->image R@1 / R@5 / R@10, catalogue test (993)", f"{t2i['R@1']} / {t2i['R@5']} / {t2i['R@10']}", "R@1 >= 52, R@10 >= 92"),
-        ("image->image P@10 same type+colour (type only / colour only)", f"{i2i['P@10']} ({i2i['P@10_type']} / {i2i['P@10_colour']})", ">= 30"),
+        ("text->image R@1 / R@5 / R@10, catalogue test (993)", f"{t2i['R@1']} / {t2i['R@5']} / {t2i['R@10']}",
+         "R@1 >= 52, R@10 >= 92"),
+        ("image->image P@10 same type+colour (type only / colour only)",
+         f"{i2i['P@10']} ({i2i['P@10_type']} / {i2i['P@10_colour']})", ">= 30"),
         ("linear probe on the image embedding, test accuracy %: " + " / ".join(out["probes"]),
          " / ".join(str(v) for v in out["probes"].values()), "colour >= 75"),
         (f"lite extraction, {out['extract_images']} JPEGs, decode included, {out['device']}, {out['cpu_count']} cores",
          f"{out['extract_img_per_s']} img/s", ">= 80 img/s"),
-        (f"load {out['extract_images']}-image feature folder (median of 5)", f"{out['load_index_ms']} ms", "well under 1 s"),
+        (f"load {out['extract_images']}-image feature folder (median of 5)", f"{out['load_index_ms']} ms",
+         "well under 1 s"),
     ]
     print("| measure | result | target |\n|---|---|---|")
     for r in rows:

@@ -22,8 +22,16 @@ import torch
 from .backends.base import Backend, UnavailableBackend
 from .backends.exact import ExactBackend
 from .errors import IndexLoadError
-from .files import (FEATURES_FILE, MANIFEST_FILE, NAMES_FILE, check_sample, features_fingerprint, map_features,
-                    read_norms, verify_checksums)
+from .files import (
+    FEATURES_FILE,
+    MANIFEST_FILE,
+    NAMES_FILE,
+    check_sample,
+    features_fingerprint,
+    map_features,
+    read_norms,
+    verify_checksums,
+)
 from .registry import open_backend, parse_backend
 from .specs import BackendSpec
 

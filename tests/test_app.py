@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-import model
 import app as app_module
+import model
 from app import AppConfig, create_app, main
 from index import FeatureIndex, search
 from service.caching import LRU, Metrics
@@ -326,7 +326,8 @@ def test_upload_round_trip(client, engine, catalog_root, ref, tmp_path):
     uid = up["id"]
     assert re.fullmatch(r"[0-9a-f]{32}", uid) and up["format"] == "JPEG" and up["encode_ms"] > 0
     folder = engine.uploads.folder
-    assert sorted(p.name for p in folder.glob(f"{uid}*")) == sorted([f"{uid}.jpg", f"{uid}.{engine.uploads.tag}.raw.npy"])
+    npy = f"{uid}.{engine.uploads.tag}.raw.npy"
+    assert sorted(p.name for p in folder.glob(f"{uid}*")) == sorted([f"{uid}.jpg", npy])
     img = client.get(up["url"])
     assert img.status_code == 200 and img.mimetype == "image/jpeg"
     assert client.get(up["thumb"]).status_code == 200
@@ -341,7 +342,7 @@ def test_upload_round_trip(client, engine, catalog_root, ref, tmp_path):
     engine.uploads.cache = LRU(8)
     feats = engine.uploads.features(uid)
     assert feats.shape == (1, engine.encoder.dim)
-    assert torch.allclose(feats, torch.from_numpy(__import__("numpy").load(folder / f"{uid}.{engine.uploads.tag}.raw.npy")))
+    assert torch.allclose(feats, torch.from_numpy(__import__("numpy").load(folder / npy)))
 
 
 def test_upload_formats_are_normalised(client, engine):
@@ -581,7 +582,8 @@ def test_flags_override_the_environment(tmp_path):
                        "--max-upload-mb", "0.5", "--features", str(tmp_path), "--text-encoder", "s=t.safetensors",
                        "--no-warm-up", "--query-threads", "0", "--data-root", "/d", "--max-pixels", "99"], env)
     assert s.default_k == 5 and s.combiners == {"b": "y.safetensors", "c": "z/c.safetensors"}
-    assert s.max_upload_bytes == 512 * 1024 and s.features_root == tmp_path and s.text_checkpoints == {"s": "t.safetensors"}
+    assert s.max_upload_bytes == 512 * 1024 and s.features_root == tmp_path
+    assert s.text_checkpoints == {"s": "t.safetensors"}
     assert s.warm_up is False and s.query_threads == 0 and s.data_root == "/d" and s.max_image_pixels == 99
     with pytest.raises(SystemExit):
         _cli_settings(["--max-pixels", "lots"])  # argparse: invalid value, exit 2

@@ -21,12 +21,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
 import evaluate
 import extract_features
 from app import AppConfig, create_app
 from model import Combiner, CombinerConfig
-from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
 SIZES = [(40, 52), (90, 30), (32, 32), (64, 50), (30, 75), (100, 125), (52, 40), (45, 90), (70, 70),
          (120, 40), (36, 48), (80, 64)]

@@ -26,8 +26,9 @@ def test_attribute_precision_by_hand():
 
 
 def test_image2image_excludes_the_query():
-    import data_utils
     from pathlib import Path
+
+    import data_utils
     feats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
     recs = [data_utils.ImageRecord(n, Path(n), {"articleType": t, "baseColour": c})
             for n, t, c in [("a", "Shirts", "Red"), ("b", "Shirts", "Red"), ("c", "Jeans", "Blue")]]

@@ -14,10 +14,20 @@ import torch.nn.functional as F
 
 import data_utils
 import evaluate
-from evaluate import (attribute_match_at_k, cirr_submission, composed_catalog, composed_cirr, composed_fashioniq,
-                      fiq_caption, group_rankings, recall_at_k, recall_subset_at_k, reference_features,
-                      submission_paths)
 from encoders import BASE_TEXT
+from evaluate import (
+    attribute_match_at_k,
+    cirr_submission,
+    composed_catalog,
+    composed_cirr,
+    composed_fashioniq,
+    fiq_caption,
+    group_rankings,
+    recall_at_k,
+    recall_subset_at_k,
+    reference_features,
+    submission_paths,
+)
 from index import FeatureIndex, search
 from model import compose
 from utils import run_cli

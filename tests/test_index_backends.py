@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import index as index_mod
-from index import (BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index,
-                   search)
+from index import BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index, search
 from index.backends.milvus import _row_count
 from index.cli import main as index_main
 from utils import save_tensors, write_json
@@ -196,7 +195,8 @@ def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind):
     assert all(e[0] not in row for e, row in zip(excl, i.tolist()))
     assert (s[:, :-1] >= s[:, 1:]).all()
     # subset: exact, from the mapped features
-    assert torch.equal(search(q[:3], idx, 3, subset=[10, 20, 30, 40])[1], dense(q[:3], x, 3, subset=[10, 20, 30, 40])[1])
+    rows = [10, 20, 30, 40]
+    assert torch.equal(search(q[:3], idx, 3, subset=rows)[1], dense(q[:3], x, 3, subset=rows)[1])
     # reopened: the saved index is reused, same answers
     again = load_index(path, f"faiss:{kind}")
     assert again.backend.reused and torch.equal(search(q, again, 10, exclude=excl)[1], i)
@@ -361,9 +361,10 @@ def test_in_memory_index_defaults_to_exact():
 def test_evaluate_index_backend_flag(monkeypatch, capsys):
     """--index-backend reaches the indexes evaluate.py searches: an ANN index gives (nearly) exact metrics."""
     pytest.importorskip("faiss")
+    from test_evaluate_composed import FORMATS, StandInEncoder, _seed, random_index
+
     import encoders
     import evaluate
-    from test_evaluate_composed import FORMATS, StandInEncoder, _seed, random_index
     from utils import run_cli
     if not FORMATS.is_dir():
         pytest.skip("shared annotation files absent")

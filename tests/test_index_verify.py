@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_index_backends import write_folder
 
 from index import IndexLoadError, load_index, search
 from index.cli import main as index_main
 from index.files import NAMES_FILE, read_header
-from test_index_backends import write_folder
 from utils import run_cli, sha256_file, write_json
 
 N = 3000

@@ -41,10 +41,11 @@ def _args(tmp_path, features_dir, *extra: str) -> list[str]:
             "--val-per-kind", "40", "--batch", "64", "--workers", "0", *extra]
 
 
-def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small_catalog, features_dir, tmp_path, capsys):
+def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small_catalog, features_dir, tmp_path,
+                                                                           capsys):
     out = tmp_path / "c.safetensors"
-    assert train.main(["combiner", *_args(tmp_path, features_dir, "--epochs", "4", "--out", str(out), "--projection-dim", "64",
-                                          "--hidden-dim", "128")]) == 0
+    assert train.main(["combiner", *_args(tmp_path, features_dir, "--epochs", "4", "--out", str(out),
+                                          "--projection-dim", "64", "--hidden-dim", "128")]) == 0
     report = json.loads(out.with_name("c.train.json").read_text())
     losses = [h["loss"] for h in report["history"]]
     assert losses[-1] < losses[0]
@@ -77,7 +78,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came from the saved state, not a rerun
 
 
-def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, features_dir, tmp_path, lite_encoder, monkeypatch):
+def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, features_dir, tmp_path, lite_encoder,
+                                                           monkeypatch):
     out = tmp_path / "text.safetensors"
     # train.py text fine-tunes the encoder it loads in place: give it a private copy of the heads.
     private = copy.copy(lite_encoder)

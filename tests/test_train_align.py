@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from train_align import ATTRIBUTES, AttributeClassifiers, attribute_targets, same_item_loss
 
-ATTRS = [{"gender": "Men", "articleType": "Shirts", "baseColour": "Blue", "usage": "Casual", "pattern": "Checked"}] * 6 \
+ATTRS = [{"gender": "Men", "articleType": "Shirts", "baseColour": "Blue", "usage": "Casual",
+          "pattern": "Checked"}] * 6 \
     + [{"gender": "Women", "articleType": "Tops", "baseColour": "Red", "usage": "Casual", "pattern": ""}] * 5 \
     + [{"gender": "Boys", "articleType": "Jackets", "baseColour": "NA", "usage": "Casual", "pattern": ""}]
 

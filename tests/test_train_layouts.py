@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_encoders import tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
 import data_utils
 import encoders
@@ -13,7 +14,6 @@ import evaluate
 import layouts
 import train
 from model import Combiner
-from test_encoders import tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +89,7 @@ def test_lite_stage1_on_the_cirr_layout_with_the_papers_preset(small_layouts, li
 
 def test_cirr_training_without_train_captions_says_so(tmp_path, lite_encoder, monkeypatch):
     import shutil
+
     from conftest import CIRR_FORMATS
     root = tmp_path / "cirr"
     shutil.copytree(CIRR_FORMATS, root)

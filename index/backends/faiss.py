@@ -69,7 +69,7 @@ def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock (several server workers must not build the same index at once); no-op if the
     folder is read-only."""
     try:
-        import fcntl   # POSIX only: elsewhere builds are not serialised
+        import fcntl  # POSIX only: elsewhere builds are not serialised
         f = open(path, "a+")
     except (ImportError, OSError):
         yield

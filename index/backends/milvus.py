@@ -96,7 +96,7 @@ def collection_name(index: "FeatureIndex") -> str:
 def milvus_client(uri: str, backend_spec: "BackendSpec") -> Any:
     """A MilvusClient, or BackendUnavailable within `timeout` seconds (default 3) if the server is down."""
     try:
-        import pymilvus   # heavy and optional: only Milvus deployments install it
+        import pymilvus  # heavy and optional: only Milvus deployments install it
     except ImportError:
         raise IndexLoadError("the milvus backend needs pymilvus (and milvus-lite for local files): "
                              "pip install pymilvus milvus-lite") from None
@@ -127,7 +127,7 @@ def milvus_client(uri: str, backend_spec: "BackendSpec") -> Any:
 def _locked_by_another(db: Path) -> bool:
     """Whether another process holds milvus-lite's advisory lock on a database folder."""
     try:
-        import fcntl   # POSIX only: elsewhere the lock is not looked at
+        import fcntl  # POSIX only: elsewhere the lock is not looked at
         with open(db / "LOCK", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(f, fcntl.LOCK_UN)
@@ -254,7 +254,7 @@ def _insert_missing(client, name: str, index: "FeatureIndex", lo: int, hi: int, 
 def _prepare_collection(client: Any, name: str, index: "FeatureIndex", index_type: str, replace: bool) -> bool:
     """Drop the collection when asked or stale (other features), create it when absent. Returns whether a
     stale collection was replaced."""
-    from pymilvus import DataType   # heavy and optional: only Milvus deployments install it
+    from pymilvus import DataType  # heavy and optional: only Milvus deployments install it
     replaced = False
     if client.has_collection(name):
         if replace:
