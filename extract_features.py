@@ -7,10 +7,13 @@ writes, per index, a folder `features/<dataset>[-<category>]-<split>/` with
                         each raw feature [N] (tensor "norms"): rows * norms = the encoder's raw output, what
                         the Combiner and sum fusion take (CLIP4Cir feeds raw CLIP features, ranks normalised)
   names.json            the N image names, in row order
-  manifest.json         encoder, dim, preprocessing, count, skipped images and why
+  manifest.json         encoder, dim, preprocessing, count, skipped images and why, sha256 checksums of the
+                        two other files; written last
 Images are decoded by DataLoader workers and encoded in batches (GPU with autocast when present).
-A corrupt or unreadable image is skipped, counted and listed, never fatal. Work is written in shards as it
-goes: killed mid-run, the same command resumes and produces the same files as an uninterrupted run.
+A corrupt or unreadable image, a FIFO or device named like one, or a file name that is not UTF-8 is skipped,
+counted and listed, never fatal. Work is written in shards as it goes: killed mid-run, the same command
+resumes and produces the same files as an uninterrupted run. One run at a time per index folder: a second
+one fails at once saying which process holds it. The job itself (files, shards, lock) is extract_job.py's.
 
 `--engine ray` runs the same job through Ray Data (ray_extract.py; `pip install -r requirements-ray.txt`),
 locally or on a cluster (`--ray-address` or $RAY_ADDRESS), and writes the same files.
@@ -30,7 +33,7 @@ from tqdm import tqdm
 import data_utils
 import encoders
 import ray_extract
-from extract_job import ExtractJob, ExtractResult, default_workers, iter_batches, open_job
+from extract_job import ExtractJob, ExtractResult, check_not_held, default_workers, iter_batches, open_job
 from index import FeatureIndex, load_index
 from utils import run_cli, setup_logging
 
@@ -153,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dataset == "catalog" and args.split is None:
         args.split = "all"
     plans = list(plan_indexes(args.dataset, root, args.split, args.categories))
+    for name, _, _ in plans:
+        check_not_held(Path(args.out) / name)  # a folder being written: say so now, not after loading the encoder
     if args.engine == "local":
         encoder = encoders.load(args.encoder, args.device, preprocess=args.preprocess)
         for name, records, info in plans:

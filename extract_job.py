@@ -192,6 +192,13 @@ class OutputLock:
         self.release()
 
 
+def check_not_held(folder: str | os.PathLike) -> None:
+    """OutputLockedError now when another extraction holds `folder` (creates nothing): lets a command fail
+    before loading an encoder. open_job still takes the lock itself; this is only the early answer."""
+    if (Path(folder) / LOCK_NAME).exists():
+        OutputLock(folder).release()
+
+
 # ----------------------------------------------------------------------------------------------- the job
 
 @dataclass

@@ -19,7 +19,7 @@ import extract_job
 from extract_features import extract_index, main as extract_main
 from extract_job import ImageFiles, OutputLock, OutputLockedError
 from index import IndexLoadError, load_index, search
-from utils import REPO_DIR, sha256_file
+from utils import REPO_DIR, run_cli, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -230,6 +230,18 @@ def test_second_extraction_into_a_held_folder_fails_at_once(subset, lite_encoder
     with pytest.raises(KeyboardInterrupt):  # a run that fails releases the lock too
         extract_index(subset[:8], lite_encoder, out, workers=0, shard_size=4, _stop_after_shards=1)
     OutputLock(out).release()
+
+
+def test_cli_into_a_held_folder_fails_before_loading_the_encoder(tmp_path, monkeypatch, caplog):
+    import encoders
+    monkeypatch.setattr(encoders, "load", lambda *a, **k: pytest.fail("loaded an encoder for a held folder"))
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "a.jpg").write_bytes(b"not decoded")
+    with OutputLock(tmp_path / "f" / "folder-shop"):
+        with caplog.at_level("ERROR"):
+            rc = run_cli(lambda: extract_main(["--dataset", "folder", "--data-root", str(tmp_path / "shop"),
+                                               "--out", str(tmp_path / "f")]))
+    assert rc == 2 and "is held by another extraction" in caplog.text
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
