@@ -115,7 +115,7 @@ def plan_indexes(dataset: str, root: Path, split: str | None,
                {"dataset": dataset, "split": split})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=data_utils.DATASETS, default="catalog",
                    help="dataset layout: the catalogue (styles.csv + images/), FashionIQ, CIRR, or any image folder")
@@ -147,7 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--ray-workers", type=int, default=None,
                    help="ray engine: encoder actors (default: one per GPU of the cluster, else one per CPU but one)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     setup_logging(args.verbose)
 
     if args.engine == "ray":
