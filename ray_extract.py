@@ -17,7 +17,8 @@ local engine's: same names, order and skipped list, features equal within float1
 
 On a cluster, every node must read the image paths the driver lists (a shared filesystem) and have the
 requirements installed; the repository's code and weights are shipped to the workers by Ray.
-Ray is imported only here and only when used, so the default engine does not need it.
+Ray is imported only here and only when used (import_ray), so the default engine does not need it; the job
+(shards, final files, the folder's lock) is extract_job.py's, as for the local engine.
 
 Limits: each index (e.g. each FashionIQ category) starts its own actor pool, so the encoder loads again per
 index (~10 s for lite); decoded pixels travel as float32 through Ray's object store (600 kB per 224 px
@@ -38,7 +39,8 @@ import torch
 from tqdm import tqdm
 
 import data_utils
-from extract_features import ExtractJob, ExtractResult, ImageFiles, open_job
+import encoders
+from extract_job import ExtractJob, ExtractResult, ImageFiles, open_job
 from utils import REPO_DIR
 
 log = logging.getLogger("extract.ray")
@@ -74,20 +76,20 @@ class EncoderSpec:
     heads: str | None = None
     runtime: str = "auto"
 
-    def load(self, device: str = "auto"):
-        import encoders
+    def load(self, device: str = "auto") -> encoders.Encoder:
         return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime)
 
 
 # ----------------------------------------------------------------------------------------------- the two stages
 
 def decode_batch(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarray]:
-    """Ray task: (row, path) -> (row, pixels [B,3,S,S] float32, error; "" when decoded).
+    """Ray task: (row, path, problem) -> (row, pixels [B,3,S,S] float32, error; "" when decoded).
 
-    Decoding goes through extract_features.ImageFiles, so pixels and error messages are exactly the local
-    engine's. A failed image gets zero pixels (the column must stay one tensor) and its error.
+    Decoding goes through extract_job.ImageFiles, so pixels and error messages are exactly the local
+    engine's. A failed image gets zero pixels (the column must stay one tensor) and its error; a row with a
+    problem known from its listing fails with it unopened. Paths come as bytes (file names need not be UTF-8).
     """
-    files = ImageFiles([Path(p) for p in batch["path"]], preprocess)
+    files = ImageFiles([Path(os.fsdecode(p)) for p in batch["path"]], preprocess, [str(p) for p in batch["problem"]])
     pixels, errors = [], []
     for i in range(len(files)):
         _, x, err = files[i]
@@ -184,12 +186,13 @@ def plan_actors(ray, device: str = "auto", workers: int | None = None, decode_cp
 
 # ----------------------------------------------------------------------------------------------- the job
 
-def extract_index_ray(records: Sequence[data_utils.ImageRecord], encoder, spec: EncoderSpec,
+def extract_index_ray(records: Sequence[data_utils.ImageRecord], encoder: encoders.Encoder, spec: EncoderSpec,
                       out_dir: str | os.PathLike, *, batch_size: int = 64, shard_size: int = 2048,
                       overwrite: bool = False, info: dict | None = None, device: str = "auto",
                       workers: int | None = None, decode_cpus: float = 0.5,
                       _stop_after_shards: int | None = None) -> ExtractResult:
-    """Like extract_features.extract_index, through Ray Data (see the module docstring); same output files.
+    """Like extract_features.extract_index, through Ray Data (see the module docstring); same output files,
+    same lock (extract_job.OutputLockedError when another run holds out_dir).
 
     `encoder` is the driver's copy (its description, preprocessing and dim; it encodes nothing); `spec`
     loads the same encoder in each actor. Needs a connected Ray (`ray_session`). `decode_cpus` is what a
@@ -201,33 +204,36 @@ def extract_index_ray(records: Sequence[data_utils.ImageRecord], encoder, spec: 
     job = open_job(records, desc, out_dir, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite)
     if isinstance(job, ExtractResult):
         return job
-    t0 = time.time()
-    todo = [s for s in range(job.n_shards) if not job.shard_done(s)]
-    resumed = job.n_shards - len(todo)
-    done = resumed
-    if _stop_after_shards is not None and done >= _stop_after_shards and todo:
-        raise KeyboardInterrupt(f"simulated kill after {done} shards")
-    if todo:
-        plan = plan_actors(ray, device, workers, decode_cpus)
-        log.info("%s: %d images in %d shards through Ray, %d encoder actor(s) on %s", job.out_dir.name,
-                 sum(job.bounds(s)[1] - job.bounds(s)[0] for s in todo), len(todo), plan.actors,
-                 "GPU" if plan.gpu else f"CPU ({plan.cpus:g} each)")
-        bar = tqdm(total=len(records), initial=len(records) - sum(job.bounds(s)[1] - job.bounds(s)[0] for s in todo),
-                   desc=f"extract {job.out_dir.name} (ray)", unit="img", dynamic_ncols=True)
-        try:
-            for s in _run_shards(ray, job, todo, encoder, spec, desc, batch_size, plan, decode_cpus, bar):
-                done += 1
-                if _stop_after_shards is not None and done >= _stop_after_shards and done < job.n_shards:
-                    raise KeyboardInterrupt(f"simulated kill after {done} shards")
-        finally:
-            bar.close()
-    return job.finish(encoder.dim, info, t0, resumed)
+    with job:  # holds the folder's lock until the files are written or the run fails
+        t0 = time.time()
+        todo = [s for s in range(job.n_shards) if not job.shard_done(s)]
+        resumed = job.n_shards - len(todo)
+        done = resumed
+        if _stop_after_shards is not None and done >= _stop_after_shards and todo:
+            raise KeyboardInterrupt(f"simulated kill after {done} shards")
+        if todo:
+            plan = plan_actors(ray, device, workers, decode_cpus)
+            left = sum(job.bounds(s)[1] - job.bounds(s)[0] for s in todo)
+            log.info("%s: %d images in %d shards through Ray, %d encoder actor(s) on %s", job.out_dir.name, left,
+                     len(todo), plan.actors, "GPU" if plan.gpu else f"CPU ({plan.cpus:g} each)")
+            bar = tqdm(total=len(records), initial=len(records) - left, desc=f"extract {job.out_dir.name} (ray)",
+                       unit="img", dynamic_ncols=True)
+            try:
+                for s in _run_shards(ray, job, todo, encoder, spec, desc, batch_size, plan, decode_cpus, bar):
+                    done += 1
+                    if _stop_after_shards is not None and done >= _stop_after_shards and done < job.n_shards:
+                        raise KeyboardInterrupt(f"simulated kill after {done} shards")
+            finally:
+                bar.close()
+        return job.finish(encoder.dim, info, t0, resumed)
 
 
-def _run_shards(ray, job: ExtractJob, todo: list[int], encoder, spec: EncoderSpec, desc: dict, batch_size: int,
-                plan: ActorPlan, decode_cpus: float, bar: tqdm) -> Iterator[int]:
+def _run_shards(ray, job: ExtractJob, todo: list[int], encoder: encoders.Encoder, spec: EncoderSpec, desc: dict,
+                batch_size: int, plan: ActorPlan, decode_cpus: float, bar: tqdm) -> Iterator[int]:
     """Run the pipeline over the rows of shards `todo`; write each shard once complete and yield its number."""
-    items = [{"row": i, "path": str(job.records[i].path)} for s in todo for i in range(*job.bounds(s))]
+    # Paths travel as bytes: Arrow strings must be UTF-8, file names need not be.
+    items = [{"row": i, "path": os.fsencode(job.records[i].path), "problem": job.records[i].problem}
+             for s in todo for i in range(*job.bounds(s))]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // batch_size)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"preprocess": encoder.preprocess}, batch_size=None,
                         num_cpus=decode_cpus)
@@ -270,12 +276,10 @@ def _write(job: ExtractJob, s: int, rows: dict[int, tuple[np.ndarray, str]], dim
     feats, kept, skipped = [], [], []
     for row in sorted(rows):
         feat, err = rows[row]
-        name = job.names[row]
         if err:
-            log.warning("skipped %s: %s", name, err)
-            skipped.append({"name": name, "path": str(job.records[row].path), "error": err})
+            skipped.append(job.skip(row, err))
         else:
             feats.append(feat)
-            kept.append(name)
+            kept.append(job.names[row])
     x = [torch.from_numpy(np.stack(feats).astype(np.float32))] if feats else []
     job.write_shard(s, x, kept, skipped, dim)

@@ -31,7 +31,7 @@ from captions import training_captions
 from colour import learn_palette
 from encoders import LiteConfig, LiteEncoder, LiteHeads
 from evaluate import image2image, recall_at_k
-from extract_features import default_workers, iter_batches
+from extract_job import default_workers, iter_batches
 from index import FeatureIndex, search
 from utils import content_key, get_device, save_tensors, write_json
 

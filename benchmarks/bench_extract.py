@@ -11,7 +11,7 @@ as a user of one run sees it). The encoder load on the driver is reported, not c
 
 --gpu-model vit-b32: a randomly initialised CLIPVisionModelWithProjection of ViT-B/32's size (12 layers,
 768 wide, patch 32, 224 px, projection 512) in float16 autocast on CUDA, fed by a DataLoader with many
-decoding workers (extract_features.iter_batches, pinned memory); it times decode + preprocess + encode over
+decoding workers (extract_job.iter_batches, pinned memory); it times decode + preprocess + encode over
 the catalogue (`--repeat` passes, after one warm-up batch). Without a GPU it says so and measures nothing.
 
 Prints a markdown table (with the command, load average and cores: other jobs may share the machine),
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import data_utils  # noqa: E402
-from extract_features import extract_index, iter_batches  # noqa: E402
+from extract_features import extract_index  # noqa: E402
+from extract_job import iter_batches  # noqa: E402
 from utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench.extract")

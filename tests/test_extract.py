@@ -1,16 +1,25 @@
-"""Extraction: real lite encoder on a catalogue subset, corrupt files, resume after a kill, index loading."""
+"""Extraction: real lite encoder on a catalogue subset, corrupt files, resume after a kill, index loading;
+hostile folders (non-UTF-8 file names, FIFOs named like images) and two runs into one folder (its lock)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import data_utils
+import extract_job
 from extract_features import extract_index, main as extract_main
+from extract_job import ImageFiles, OutputLock, OutputLockedError
 from index import IndexLoadError, load_index, search
+from utils import REPO_DIR, run_cli, sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +36,8 @@ def test_catalog_subset_extraction(subset, lite_encoder, tmp_path):
     assert torch.allclose(idx.features.float().norm(dim=1), torch.ones(50), atol=2e-3)
     m = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert m["encoder"] == "lite" and m["dim"] == 256 and m["count"] == 50 and m["preprocess"]["mode"] == "targetpad"
+    # The contract with the loader: sha256 of the final feature and names files, in the manifest (written last).
+    assert m["checksums"] == {f: sha256_file(tmp_path / "idx" / f) for f in ("features.safetensors", "names.json")}
     assert not (tmp_path / "idx" / ".partial").exists()
     # Same features as encoding the images directly (batching does not change results beyond fp16).
     from PIL import Image
@@ -137,3 +148,112 @@ def test_all_images_missing_is_a_clear_error(lite_encoder, tmp_path):
     with pytest.raises(data_utils.MissingImageError, match="3 of 3 images not found: x0, x1, x2"):
         extract_index(records, lite_encoder, tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- hostile folders
+
+class Blocked(BaseException):
+    """Not an Exception: the decoder's `except Exception` (a bad image is skipped) must not swallow it."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail, instead of hanging the suite, when the block blocks (e.g. reading a FIFO) longer than `seconds`."""
+    def _raise(*_):
+        raise Blocked(f"blocked for more than {seconds} s")
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture()
+def shop(catalog_root, tmp_path) -> Path:
+    """A folder with two good catalogue images."""
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    for r in data_utils.catalog_images(catalog_root, "test")[:2]:
+        shutil.copy(r.path, folder / r.path.name)
+    return folder
+
+
+def test_non_utf8_file_name_is_skipped_and_listed(shop, lite_encoder, tmp_path):
+    image = sorted(shop.iterdir())[0].read_bytes()
+    fd = os.open(os.fsencode(shop) + b"/caf\xe9.jpg", os.O_WRONLY | os.O_CREAT, 0o644)  # a valid image, Latin-1 name
+    os.write(fd, image)
+    os.close(fd)
+    records = data_utils.folder_images(shop)
+    bad = [r for r in records if r.problem]
+    assert [r.name for r in bad] == ["caf\\xe9.jpg"] and "UTF-8" in bad[0].problem  # escaped, flagged
+    res = extract_index(records, lite_encoder, tmp_path / "out", workers=0)  # used to abort the whole run
+    assert res.count == 2 and [s["name"] for s in res.skipped] == ["caf\\xe9.jpg"]
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))
+    assert m["skipped_count"] == 1 and "not valid UTF-8" in m["skipped"][0]["error"]
+    assert m["skipped"][0]["path"].endswith("shop/caf\\xe9.jpg")  # printable, not a lone surrogate
+    assert load_index(tmp_path / "out").names == sorted(p.name for p in shop.iterdir() if p.name.isascii())
+
+
+def test_fifo_named_like_an_image_is_skipped_not_read(shop, lite_encoder, tmp_path):
+    os.mkfifo(shop / "x.jpg")  # opening it for reading would wait for a writer forever
+    with _deadline(120):
+        res = extract_index(data_utils.folder_images(shop), lite_encoder, tmp_path / "out", workers=0)
+    assert res.count == 2 and [s["name"] for s in res.skipped] == ["x.jpg"]
+    assert "FIFO" in res.skipped[0]["error"] and "not a regular file" in res.skipped[0]["error"]
+
+
+def test_image_files_open_regular_files_and_symlinks_to_them_only(shop, lite_encoder, tmp_path):
+    good = sorted(shop.iterdir())[0]
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "link.jpg").symlink_to(good)
+    (tmp_path / "link-to-pipe.jpg").symlink_to(tmp_path / "pipe.jpg")
+    paths = [tmp_path / "link.jpg", tmp_path / "pipe.jpg", tmp_path / "link-to-pipe.jpg", tmp_path, good]
+    with _deadline(60):
+        items = [ImageFiles(paths, lite_encoder.preprocess, ["", "", "", "", "listed as bad"])[i] for i in range(5)]
+    assert items[0][1] is not None and items[0][2] == ""  # a symlink to a regular file is an image like any other
+    assert "is a FIFO" in items[1][2] and "is a FIFO" in items[2][2] and "is a directory" in items[3][2]
+    assert items[4][1] is None and items[4][2] == "listed as bad"  # a known problem: the file is not opened
+
+
+def test_second_extraction_into_a_held_folder_fails_at_once(subset, lite_encoder, tmp_path):
+    out = tmp_path / "idx"
+    with OutputLock(out):
+        with pytest.raises(OutputLockedError, match=rf"held by another extraction \(pid {os.getpid()} on "):
+            extract_index(subset[:4], lite_encoder, out, workers=0)
+        with pytest.raises(OutputLockedError):  # two opens of the lock conflict, even in one process
+            OutputLock(out)
+        assert sorted(p.name for p in out.iterdir()) == [extract_job.LOCK_NAME]  # the loser touched nothing
+    res = extract_index(subset[:4], lite_encoder, out, workers=0)  # released: the next run goes ahead
+    assert res.count == 4
+    with pytest.raises(KeyboardInterrupt):  # a run that fails releases the lock too
+        extract_index(subset[:8], lite_encoder, out, workers=0, shard_size=4, _stop_after_shards=1)
+    OutputLock(out).release()
+
+
+def test_cli_into_a_held_folder_fails_before_loading_the_encoder(tmp_path, monkeypatch, caplog):
+    import encoders
+    monkeypatch.setattr(encoders, "load", lambda *a, **k: pytest.fail("loaded an encoder for a held folder"))
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "a.jpg").write_bytes(b"not decoded")
+    with OutputLock(tmp_path / "f" / "folder-shop"):
+        with caplog.at_level("ERROR"):
+            rc = run_cli(lambda: extract_main(["--dataset", "folder", "--data-root", str(tmp_path / "shop"),
+                                               "--out", str(tmp_path / "f")]))
+    assert rc == 2 and "is held by another extraction" in caplog.text
+
+
+def test_lock_of_a_killed_process_is_released(tmp_path):
+    code = ("import sys, time; from extract_job import OutputLock; lock = OutputLock(sys.argv[1]); "
+            "print('locked', flush=True); time.sleep(120)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO_DIR, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputLockedError, match=rf"pid {child.pid} on .*stop it and run this command again"):
+            OutputLock(tmp_path)
+    finally:
+        child.kill()  # a crash: no clean-up code runs in the holder
+        child.wait(timeout=60)
+    OutputLock(tmp_path).release()  # the kernel dropped the dead holder's lock

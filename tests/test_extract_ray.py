@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -20,18 +21,20 @@ import torch
 
 import data_utils
 from extract_features import extract_index, main as extract_main
-from utils import REPO_DIR, run_cli
+from utils import REPO_DIR, run_cli, sha256_file
 
 # Ray Data's own deprecation notices about its settings (raised inside ray.data, not by this project).
 pytestmark = pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\.data\..*")
 
 N_IMAGES = 40
-KW = dict(batch_size=8, shard_size=16)  # 42 rows: 3 shards, several actor batches each
+KW = dict(batch_size=8, shard_size=16)  # 44 rows: 3 shards, several actor batches each
+SKIPPED = ["0_truncated.jpg", "fifo.jpg", "ol\\xe9.jpg", "zz_notanimage.jpg"]
 
 
 @pytest.fixture(scope="module")
 def folder(catalog_root, tmp_path_factory) -> Path:
-    """40 catalogue test images and two bad files (the first and the last row), as an image folder."""
+    """40 catalogue test images and four bad files (the first and the last row among them), as an image folder:
+    truncated, not an image, a FIFO (would block a reader forever), a valid image whose name is not UTF-8."""
     root = tmp_path_factory.mktemp("ray") / "shop"
     root.mkdir()
     good = data_utils.catalog_images(catalog_root, "test")[:N_IMAGES]
@@ -40,6 +43,10 @@ def folder(catalog_root, tmp_path_factory) -> Path:
     data = good[0].path.read_bytes()
     (root / "0_truncated.jpg").write_bytes(data[: len(data) // 3])
     (root / "zz_notanimage.jpg").write_bytes(b"this is not a jpeg")
+    os.mkfifo(root / "fifo.jpg")
+    fd = os.open(os.fsencode(root) + b"/ol\xe9.jpg", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, data)
+    os.close(fd)
     return root
 
 
@@ -64,8 +71,12 @@ def ray_local():
 def _assert_same_output(got: Path, ref: Path) -> None:
     from safetensors.torch import load_file
     assert (got / "names.json").read_bytes() == (ref / "names.json").read_bytes()
-    # Same count, skipped list (names, paths, errors), encoder description and job key.
-    assert (got / "manifest.json").read_bytes() == (ref / "manifest.json").read_bytes()
+    # Same count, skipped list (names, paths, errors), encoder description and job key; the checksums are
+    # each folder's own (features equal within float16 rounding, not bit for bit).
+    got_m, ref_m = (json.loads((d / "manifest.json").read_text()) for d in (got, ref))
+    assert got_m.pop("checksums") == {f: sha256_file(got / f) for f in ("features.safetensors", "names.json")}
+    assert ref_m.pop("checksums")["names.json"] == sha256_file(got / "names.json")
+    assert got_m == ref_m and [s["name"] for s in got_m["skipped"]] == SKIPPED
     a = load_file(got / "features.safetensors")["features"]
     b = load_file(ref / "features.safetensors")["features"]
     assert a.dtype == torch.float16 and a.shape == b.shape == (N_IMAGES, 256)
@@ -108,7 +119,7 @@ def test_cli_ray_engine_resumes_a_local_run_and_equals_local(folder, reference, 
                        str(tmp_path / "f"), "--batch-size", "8", "--shard-size", "16", "--device", "cpu"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["count"] == N_IMAGES and line["skipped"] == 2
+    assert line["count"] == N_IMAGES and line["skipped"] == len(SKIPPED)
     _assert_same_output(out, reference)
 
 
@@ -124,5 +135,5 @@ def test_killed_ray_run_resumes(folder, reference, lite_encoder, ray_local, tmp_
     # Ray's shards are the local engine's format: either engine finishes the job.
     res = extract_index(records, lite_encoder, tmp_path / "o", workers=0, info=info, **KW)
     assert res.resumed_shards == 2 and res.count == N_IMAGES
-    assert sorted(s["name"] for s in res.skipped) == ["0_truncated.jpg", "zz_notanimage.jpg"]
+    assert [s["name"] for s in res.skipped] == SKIPPED
     _assert_same_output(tmp_path / "o", reference)
