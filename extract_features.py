@@ -123,7 +123,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
                         "dataset's usual subfolder)")
     p.add_argument("--split", default=None,
-                   help="split to index (catalog: train/val/test/all; fashioniq: train/val/test; cirr: train/val/test1); "
+                   help="split to index (catalog: train/val/test/all; fashioniq: train/val/test; "
+                        "cirr: train/val/test1); "
                         "ignored for folder")
     p.add_argument("--categories", nargs="*", default=None,
                    help="FashionIQ categories (default: every category found); one index per category")

@@ -353,7 +353,8 @@ def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_
 def _prepare_partial(partial: Path, key: str, overwrite: bool) -> None:
     """Keep .partial/ when it holds this job's shards, else start it afresh."""
     job_file = partial / "job.json"
-    if partial.exists() and (overwrite or not job_file.exists() or json.loads(job_file.read_text()).get("job_key") != key):
+    stale = overwrite or not job_file.exists() or json.loads(job_file.read_text()).get("job_key") != key
+    if partial.exists() and stale:
         log.info("discarding partial work in %s (different job)", partial)
         shutil.rmtree(partial)
     partial.mkdir(parents=True, exist_ok=True)

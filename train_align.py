@@ -85,9 +85,9 @@ def fit_palette(encoder: LiteEncoder, records: Sequence[data_utils.ImageRecord],
     """The CIELAB palette of the colour descriptor, learned from the item pixels of `sample` train images."""
     rng = random.Random(seed)
     recs = rng.sample(list(records), min(sample, len(records)))
+    workers = default_workers() if workers is None else workers
     rgb = [encoder.preprocess.unnormalize(px) for _, px, _ in
-           iter_batches([r.path for r in recs], encoder.preprocess, 64, default_workers() if workers is None else workers)
-           if px is not None]
+           iter_batches([r.path for r in recs], encoder.preprocess, 64, workers) if px is not None]
     return learn_palette(torch.cat(rgb), k, seed)
 
 
@@ -106,7 +106,8 @@ class AttributeClassifiers(nn.Module):
         return torch.stack(losses).mean() if losses else emb.sum() * 0
 
 
-def attribute_targets(attrs: Sequence[dict], min_count: int = 5) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
+def attribute_targets(attrs: Sequence[dict],
+                      min_count: int = 5) -> tuple[dict[str, list[str]], dict[str, torch.Tensor]]:
     """Per attribute: the values seen at least `min_count` times, and each item's class index (-1: none)."""
     labels, targets = {}, {}
     for a in ATTRIBUTES:
@@ -246,7 +247,8 @@ def run_align(args) -> int:
                                         workers=args.workers))
     views, tr_attrs, va, va_recs = _features(enc, root, args)
     data, labels = _train_set(enc, views, tr_attrs, args, device)
-    va_text = cached_text_backbone(enc, [r.attrs["productDisplayName"] for r in va_recs], Path(args.cache_dir), "val-names")
+    va_names = [r.attrs["productDisplayName"] for r in va_recs]
+    va_text = cached_text_backbone(enc, va_names, Path(args.cache_dir), "val-names")
     clf = AttributeClassifiers(cfg.embed_dim, labels).to(device)
     heads.to(device).train()
     opt = torch.optim.AdamW(list(heads.parameters()) + list(clf.parameters()), lr=args.lr,

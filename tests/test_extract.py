@@ -16,7 +16,8 @@ import torch
 
 import data_utils
 import extract_job
-from extract_features import extract_index, main as extract_main
+from extract_features import extract_index
+from extract_features import main as extract_main
 from extract_job import ImageFiles, OutputLock, OutputLockedError
 from index import IndexLoadError, load_index, search
 from utils import REPO_DIR, run_cli, sha256_file

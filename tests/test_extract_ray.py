@@ -20,7 +20,8 @@ import pytest
 import torch
 
 import data_utils
-from extract_features import extract_index, main as extract_main
+from extract_features import extract_index
+from extract_features import main as extract_main
 from utils import REPO_DIR, run_cli, sha256_file
 
 # Ray Data's own deprecation notices about its settings (raised inside ray.data, not by this project).

@@ -110,7 +110,8 @@ def test_cirr_json_shapes_match_the_real_files(cirr):
     assert set(ours[0]) == set(real[0]) and set(ours[0]["img_set"]) == set(real[0]["img_set"])
     for e in ours:
         s = e["img_set"]
-        assert s["members"][s["reference_rank"]] == e["reference"] and s["members"][s["target_rank"]] == e["target_hard"]
+        assert s["members"][s["reference_rank"]] == e["reference"]
+        assert s["members"][s["target_rank"]] == e["target_hard"]
     split = json.loads((root / "cirr" / "image_splits" / "split.rc2.train.json").read_text())
     assert all(p.startswith("./train/") for p in split.values())
 
