@@ -508,15 +508,27 @@ def test_damaged_datasets_are_reported_not_dropped(demo_world, tmp_path):
     assert h["status"] == "degraded" and h["datasets"] == ["catalog-test"] and h["backends"]["catalog-test"]["ok"]
     assert list(h["damaged"]) == ["cirr-val"]
     bad = h["damaged"]["cirr-val"]
-    assert bad["status"] == "degraded" and bad["folder"] == str(root / "cirr-val") and "truncated" in bad["reason"]
+    assert bad["status"] == "degraded" and bad["folder"] == str(root / "cirr-val")
+    assert "features.safetensors is damaged or was altered" in bad["reason"]  # its checksum says so first
     assert _search(app.test_client(), mode="text", caption="red").status_code == 200  # the rest still serves
 
 
-@pytest.mark.parametrize("damage,words", [
-    ("names", "invalid JSON"), ("manifest", "unreadable manifest.json"), ("truncate", "truncated")])
-def test_each_kind_of_damage_is_named(demo_world, tmp_path, damage, words):
+def _drop_checksums(folder: Path) -> None:
+    """The folder as an older version extracted it: no checksums in its manifest."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("checksums")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage,checksums,words", [
+    ("names", True, "names.json is damaged or was altered"), ("names", False, "invalid JSON"),
+    ("manifest", True, "unreadable manifest.json"),
+    ("truncate", True, "features.safetensors is damaged or was altered"), ("truncate", False, "truncated")])
+def test_each_kind_of_damage_is_named(demo_world, tmp_path, damage, checksums, words):
     root = _copy_features(demo_world, tmp_path / "features")
     folder = root / "catalog-test"
+    if not checksums:
+        _drop_checksums(folder)
     if damage == "names":
         (folder / "names.json").write_text('["15970", ')
     elif damage == "manifest":
@@ -532,6 +544,7 @@ def test_each_kind_of_damage_is_named(demo_world, tmp_path, damage, words):
 
 def test_all_damaged_is_a_start_up_error_naming_them(demo_world, tmp_path):
     root = _copy_features(demo_world, tmp_path / "features")
+    _drop_checksums(root / "catalog-test")
     (root / "catalog-test" / "names.json").write_text("{")
     feats = root / "cirr-val" / "features.safetensors"
     feats.write_bytes(feats.read_bytes()[:64])
@@ -539,7 +552,8 @@ def test_all_damaged_is_a_start_up_error_naming_them(demo_world, tmp_path):
         create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u"))
     msg = str(e.value)
     assert str(root / "catalog-test") in msg and str(root / "cirr-val") in msg and "invalid JSON" in msg
-    assert "truncated" in msg and "extract_features.py --dataset" not in msg
+    assert "features.safetensors is damaged or was altered" in msg
+    assert "--out FEATURES" not in msg  # the folders are named, not the generic "extract something" hint
 
 
 def test_no_index_is_a_clear_error(demo_world, tmp_path):
