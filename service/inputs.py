@@ -6,6 +6,7 @@ is expected is an error, never silently the default.
 """
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from typing import Any, Collection
@@ -42,7 +43,7 @@ def validate_text(value: Any, what: str = "caption", max_chars: int = MAX_CAPTIO
     if value is None:
         raise BadInput(f"the {what} is missing")
     if not isinstance(value, str):
-        raise BadInput(f"the {what} must be a string, not {type(value).__name__}")
+        raise BadInput(f"the {what} must be a string, not {_shown(value)}")
     if len(value) > 4 * max_chars:  # refuse before scanning a huge string character by character
         raise BadInput(f"the {what} has {len(value)} characters; at most {max_chars} are allowed")
     text = _EDGES.sub("", value)
@@ -61,8 +62,12 @@ def validate_text(value: Any, what: str = "caption", max_chars: int = MAX_CAPTIO
 
 def _shown(value: Any, limit: int = 40) -> str:
     """A short, safe rendering of a client's value for an error message."""
-    if isinstance(value, (list, dict)):
-        return type(value).__name__
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)[:limit]  # as the client wrote it: false, 3, 1.5
     return repr(str(value)[:limit])
 
 
@@ -71,7 +76,7 @@ def optional_name(value: Any, what: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise BadInput(f"{what} must be a string, not {type(value).__name__} ({_shown(value)})")
+        raise BadInput(f"{what} must be a string, not {_shown(value)}")
     return value
 
 
@@ -90,7 +95,7 @@ def parse_int(value: Any, what: str, lo: int, hi: int, default: int) -> int:
     if value is None or value == "":
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise BadInput(f"{what} must be an integer between {lo} and {hi}, not {type(value).__name__}")
+        raise BadInput(f"{what} must be an integer between {lo} and {hi}, not {_shown(value)}")
     try:
         if isinstance(value, float) and not value.is_integer():
             raise ValueError

@@ -70,7 +70,8 @@ WRONG_TYPES = [["composed"], {"name": "composed"}, False, True, 0, 1.5]
 @pytest.mark.parametrize("value", WRONG_TYPES, ids=lambda v: type(v).__name__ + repr(v)[:6])
 def test_a_name_of_the_wrong_type_is_400(client, ref, field, value):
     body = {"mode": "composed", "reference": ref, "caption": "is blue", field: value}
-    _bad(_search(client, **body), 400, f"{field.replace('_', ' ')} must be a string, not {type(value).__name__}")
+    shown = {list: "an array", dict: "an object"}.get(type(value)) or json.dumps(value)  # as the client wrote it
+    _bad(_search(client, **body), 400, f"{field.replace('_', ' ')} must be a string, not {shown}")
 
 
 def test_missing_or_null_means_the_default(client, ref):
@@ -78,7 +79,7 @@ def test_missing_or_null_means_the_default(client, ref):
                                                              "combiner": None, "text_encoder": None}):
         r = _search(client, **body)
         assert r.status_code == 200 and r.get_json()["mode"] == "composed", r.get_json()
-    _bad(_search(client, mode=False, reference=ref, caption="is blue"), 400, "mode must be a string, not bool")
+    _bad(_search(client, mode=False, reference=ref, caption="is blue"), 400, "mode must be a string, not false")
 
 
 @pytest.mark.parametrize("caption,words", [
@@ -105,7 +106,7 @@ def test_nested_and_numeric_oddities_in_fields(client, ref):
         deep = {"gender": deep}
     _bad(_search(client, mode="tags", tags=deep), 400, "unknown gender tag")
     _bad(_search(client, mode="text", caption="red", k=1e300), 400, "between 1 and 200, not 1000000")
-    _bad(_search(client, mode="text", caption="red", k=[5]), 400, "k must be an integer between 1 and 200, not list")
+    _bad(_search(client, mode="text", caption="red", k=[5]), 400, "k must be an integer between 1 and 200, not an arr")
 
 
 # ----------------------------------------------------------------------------------------------- odd JSON
