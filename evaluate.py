@@ -22,7 +22,8 @@ composed: (reference image, relative caption) -> target, the query made by model
              recall_subset_submission_<name>.json, beside the given path.
   An annotation whose captions are all empty (the real files hold a few) is queried with its reference
   image alone, with a warning; the count is reported as "empty_captions".
---save-rankings writes the top-50 image names of every query, in annotation order.
+--save-rankings writes the top-50 image names of every query, in annotation order. --plot FILE.png draws
+recall@K (K = 1..50) and the per-kind bars; --compare M... evaluates more composed methods into the same plot.
 Index features come from extracted files under --features when present, else are extracted (and kept).
 All ranking goes through index.search, by the backend of --index-backend (exact by default; faiss or milvus
 measure an ANN index's effect on the metrics). The last printed line is one JSON object with the metrics.
@@ -33,7 +34,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -47,12 +48,12 @@ from encoders import BASE_TEXT, CaptionEncoder, Encoder, TextSide
 from extract_features import ensure_index, index_name
 from index import FeatureIndex, parse_backend, search, with_backend
 from model import Combiner, compose, load_method
+from plots import draw_eval, eval_plot_data, recall_curve
+from submission import CIRR_SUBSET_TOP, TOP, cirr_submission, submission_paths, write_submission  # noqa: F401
 from triplets import generate
-from utils import atomic_write, run_cli, setup_logging, write_json
+from utils import run_cli, setup_logging, write_json
 
 log = logging.getLogger("evaluate")
-TOP = 50                      # ranking length saved and scored (R@50), as the papers
-CIRR_SUBSET_TOP = 3           # the evaluation server reads the first 3 subset results
 DEFAULT_SPLITS = {"catalog": "test", "fashioniq": "val", "cirr": "val"}
 
 
@@ -73,12 +74,15 @@ def _encode_texts(encoder: CaptionEncoder, texts: Sequence[str], batch: int = 25
     return torch.cat([encoder.encode_texts(texts[i:i + batch]) for i in range(0, len(texts), batch)])
 
 
-def text2image(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord]) -> dict:
-    """Product name -> its own photo."""
+def text2image(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[data_utils.ImageRecord],
+               curves: dict | None = None) -> dict:
+    """Product name -> its own photo. R@1..50 goes into `curves[""]` when a dict is given (--plot)."""
     recs = [r for r in records if r.name in index and r.attrs.get("productDisplayName", "").strip()]
     q = _encode_texts(encoder, [r.attrs["productDisplayName"] for r in recs])
-    _, ids = search(q, index, 10)
+    _, ids = search(q, index, TOP)
     targets = torch.tensor([index.id_of(r.name) for r in recs])
+    if curves is not None:
+        curves[""] = recall_curve(ids, targets)
     return {"queries": len(recs), **recall_at_k(ids, targets, (1, 5, 10))}
 
 
@@ -156,41 +160,6 @@ def fiq_caption(captions: Sequence[str]) -> str:
     return cleaned[0] if cleaned else ""
 
 
-def cirr_submission(pair_ids: Sequence[int], rankings: Sequence[Sequence[str]],
-                    subset_rankings: Sequence[Sequence[str]]) -> tuple[dict, dict]:
-    """The CIRR evaluation server's two payloads: (recall: top 50 per pair id, recall_subset: top 3)."""
-    if len(set(pair_ids)) != len(pair_ids):
-        raise ValueError("duplicate CIRR pair ids: the submission needs one entry per pair id")
-    if not len(pair_ids) == len(rankings) == len(subset_rankings):
-        raise ValueError(f"{len(pair_ids)} pair ids but {len(rankings)} rankings and "
-                         f"{len(subset_rankings)} subset rankings")
-    recall = {"version": "rc2", "metric": "recall"}
-    subset = {"version": "rc2", "metric": "recall_subset"}
-    for pid, full, sub in zip(pair_ids, rankings, subset_rankings):
-        recall[str(int(pid))] = list(full[:TOP])
-        subset[str(int(pid))] = list(sub[:CIRR_SUBSET_TOP])
-    return recall, subset
-
-
-def submission_paths(path: str | Path) -> tuple[Path, Path]:
-    """out/sub.json -> (out/recall_submission_sub.json, out/recall_subset_submission_sub.json), the
-    names CLIP4Cir's submission script writes."""
-    path = Path(path)
-    return (path.with_name(f"recall_submission_{path.stem}.json"),
-            path.with_name(f"recall_subset_submission_{path.stem}.json"))
-
-
-def write_submission(path: str | Path, recall: dict, subset: dict) -> tuple[Path, Path]:
-    """Write the two payloads of `cirr_submission` beside `path` (see submission_paths), atomically, as
-    compact JSON (indented, the test1 recall file, 4,148 pairs x 50 names, would exceed 5 MB)."""
-    paths = submission_paths(path)
-    for out, payload in zip(paths, (recall, subset)):
-        with atomic_write(out, "w") as f:
-            json.dump(payload, f, separators=(",", ":"))
-        log.info("wrote %s (%d pair ids)", out, len(payload) - 2)
-    return paths
-
-
 # ----------------------------------------------------------------------------------------------- composed: queries
 
 @dataclass
@@ -199,6 +168,7 @@ class ComposedResult:
     rankings: list[list[str]]                      # top-50 names per query, in annotation order
     subset_rankings: list[list[str]] | None = None  # CIRR: the group members ranked, reference removed
     pair_ids: list[int] | None = None              # CIRR: one per query
+    curves: dict[str, list[float]] = field(default_factory=dict)  # R@1..50 by part ("" or a FashionIQ category)
 
 
 def reference_features(names: Sequence[str], index: FeatureIndex,
@@ -292,7 +262,7 @@ def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequ
         kinds[kind] = {"queries": len(rows), "R@10": m["R@10"], "attr@10": m["attr@10"],
                        "attr@10_ceiling": m["attr@10_ceiling"]}
     metrics["kinds"] = kinds
-    return ComposedResult(metrics, _names(index, ids))
+    return ComposedResult(metrics, _names(index, ids), curves={"": recall_curve(ids, targets)})
 
 
 def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureIndex],
@@ -310,7 +280,7 @@ def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureInd
                          f"{', '.join(map(str, unknown))}; have {', '.join(indexes)}")
     rankings: list[list[str]] = [[] for _ in triplets]
     metrics: dict = {"queries": len(triplets), "empty_captions": 0}
-    scored = []
+    scored, curves = [], {}
     for c in cats:
         pos = [i for i, t in enumerate(triplets) if t.category == c]
         ts = [triplets[i] for i in pos]
@@ -322,14 +292,15 @@ def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureInd
         for i, names in zip(pos, _names(index, ids)):
             rankings[i] = names
         if all(t.target is not None for t in ts):
-            r = recall_at_k(ids, _target_ids(index, [t.target for t in ts]), (10, 50))
+            r = recall_at_k(ids, tgts := _target_ids(index, [t.target for t in ts]), (10, 50))
+            curves[c] = recall_curve(ids, tgts)
             metrics.update({f"{c}_{k}": v for k, v in r.items()})
             scored.append(c)
     if scored:
         for k in ("R@10", "R@50"):
             metrics[f"average_{k}"] = round(sum(metrics[f"{c}_{k}"] for c in scored) / len(scored), 2)
         metrics["average"] = round((metrics["average_R@10"] + metrics["average_R@50"]) / 2, 2)
-    return ComposedResult(metrics, rankings)
+    return ComposedResult(metrics, rankings, curves=curves)
 
 
 def group_rankings(queries: torch.Tensor, index: FeatureIndex, references: Sequence[str],
@@ -361,11 +332,13 @@ def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequen
     metrics: dict = {"queries": len(triplets), "empty_captions": empty}
     if triplets and all(t.target is not None for t in triplets):
         targets = [t.target for t in triplets]
-        metrics.update(recall_at_k(ids, _target_ids(index, targets), (1, 5, 10, 50)))
+        metrics.update(recall_at_k(ids, rows := _target_ids(index, targets), (1, 5, 10, 50)))
+        curves = {"": recall_curve(ids, rows)}
         metrics.update(recall_subset_at_k(subset, targets, [t.group for t in triplets], (1, 2, 3),
                                           [t.reference for t in triplets]))
         metrics["avg"] = round((metrics["R@5"] + metrics["Rsubset@1"]) / 2, 2)
-    return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets])
+    return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets],
+                          curves if triplets and all(t.target is not None for t in triplets) else {})
 
 
 # ----------------------------------------------------------------------------------------------- composed: the run
@@ -450,8 +423,10 @@ def _composed_protocol(args, root: Path, data: list, build: Callable, encoder: E
     raise ValueError(f"unknown dataset {args.dataset!r} for --task composed; valid: catalog, fashioniq, cirr")
 
 
-def run_composed(args) -> dict:
-    """--task composed: load annotations (fail fast on bad input), then models, indexes, and the protocol."""
+def run_composed(args) -> tuple[dict, dict[str, list[float]]]:
+    """--task composed: load annotations (fail fast on bad input), then models, indexes, and the protocol.
+
+    Returns the metrics (the JSON line) and the run's R@1..50 curves by part (for --plot)."""
     root = data_utils.resolve_data_root(args.dataset, args.data_root)
     if args.submission and args.dataset != "cirr":
         raise ValueError("--submission writes CIRR evaluation-server files; use it with --dataset cirr")
@@ -488,7 +463,30 @@ def run_composed(args) -> dict:
     return {"task": "composed", "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
             "combiner": args.combiner, "text_encoder": encoder.text_side.record, "index_size": size,
             "index_backend": parse_backend(args.index_backend).public,
-            "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}
+            "queries": metrics.pop("queries"), **metrics, "seconds": round(time.time() - t0, 2)}, result.curves
+
+
+def composed_runs(args) -> dict[str, tuple[dict, dict[str, list[float]]]]:
+    """--combiner's run, then each --compare method's (its JSON line printed as it ends), by method name."""
+    runs = {args.combiner: run_composed(args)}
+    for method in args.compare:
+        # the same protocol with another fusion; rankings and submission files stay --combiner's own
+        other = argparse.Namespace(**{**vars(args), "combiner": method, "save_rankings": None, "submission": None})
+        runs[method] = run_composed(other)
+        print(json.dumps(runs[method][0]))
+    return runs
+
+
+def write_plot(path: str, runs: dict[str, tuple[dict, dict[str, list[float]]]]) -> None:
+    """--plot: recall@K curves of every run and its per-kind bars (plots.py), or a warning when no run has
+    targets to score (FashionIQ test, CIRR test1)."""
+    metrics = next(iter(runs.values()))[0]
+    if not any(curves for _, curves in runs.values()):
+        log.warning("%s %s has no targets: no recall curves, %s not written", metrics["dataset"],
+                    metrics["split"], path)
+        return
+    title = f"{metrics['task']}: {metrics['dataset']} {metrics['split']} ({metrics['encoder']} encoder)"
+    log.info("wrote %s", draw_eval(eval_plot_data(title, runs), path))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -542,6 +540,12 @@ def parser() -> argparse.ArgumentParser:
                    help="how indexes are ranked (index/): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
                         "milvus (milvus-lite beside the features, filled by `python3 -m index load`), "
                         "milvus:http://host:19530")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="text2image, composed: draw recall@K for K = 1..50 of every method evaluated, and bars of "
+                        "the per-kind metrics (catalog kinds, FashionIQ categories), into this PNG")
+    p.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
+                   help="composed: also evaluate these methods (as --combiner takes them), each printing its JSON "
+                        "line before --combiner's, which stays last; --plot draws them all")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
 
@@ -556,8 +560,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.categories is not None and args.dataset != "fashioniq":
         raise ValueError(f"--categories only applies to fashioniq, not {args.dataset}")
 
+    if args.plot is not None and (args.task == "image2image" or not args.plot.lower().endswith(".png")):
+        raise ValueError("--plot FILE.png draws recall curves: a .png path, with --task text2image or composed")
+    if args.compare and args.task != "composed":
+        raise ValueError("--compare evaluates other composed methods: use it with --task composed")
     if args.task == "composed":
-        print(json.dumps(run_composed(args)))
+        runs = composed_runs(args)
+        if args.plot:
+            write_plot(args.plot, runs)
+        print(json.dumps(runs[args.combiner][0]))
         return 0
     if args.dataset != "catalog":
         raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
@@ -569,11 +580,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          batch_size=args.batch_size, workers=args.workers,
                          info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})
     index = with_backend(index, args.index_backend)
-    t0 = time.time()
-    metrics = text2image(encoder, index, records) if args.task == "text2image" else image2image(index, records)
+    t0, curves = time.time(), {}
+    metrics = text2image(encoder, index, records, curves) if args.task == "text2image" else image2image(index, records)
     metrics = {"task": args.task, "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
                "index_size": len(index), "index_backend": parse_backend(args.index_backend).public, **metrics,
                "seconds": round(time.time() - t0, 2)}
+    if args.plot:
+        write_plot(args.plot, {encoder.name: (metrics, curves)})
     print(json.dumps(metrics))
     return 0
 

@@ -7,6 +7,8 @@
     python train.py combiner   stage 2: train the Combiner on frozen, cached features
                                -> weights/combiner.safetensors (+ .json config, .train.json history)
 
+Each command writes its history's curve beside it (.train.png: loss and validation metrics per epoch).
+
 Composed training uses triplets generated from the catalogue's train split (triplets.py), fresh ones
 (new targets, new phrasings) each epoch; the best epoch is picked on val triplets. Frozen features are
 computed once and cached, so every command runs in minutes on a small CPU and uses the GPU when present.
@@ -29,6 +31,7 @@ from tqdm import tqdm
 import encoders
 import triplets
 from model import Combiner, CombinerConfig, element_wise_sum
+from plots import plot_training
 from train_align import run_align
 from train_data import TRAIN_DATASETS, FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
 from utils import WEIGHTS_DIR, atomic_write, content_key, get_device, run_cli, setup_logging, write_json
@@ -235,9 +238,12 @@ def cmd_text(args) -> int:
 
 def _finish(args, ckpt: Checkpointer, best: dict, history: list, seconds: float, extra: dict) -> None:
     out = Path(args.out)
-    write_json(out.with_name(out.stem + ".train.json"),
+    history_path = out.with_name(out.stem + ".train.json")
+    write_json(history_path,
                {"args": {k: v for k, v in vars(args).items() if k != "func"}, "best": best, "history": history,
                 "seconds": round(seconds, 1), **extra})
+    log.info("wrote %s", plot_training(history_path, history, f"train.py {args.cmd} on {args.dataset}: {out.name}",
+                                          best))
     ckpt.done()
     print(json.dumps({"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}))
 

@@ -33,6 +33,7 @@ from encoders import LiteConfig, LiteEncoder, LiteHeads
 from evaluate import image2image, recall_at_k
 from extract_job import default_workers, iter_batches
 from index import FeatureIndex, search
+from plots import plot_training
 from utils import content_key, get_device, save_tensors, write_json
 
 log = logging.getLogger("train")
@@ -269,8 +270,9 @@ def run_align(args) -> int:
     heads.cpu().eval()
     out = Path(args.out)
     heads.save(out)
-    write_json(out.with_name(out.stem + ".train.json"),
-               {"args": {k: v for k, v in vars(args).items() if k != "func"}, "config": asdict(cfg), "best": best,
-                "history": history})
+    history_path = out.with_name(out.stem + ".train.json")
+    write_json(history_path, {"args": {k: v for k, v in vars(args).items() if k != "func"}, "config": asdict(cfg),
+                              "best": best, "history": history})
+    log.info("wrote %s", plot_training(history_path, history, f"train.py align: {out.name}", best))
     print(json.dumps({"saved": str(out), "best_val": best}))
     return 0

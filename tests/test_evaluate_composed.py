@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import data_utils
 import evaluate
@@ -317,6 +318,34 @@ def test_cirr_test1_submission_files(stand_in_cli, tmp_path, capsys):
         assert all(len(v) == n and set(v) <= names for v in payload.values())
     by_pair = {str(e["pairid"]): e for e in entries}
     assert all(by_pair[p]["reference"] not in v for p, v in recall.items())
+
+
+@needs_formats
+def test_plot_draws_every_compared_method(stand_in_cli, tmp_path, capsys, monkeypatch):
+    """--plot with --compare: one JSON line per method (--combiner's last), one PNG whose data are the metrics."""
+    import plots
+    drawn = []
+    monkeypatch.setattr(evaluate, "draw_eval", lambda plot, path: drawn.append(plot) or plots.draw_eval(plot, path))
+    png = tmp_path / "fiq.png"
+    argv = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--split", "val",
+            "--categories", "dress", "shirt", "--combiner", "sum", "--compare", "image", "--plot", str(png)]
+    assert evaluate.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [m["combiner"] for m in lines] == ["image", "sum"]
+    (plot,) = drawn
+    assert set(plot.curves) == {"sum dress", "sum shirt", "image dress", "image shirt"}
+    for m in lines:
+        for c in ("dress", "shirt"):
+            curve = plot.curves[f"{m['combiner']} {c}"]
+            assert (curve[9], curve[49]) == (m[f"{c}_R@10"], m[f"{c}_R@50"])
+            assert plot.bars["R@10"][c][m["combiner"]] == m[f"{c}_R@10"]
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (1000, 450)
+    base = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--categories", "dress"]
+    assert run_cli(lambda: evaluate.main([*base, "--plot", str(tmp_path / "x.jpg")])) == 2
+    assert run_cli(lambda: evaluate.main(["--task", "image2image", "--plot", str(tmp_path / "x.png")])) == 2
+    assert run_cli(lambda: evaluate.main(["--task", "text2image", "--compare", "sum"])) == 2
+    assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "x.png").exists()
 
 
 @needs_formats

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import data_utils
 import encoders
@@ -54,6 +55,8 @@ def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small
     assert (c.cfg.encoder, c.cfg.text_encoder, c.cfg.projection_dim) == ("lite", "base", 64)
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["saved"] == str(out)
     assert not list((tmp_path / "cache").glob("*.resume.pt"))  # finished runs leave no resume state
+    with Image.open(out.with_name("c.train.png")) as im:  # the history's curve, beside it
+        assert im.format == "PNG" and im.size == (1000, 450)
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir, tmp_path, monkeypatch):
