@@ -3,21 +3,29 @@ training curves (train.py, a PNG beside each checkpoint's .train.json history).
 
 The data each plot shows is built by plain functions (recall_curve, eval_plot_data, training_plot_data) so
 tests can check it against the reported metrics; the draw_* functions only draw it, headless (Agg canvas,
-no pyplot state), and write the PNG atomically.
+no pyplot state), and write the PNG atomically. A history written before this module existed is drawn with
+
+    python3 plots.py weights/combiner.train.json [--out FILE.png]
 """
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
-from utils import atomic_write
+from utils import atomic_write, run_cli, setup_logging
+
+log = logging.getLogger("plots")
 
 CURVE_TOP = 50                          # recall@K curves run over K = 1..50, as far as the papers report
-SIZE_IN, DPI = (10.0, 4.5), 100         # every PNG is 1000 x 450 pixels
+SIZE_IN, DPI = (10.0, 4.5), 100         # PNGs are 1000 x 450 pixels; taller when many kinds need rows
+KIND_ROW_IN = 0.32                      # inches per kind in a bar panel (the catalogue has 19 kinds)
 KIND_METRICS = ("R@10", "attr@10")      # the catalogue's per-kind metrics shown as bars
 FASHIONIQ_METRICS = ("R@10", "R@50")    # per category
 
@@ -91,13 +99,13 @@ def training_plot_data(history: Sequence[Mapping]) -> dict[str, list[float]]:
     return out
 
 
-def _figure(panels: int):
+def _figure(panels: int, rows: int = 0):
     # matplotlib is imported here: it costs ~0.6 s at import, which evaluate.py and train.py runs without a
     # plot should not pay. The Agg canvas renders without a display and without pyplot's global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=SIZE_IN, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(SIZE_IN[0], max(SIZE_IN[1], 1.2 + KIND_ROW_IN * rows)), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(1, panels, squeeze=False)[0]
 
@@ -111,22 +119,25 @@ def _save(fig, path: str | Path) -> Path:
 
 
 def _draw_bars(ax, metric: str, per_kind: Mapping[str, Mapping[str, float]]) -> None:
+    # horizontal bars, one row per kind (top to bottom in the metrics' order): long kind names stay legible
     kinds = list(per_kind)
-    who = list(dict.fromkeys(w for row in per_kind.values() for w in row))
-    width = 0.8 / max(len(who), 1)
+    who = sorted(dict.fromkeys(w for row in per_kind.values() for w in row), key=lambda w: w == "ceiling")
+    height = 0.8 / max(len(who), 1)
     for j, w in enumerate(who):
-        xs = [i + (j - (len(who) - 1) / 2) * width for i in range(len(kinds))]
-        style = {"color": "0.8", "hatch": "//", "edgecolor": "0.5"} if w == "ceiling" else {}
-        ax.bar(xs, [per_kind[k].get(w, 0.0) for k in kinds], width, label=w, **style)
-    ax.set_xticks(range(len(kinds)), kinds, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel(f"{metric} (%)")
+        ys = [i + (j - (len(who) - 1) / 2) * height for i in range(len(kinds))]
+        style = {"color": "0.85", "hatch": "//", "edgecolor": "0.5"} if w == "ceiling" else {}
+        ax.barh(ys, [per_kind[k].get(w, 0.0) for k in kinds], height, label=w, **style)
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (%)")
     ax.set_title(f"{metric} per kind")
+    ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7)
 
 
 def draw_eval(plot: EvalPlot, path: str | Path) -> Path:
     """Recall@K curves (left) and one panel of per-kind bars per metric; returns the PNG's path."""
-    fig, axes = _figure(1 + len(plot.bars))
+    fig, axes = _figure(1 + len(plot.bars), max((len(k) for k in plot.bars.values()), default=0))
     ax = axes[0]
     for label, curve in plot.curves.items():
         ax.plot(range(1, len(curve) + 1), curve, label=label)
@@ -179,3 +190,32 @@ def plot_training(train_json: str | Path, history: Sequence[Mapping], title: str
     row kept (its epoch is marked)."""
     return draw_training(training_plot_data(history), training_png(train_json), title,
                          best.get("epoch") if best else None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Draw the training curve of existing .train.json histories (train.py draws new ones itself)."""
+    p = argparse.ArgumentParser(description="Draw the training curve of a train.py history (.train.json).")
+    p.add_argument("history", nargs="+", help="a .train.json file written by train.py")
+    p.add_argument("--out", default=None, metavar="FILE.png",
+                   help="where the PNG goes (one history only; default: beside it, <name>.train.png)")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    if args.out is not None and len(args.history) > 1:
+        raise ValueError("--out names one PNG: give one history with it")
+    for path in args.history:
+        try:
+            report = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a train.py history (not JSON: {e})") from e
+        if not isinstance(report, dict) or not report.get("history"):
+            raise ValueError(f"{path}: not a train.py history (no 'history' rows)")
+        series = training_plot_data(report["history"])
+        best = (report.get("best") or {}).get("epoch")
+        out = draw_training(series, args.out or training_png(path), f"{Path(path).name}", best)
+        log.info("wrote %s", out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -8,6 +8,7 @@ from PIL import Image
 
 import plots
 from evaluate import recall_at_k
+from utils import run_cli
 
 
 def _png_size(path) -> tuple[int, int]:
@@ -85,3 +86,17 @@ def test_a_failed_draw_leaves_no_file(tmp_path):
     with pytest.raises(KeyError):
         plots.draw_training({"loss": [1.0]}, tmp_path / "x.png")  # no epochs: nothing to draw against
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_draws_an_existing_history_and_refuses_other_files(tmp_path):
+    history = tmp_path / "c.train.json"
+    history.write_text('{"best": {"epoch": 2}, "history": [{"epoch": 1, "loss": 2.0, "R@10": 5.0}, '
+                       '{"epoch": 2, "loss": 1.0, "R@10": 7.0}]}')
+    assert plots.main([str(history)]) == 0
+    assert _png_size(tmp_path / "c.train.png") == (1000, 450)
+    (tmp_path / "bad.json").write_text("not json")
+    (tmp_path / "empty.json").write_text("{}")
+    for bad in ("bad.json", "empty.json"):
+        assert run_cli(lambda: plots.main([str(tmp_path / bad)])) == 2
+    assert run_cli(lambda: plots.main([str(history), str(history), "--out", str(tmp_path / "x.png")])) == 2
+    assert not (tmp_path / "bad.png").exists() and not (tmp_path / "x.png").exists()
