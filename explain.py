@@ -2,7 +2,7 @@
 
     python3 explain.py --image shirt.jpg --text "red shirt" --out heat.png [--json heat.json]
     python3 explain.py --dataset catalog --id 15970 --text "navy blue shirt" --out heat.png
-    python3 explain.py --dataset catalog --id 15970 --reference 39386 --caption "is blue" --out heat.png
+    python3 explain.py --dataset catalog --id 15970 --reference 10184 --caption "is blue" --out heat.png
 
 The score explained is the one the search ranks by: the cosine between the image's embedding and the query
 (a text, or a reference + caption composed by model.compose). Its gradient with respect to the last
