@@ -17,6 +17,7 @@ which is how gunicorn starts it; the flags below are generated from the same dec
     GET  /api/datasets/<name>/images         browse references: ?page=&per_page=&q=
     GET  /api/datasets/<name>/random         random references: ?n=&seed=
     POST /api/search                         (GET with a query string works too)
+    POST /api/explain                        the /api/search fields + `result`: a Grad-CAM PNG (?format=json: the map)
     POST /api/upload                         multipart field "file" (or the raw image as the body)
     GET  /img/<name>/<id>, /thumb/<name>/<id>, /uploads/<id>, /uploads/<id>/thumb    images, by id only
     GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (page_assets.py)
@@ -187,6 +188,15 @@ def dataset(name: str) -> Response:
     ds = _engine().dataset(name)
     vocab = {k: [{"value": v, "count": c} for v, c in vals] for k, vals in ds.vocabulary.items()}
     return jsonify({**ds.describe(), "vocabulary": vocab})
+
+
+@bp.post("/api/explain")
+def api_explain() -> Response:
+    """Grad-CAM of one result's score: the /api/search fields plus `result`; a PNG overlay, or ?format=json."""
+    exp = _engine().explain(_params())
+    if request.args.get("format") == "json":
+        return jsonify(exp.to_json())
+    return Response(exp.png(), mimetype="image/png")
 
 
 @bp.get("/api/datasets/<name>/images")

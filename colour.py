@@ -82,13 +82,29 @@ def _small(rgb: torch.Tensor, side: int = 32) -> torch.Tensor:
     return F.avg_pool2d(rgb.float(), f) if f > 1 else rgb.float()
 
 
-def lab_descriptor(rgb: torch.Tensor, palette: torch.Tensor, sigma: float = 10.0) -> torch.Tensor:
+def _sqrt(x: torch.Tensor, safe: bool) -> torch.Tensor:
+    # safe: a finite gradient at empty bins (plain sqrt's is infinite there, and 0 * inf is nan)
+    return torch.where(x > 0, x.clamp_min(1e-12).sqrt(), torch.zeros_like(x)) if safe else x.sqrt()
+
+
+def _votes(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """Per-pixel vote multipliers [B,H,W] pooled to `like`'s grid ([B,h,w]); ones without a mask."""
+    if mask is None:
+        return torch.ones_like(like)
+    return F.adaptive_avg_pool2d(mask[:, None].float(), like.shape[-2:])[:, 0]
+
+
+def lab_descriptor(rgb: torch.Tensor, palette: torch.Tensor, sigma: float = 10.0,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """[B,3,H,W] RGB 0..1 -> [B, K + LAB_EXTRA]: the square root of the item's soft palette histogram in CIELAB
-    (a dot product then compares colour distributions), the weighted mean Lab / 50, skin and item shares."""
+    (a dot product then compares colour distributions), the weighted mean Lab / 50, skin and item shares.
+
+    `mask` ([B,H,W], default all ones) multiplies each pixel's vote: explain.py differentiates the score with
+    respect to it to see which pixels' colours the score rests on."""
     x = _small(rgb)
     wgt, fg, skin = pixel_weights(x)
     px = rgb_to_lab(x).flatten(2).transpose(1, 2)  # [B, N, 3]
-    w = wgt.flatten(1)
+    w = (wgt * _votes(mask, wgt)).flatten(1)
     pal = palette.to(px)
     # softmax(-|p - c|^2 / 2s^2) over the palette; |p|^2 is the same for every c and cancels.
     logits = (2 * px @ pal.T - pal.square().sum(1)) / (2 * sigma ** 2)
@@ -96,7 +112,8 @@ def lab_descriptor(rgb: torch.Tensor, palette: torch.Tensor, sigma: float = 10.0
     hist = hist / hist.sum(1, keepdim=True).clamp_min(1e-8)
     mean = (px * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-8)
     skin_share = (skin * fg).flatten(1).sum(1) / fg.flatten(1).sum(1).clamp_min(1)
-    return torch.cat([hist.sqrt(), mean / 50, skin_share[:, None], fg.flatten(1).mean(1, keepdim=True)], 1)
+    return torch.cat([_sqrt(hist, mask is not None), mean / 50, skin_share[:, None],
+                      fg.flatten(1).mean(1, keepdim=True)], 1)
 
 
 def learn_palette(rgb: torch.Tensor, k: int = 64, seed: int = 0, samples: int = 200_000) -> torch.Tensor:
@@ -111,12 +128,14 @@ def learn_palette(rgb: torch.Tensor, k: int = 64, seed: int = 0, samples: int = 
     return torch.tensor(km.cluster_centers_, dtype=torch.float32)
 
 
-def hsv_histogram(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> torch.Tensor:
+def hsv_histogram(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """The first lite heads' colour histogram: [B,3,H,W] in 0..1 -> [B, hue_bins*6 + grey_bins].
 
     Pixels are weighted by a centre prior times 'not near-white' (catalogue shots sit on white); an all-white
     item keeps the centre prior alone. Chromatic pixels vote into hue (soft, circular) x saturation x value
     bins, grey pixels into value bins. Returned as the square root of the normalised histogram (Hellinger map).
+    `mask` multiplies each pixel's vote, as in lab_descriptor.
     """
     x = F.avg_pool2d(rgb.float(), 4)  # 224 -> 56: enough for colour, 16x fewer pixels
     b, _, h, w = x.shape
@@ -133,7 +152,7 @@ def hsv_histogram(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> 
     fg = ((0.97 - mn) / 0.08).clamp(0, 1)
     weight = centre * fg
     weak = weight.flatten(1).sum(1) < 0.02 * centre.flatten(1).sum(1)
-    weight = torch.where(weak.view(b, 1, 1), centre, weight)
+    weight = torch.where(weak.view(b, 1, 1), centre, weight) * _votes(mask, weight)
 
     chroma = ((s - 0.15) / 0.15).clamp(0, 1) * ((v - 0.12) / 0.12).clamp(0, 1)
     # Soft circular hue assignment to the two nearest bin centres.
@@ -155,4 +174,4 @@ def hsv_histogram(rgb: torch.Tensor, hue_bins: int = 12, grey_bins: int = 5) -> 
     hist_g.scatter_add_(1, grey_i.flatten(1), (weight * (1 - chroma)).flatten(1))
 
     hist = torch.cat([hist_c, hist_g], 1)
-    return (hist / hist.sum(1, keepdim=True).clamp_min(1e-8)).sqrt()
+    return _sqrt(hist / hist.sum(1, keepdim=True).clamp_min(1e-8), mask is not None)

@@ -324,12 +324,13 @@ class LiteHeads(nn.Module):
         if cfg.colour == "lab":  # learned from train pixels (colour.learn_palette); saved with the heads
             self.register_buffer("palette", torch.zeros(cfg.palette_size, 3))
 
-    def colour_features(self, rgb: torch.Tensor) -> torch.Tensor:
-        """The colour descriptor these heads take: RGB in 0..1 [B,3,H,W] -> [B, cfg.colour_dim]."""
-        hsv = hsv_histogram(rgb, self.cfg.hue_bins, self.cfg.grey_bins)
+    def colour_features(self, rgb: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The colour descriptor these heads take: RGB in 0..1 [B,3,H,W] -> [B, cfg.colour_dim]. `mask`
+        [B,H,W] multiplies each pixel's vote (explain.py differentiates the score with respect to it)."""
+        hsv = hsv_histogram(rgb, self.cfg.hue_bins, self.cfg.grey_bins, mask)
         if self.cfg.colour == "hsv":
             return hsv
-        return torch.cat([hsv, lab_descriptor(rgb, self.palette.cpu())], 1)
+        return torch.cat([hsv, lab_descriptor(rgb, self.palette.cpu(), mask=mask)], 1)
 
     def save(self, path: str | os.PathLike) -> None:
         """safetensors weights + a JSON config beside them (same stem)."""

@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 import encoders
 import model
 from encoders import Encoder, TextSide
+from explain import Explainer, Explanation
 from index import BackendUnavailable, parse_backend, search
 from preprocess import to_rgb
 from service.caching import LRU, Metrics, TimedTexts
@@ -46,7 +47,7 @@ from service.datasets import (
     read_datasets_file,
     tags_caption,
 )
-from service.errors import BadInput, NotFound, ServiceUnavailable
+from service.errors import BadInput, NotFound, NotImplementedForModel, ServiceUnavailable
 from service.inputs import choice, optional_name, parse_int, validate_text
 from service.settings import Settings
 from service.uploads import UploadLimits, UploadStore
@@ -123,6 +124,16 @@ class PairedCombiner(NamedTuple):
     text_encoder: str           # name (in Engine.text_sides) of the text side it was trained with
 
 
+class _QueryInputs(NamedTuple):
+    method: str                         # model.compose's fusion method
+    ref_feats: torch.Tensor | None      # the reference's raw features (None without a reference)
+    exclude: list[list[int]] | None     # index rows never returned (the reference itself)
+    combiner: model.Combiner | None
+    comb_name: str | None
+    text_name: str | None               # the text side's name in Engine.text_sides (None: no text)
+    warning: str | None
+
+
 def set_worker_threads(n: int | None) -> None:
     """Run torch with `n` intra-op threads in this process from now on (0 / None: leave torch's choice).
 
@@ -157,6 +168,7 @@ class Engine:
         self.text_cache = LRU(settings.text_cache_size)
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
+        self._explainer: Explainer | None = None   # built on the first explanation
         self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
                                    settings.upload_cache_size, self.model_calls)
 
@@ -266,25 +278,9 @@ class Engine:
         """Answer a parsed request: ranked results, the CIRR group row, timings (ms)."""
         t0 = time.perf_counter()
         ds = self.dataset(req.dataset)
-        method = MODES[req.mode]
-        ref_feats, exclude = None, None
-        if req.mode in NEEDS_REFERENCE:
-            if req.upload:
-                ref_feats = self.uploads.features(req.upload)
-            else:
-                row = ds.row(req.reference)
-                ref_feats = ds.index.raw([row])
-                exclude = [[row]]  # never return the reference as its own result
-        combiner, comb_name, paired = None, None, "base"
-        if method == "combiner":
-            comb_name = req.combiner or next(iter(self.combiners))
-            combiner, paired = self.combiners[comb_name]
-        text_name = (req.text_encoder or paired) if method != "image" else None
-        warning = None
-        if method == "combiner" and req.text_encoder and \
-                self.text_sides[req.text_encoder].text_side != self.text_sides[paired].text_side:
-            warning = (f"combiner {comb_name} was trained with the {paired} text encoder; "
-                       f"results with {req.text_encoder} may be worse")
+        q = self._query_inputs(req, ds)
+        method, ref_feats, exclude, combiner = q.method, q.ref_feats, q.exclude, q.combiner
+        comb_name, text_name, warning = q.comb_name, q.text_name, q.warning
         texts = TimedTexts(self.text_sides[text_name or "base"], self.text_cache, text_name or "base")
         t1 = time.perf_counter()
         with self.model_calls():
@@ -307,6 +303,55 @@ class Engine:
             tags=req.tags or None, model=ModelChoice(comb_name, text_name),
             results=[Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())],
             group=None if group is None else [Hit(n, v) for n, v in group], timings=timings, warning=warning)
+
+    def _query_inputs(self, req: SearchRequest, ds: Dataset) -> "_QueryInputs":
+        """What model.compose needs for `req`: the reference's raw features, the fusion, its text side."""
+        method = MODES[req.mode]
+        ref_feats, exclude = None, None
+        if req.mode in NEEDS_REFERENCE:
+            if req.upload:
+                ref_feats = self.uploads.features(req.upload)
+            else:
+                row = ds.row(req.reference)
+                ref_feats = ds.index.raw([row])
+                exclude = [[row]]  # never return the reference as its own result
+        combiner, comb_name, paired = None, None, "base"
+        if method == "combiner":
+            comb_name = req.combiner or next(iter(self.combiners))
+            combiner, paired = self.combiners[comb_name]
+        text_name = (req.text_encoder or paired) if method != "image" else None
+        warning = None
+        if method == "combiner" and req.text_encoder and \
+                self.text_sides[req.text_encoder].text_side != self.text_sides[paired].text_side:
+            warning = (f"combiner {comb_name} was trained with the {paired} text encoder; "
+                       f"results with {req.text_encoder} may be worse")
+        return _QueryInputs(method, ref_feats, exclude, combiner, comb_name, text_name, warning)
+
+    def explain(self, params: Mapping[str, Any]) -> Explanation:
+        """Grad-CAM of the search's score for one result: the /api/search fields plus `result` (an image id
+        of the dataset). Built lazily: the first call exports the explainer's feature-map session."""
+        req = self.parse(params)
+        ds = self.dataset(req.dataset)
+        result = optional_name(params.get("result"), "result")
+        if result is None:
+            raise BadInput("give `result`: the id of the result image to explain")
+        rec = ds.record(result)
+        q = self._query_inputs(req, ds)
+        texts = TimedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
+        try:
+            with Image.open(rec.path) as im:
+                image = to_rgb(ImageOps.exif_transpose(im))
+        except FileNotFoundError:
+            raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
+        with self.model_calls():
+            if self._explainer is None:
+                try:
+                    self._explainer = Explainer(self.encoder)
+                except NotImplementedError as e:
+                    raise NotImplementedForModel(str(e)) from None
+            query = model.compose(texts, q.ref_feats, [req.caption] if req.caption else None, q.method,
+                                  q.combiner)
+            return self._explainer.explain(image, query)
 
     # -- images
 

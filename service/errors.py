@@ -37,3 +37,9 @@ class InsufficientStorage(ApiError):
     """The server's disk (or its quota) is full: nothing was stored, the user may retry later."""
 
     status = 507
+
+
+class NotImplementedForModel(ApiError):
+    """The loaded model cannot do this (e.g. explanations for an encoder without a Grad-CAM path)."""
+
+    status = 501

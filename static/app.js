@@ -17,6 +17,8 @@ const state = {
   busy: 0,
   gridTicket: 0,         // numbers the grid and search requests: an answer that is no longer the latest
   searchTicket: 0,       // is dropped (switching dataset while the first grid loads must not show the old one)
+  lastQuery: null,       // the body of the search whose results are shown (the "why?" overlays explain it)
+  overlays: new Map(),   // JSON of (query, result) -> object URL of its /api/explain PNG, or its pending fetch
 };
 
 // ---------------------------------------------------------------------------------------------- helpers
@@ -281,6 +283,7 @@ async function runSearch() {
     const data = await api("/api/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                            body: JSON.stringify(body)});
     if (ticket !== state.searchTicket) return;
+    state.lastQuery = body;
     renderResults(data);
     showStatus(data.warning || "");
   } catch (e) {
@@ -299,6 +302,7 @@ function renderResults(data) {
   const groupSection = $("#group-section");
   groupSection.hidden = !(data.group && data.group.length);
   $("#group-grid").replaceChildren(...(data.group || []).map((r) => imageCard(r, followResult, r.score)));
+  applyWhy();
   const t = data.timings;
   const model = data.model.combiner ? ` · ${data.model.combiner}` : "";
   const text = data.model.text_encoder ? ` · text: ${data.model.text_encoder}` : "";
@@ -306,6 +310,59 @@ function renderResults(data) {
   $("#latency").textContent =
     `${data.results.length} results in ${data.latency_ms.toFixed(1)} ms (text ${t.encode_text_ms.toFixed(1)}` +
     `${t.text_cached ? " cached" : ""}, fuse ${t.fuse_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)${model}${text}${query}`;
+}
+
+// ---------------------------------------------------------------------------------------------- "why?"
+// Grad-CAM overlays from POST /api/explain, fetched only when the toggle is on and a card scrolls into view
+// (never during the search itself), one at a time, and cached per (query, result) for the page's life.
+
+const whyObserver = new IntersectionObserver((entries) => {
+  for (const e of entries) if (e.isIntersecting) { whyObserver.unobserve(e.target); showOverlay(e.target); }
+});
+
+function applyWhy() {
+  const on = $("#why-toggle").checked;
+  for (const card of document.querySelectorAll("#results .thumb-card, #group-grid .thumb-card")) {
+    const img = card.querySelector("img");
+    if (!img.dataset.thumb) img.dataset.thumb = img.getAttribute("src");
+    card.classList.toggle("why", on);
+    if (on) whyObserver.observe(card);
+    else { whyObserver.unobserve(card); img.src = img.dataset.thumb; }
+  }
+}
+
+let whyQueue = Promise.resolve();   // one explanation at a time: the server's model lock serialises them anyway
+
+function overlayFor(query, result) {
+  const key = JSON.stringify([query, result]);
+  if (!state.overlays.has(key)) {
+    const job = whyQueue.then(async () => {
+      const resp = await fetch("/api/explain", {method: "POST", headers: {"Content-Type": "application/json"},
+                                                body: JSON.stringify({...query, result})});
+      if (!resp.ok) {
+        let msg = `HTTP ${resp.status}`;
+        try { msg = (await resp.json()).message || msg; } catch (e) { /* not JSON */ }
+        throw new Error(msg);
+      }
+      return URL.createObjectURL(await resp.blob());
+    });
+    whyQueue = job.catch(() => null);
+    job.catch(() => state.overlays.delete(key));   // a failure is not cached: the next toggle tries again
+    state.overlays.set(key, job);
+  }
+  return state.overlays.get(key);
+}
+
+async function showOverlay(card) {
+  const query = state.lastQuery;
+  if (!query || !$("#why-toggle").checked) return;
+  try {
+    const url = await overlayFor(query, card.dataset.id);
+    const img = card.querySelector("img");
+    if ($("#why-toggle").checked && state.lastQuery === query && img.isConnected) img.src = url;
+  } catch (e) {
+    showStatus(`No explanation: ${e.message}`);
+  }
 }
 
 function followResult(item) {
@@ -361,6 +418,7 @@ async function init() {
   });
   $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
   $("#back-btn").addEventListener("click", goBack);
+  $("#why-toggle").addEventListener("change", applyWhy);
   $("#home-btn").addEventListener("click", showHome);
   $("#brand").addEventListener("click", (e) => { e.preventDefault(); showHome(); });
   for (const id of ["#combiner-select", "#text-encoder-select", "#k-select"]) {

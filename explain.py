@@ -1,0 +1,253 @@
+"""Why an image matches a query: Grad-CAM of the search's own score, drawn over the image.
+
+    python3 explain.py --image shirt.jpg --text "red shirt" --out heat.png [--json heat.json]
+    python3 explain.py --dataset catalog --id 15970 --text "navy blue shirt" --out heat.png
+    python3 explain.py --dataset catalog --id 15970 --reference 10184 --caption "is blue" --out heat.png
+
+The score explained is the one the search ranks by: the cosine between the image's embedding and the query
+(a text, or a reference + caption composed by model.compose). Its gradient with respect to the last
+convolutional feature map A of the image tower weighs each channel (alpha_k = mean of dS/dA_k over the grid),
+and the map is relu(sum_k alpha_k A_k), upsampled to the image and scaled to 0..1 (Selvaraju et al., 2017).
+
+What it means and what it does not:
+  * bright = the grid cells whose features push this image's score for this query up; it is a rough
+    localisation (lite: a 7x7 grid on the 224-px view), not a segmentation.
+  * The lite image embedding also takes a colour descriptor computed from the pixels (colour.py); that part
+    of the score has no feature map and is not in the picture. The map shows the EfficientNet side.
+  * A map is scaled to its own maximum: compare where heat is within one map, not heat between maps. The
+    score itself (in --json / the API's JSON) says how well the image matches.
+  * Backends: lite (EfficientNet-Lite0's head conv). The CLIP backends (openai:, hf:) raise
+    NotImplementedError: their towers are not built for it here yet.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+import data_utils
+import encoders
+import model
+from preprocess import Preprocess, crop_box, resized_size, to_rgb
+from utils import atomic_write, run_cli, setup_logging, write_json
+
+log = logging.getLogger("explain")
+
+# Anchor colours of the overlay's colour ramp (dark blue -> cyan -> yellow -> red), positions 0..1.
+GRID = (28, 28)   # the raw map's resolution in JSON: fine enough for colour regions, small to send
+_RAMP = np.array([[0, 0, 120], [0, 120, 255], [0, 230, 200], [255, 230, 0], [255, 60, 0], [200, 0, 0]], np.float32)
+
+
+@dataclass
+class Explanation:
+    """One image's Grad-CAM for one query."""
+
+    heat: np.ndarray        # [H, W] float32 in 0..1, on the image's own pixels (the padding cut away)
+    grid: np.ndarray        # [GRID] the same map on the model's square view, area-averaged (0..1)
+    cnn: np.ndarray         # [h, w] plain Grad-CAM of the conv feature map alone (lite: 7x7, 0..1)
+    score: float            # the cosine the search ranks by
+    image: Image.Image      # the RGB image the map is drawn on
+
+    def to_json(self, decimals: int = 3) -> dict:
+        """The raw map (grid resolution, rows of floats) and its context, JSON-serialisable."""
+        def rows(a: np.ndarray) -> list:
+            return np.round(a.astype(np.float64), decimals).tolist()
+        return {"score": round(self.score, 4), "grid": rows(self.grid), "grid_size": list(self.grid.shape),
+                "grad_cam": rows(self.cnn), "grad_cam_size": list(self.cnn.shape),
+                "image_size": [self.image.width, self.image.height], "range": [0, 1]}
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The image with the heatmap blended over it (more opaque where the heat is high)."""
+        rgb = np.asarray(self.image, np.float32)
+        a = (alpha * (0.35 + 0.65 * self.heat))[..., None]
+        return Image.fromarray((rgb * (1 - a) + colour_ramp(self.heat) * a).clip(0, 255).astype(np.uint8))
+
+    def png(self, alpha: float = 0.5) -> bytes:
+        buf = io.BytesIO()
+        self.overlay(alpha).save(buf, "PNG", optimize=False)
+        return buf.getvalue()
+
+
+def colour_ramp(heat: np.ndarray) -> np.ndarray:
+    """Heat in 0..1 [H, W] -> RGB [H, W, 3] (float32 0..255) along _RAMP."""
+    pos = np.clip(heat, 0, 1) * (len(_RAMP) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(_RAMP) - 2)
+    frac = (pos - lo)[..., None]
+    return _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+
+
+def to_image_frame(cam: torch.Tensor, pre: Preprocess, width: int, height: int) -> np.ndarray:
+    """A map over the preprocessed square view -> the same map over the original w x h image (the inverse of
+    pad, resize and centre-crop; outside the crop it is 0)."""
+    size = pre.size
+    square = F.interpolate(cam[None, None].float(), (size, size), mode="bilinear", align_corners=False)[0, 0]
+    if pre.mode == "resize":
+        full = F.interpolate(square[None, None], (height, width), mode="bilinear", align_corners=False)[0, 0]
+        return full.numpy()
+    hp, vp = pre.padding(width, height)
+    pw, ph = width + 2 * hp, height + 2 * vp
+    rw, rh = resized_size(pw, ph, size)
+    left, top, _, _ = crop_box(rw, rh, size)
+    canvas = torch.zeros(rh, rw)
+    canvas[top:top + size, left:left + size] = square
+    padded = F.interpolate(canvas[None, None], (ph, pw), mode="bilinear", align_corners=False)[0, 0]
+    return padded[vp:vp + height, hp:hp + width].numpy()
+
+
+def _scaled(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    top = float(x.max()) if x.size else 0.0
+    return x / top if top > 1e-12 else np.zeros_like(x)
+
+
+class _FeatureMap(nn.Module):
+    """The lite tower up to its last conv activation (EfficientNet-Lite0's head), [B, 1280, 7, 7]."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+class Explainer:
+    """Grad-CAM for one encoder. Only the head is differentiated: the tower's feature map is computed once
+    (by ONNX Runtime where the encoder uses it), then the gradient flows from the score to that map alone."""
+
+    def __init__(self, encoder: encoders.Encoder):
+        if not isinstance(encoder, encoders.LiteEncoder):
+            raise NotImplementedError(
+                f"explanations are implemented for the lite encoder only, not {encoder.name}: the CLIP towers "
+                "(openai RN: the last residual stage, hf ViT: the last block's patch tokens) are not wired yet")
+        self.encoder = encoder
+        self._maps = _FeatureMap(encoder.tower.net).eval()
+        self._ort = None
+        if getattr(encoder, "_ort", None) is not None:  # the encoder runs ONNX: so do the feature maps
+            self._ort = encoder._ort.__class__(self._maps, encoder.cfg.image_size)
+
+    def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed [1, 3, S, S] -> the last conv activation [1, C, h, w], float32 on CPU, no graph."""
+        if self._ort is not None:
+            return self._ort(pixels).float()
+        with torch.no_grad():
+            return self._maps(pixels.to(self.encoder.device)).float().cpu()
+
+    def explain(self, image: Image.Image, query: torch.Tensor) -> Explanation:
+        """The map of cos(embedding(image), query) for one PIL image and one query vector [d] or [1, d]."""
+        enc = self.encoder
+        image = to_rgb(image)
+        pixels = enc.preprocess(image)[None]
+        q = F.normalize(query.reshape(1, -1).float(), dim=-1)
+        if q.shape[1] != enc.dim:
+            raise ValueError(f"the query has {q.shape[1]} dimensions; the {enc.name} encoder's have {enc.dim}")
+        size = enc.preprocess.size
+        acts = self.feature_map(pixels).requires_grad_(True)
+        votes = torch.ones(1, size, size, requires_grad=True)   # each pixel's colour vote, differentiated
+        with torch.enable_grad():
+            colour = enc.heads.colour_features(enc.preprocess.unnormalize(pixels), votes)
+            emb = enc.heads.image(acts.mean((2, 3)).to(enc.device), colour.to(enc.device))  # unit length
+            score = (emb.float().cpu() @ q.T)[0, 0]
+            g_acts, g_votes = torch.autograd.grad(score, (acts, votes))
+        cells = (g_acts.mean((2, 3), keepdim=True) * acts.detach()).sum(1)[0]     # Grad-CAM before its relu
+        # Both parts as score per pixel of the model's view: a cell's share spread over its pixels, and each
+        # pixel's colour vote; their sum is a first-order account of where the score comes from.
+        per_pixel = F.interpolate(cells[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0]
+        view = F.relu(per_pixel * cells.numel() / size ** 2 + g_votes[0])
+        heat = to_image_frame(view, enc.preprocess, image.width, image.height)
+        grid = F.adaptive_avg_pool2d(view[None, None], GRID)[0, 0]
+        return Explanation(heat=_scaled(heat), grid=_scaled(grid), cnn=_scaled(F.relu(cells)),
+                           score=float(score.detach()), image=image)
+
+
+# ----------------------------------------------------------------------------------------------- command line
+
+def query_vector(encoder: encoders.Encoder, text: str | None = None, reference: Image.Image | None = None,
+                 caption: str | None = None, method: str = "combiner", combiner: model.Combiner | None = None
+                 ) -> torch.Tensor:
+    """The search's query vector [1, d]: a text alone, or a reference image + caption fused by `method`."""
+    if text is not None:
+        return model.compose(encoder, None, [text], "text")
+    if reference is None or caption is None:
+        raise ValueError("give a text, or a reference image and a caption")
+    ref = encoder.encode_images([reference], raw=True)
+    return model.compose(encoder, ref, [caption], method, combiner)
+
+
+def _record(dataset: str, data_root: str | None, name: str, split: str | None) -> data_utils.ImageRecord:
+    root = data_utils.resolve_data_root(dataset, data_root)
+    for rec in data_utils.list_images(dataset, root, split):
+        if rec.name == name:
+            return rec
+    raise ValueError(f"no image {name!r} in {dataset}" + (f" ({split})" if split else ""))
+
+
+def _open(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return to_rgb(im)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--image", help="the image to explain (a file); or --dataset and --id")
+    p.add_argument("--dataset", choices=data_utils.DATASETS, help="dataset layout the ids belong to")
+    p.add_argument("--data-root", help="the dataset's folder (default: the shared data folder)")
+    p.add_argument("--split", help="the dataset split to look the ids up in (default: all images)")
+    p.add_argument("--id", help="the image to explain, by its id in --dataset")
+    p.add_argument("--text", help="a text query (text -> image search)")
+    p.add_argument("--reference", help="a reference image id in --dataset (composed query, with --caption)")
+    p.add_argument("--caption", help="the relative caption of a composed query")
+    p.add_argument("--combiner", default="combiner",
+                   help="fusion of a composed query: combiner, combiner-stage1, sum or a checkpoint path")
+    p.add_argument("--encoder", default="lite", help="encoder name (encoders.available_models())")
+    p.add_argument("--out", help="write the overlay PNG here")
+    p.add_argument("--json", help="write the raw map (grid, score) as JSON here")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if not args.out and not args.json:
+        raise SystemExit("nothing to write: give --out PNG and/or --json FILE")
+    if bool(args.image) == bool(args.id):
+        raise SystemExit("give the image to explain: --image PATH, or --dataset D --id ID")
+    if (args.id or args.reference) and not args.dataset:
+        raise SystemExit("--id and --reference need --dataset")
+    if bool(args.text) == bool(args.caption):
+        raise SystemExit("give a query: --text, or --reference ID with --caption")
+    if args.caption and not args.reference:
+        raise SystemExit("--caption needs --reference (the image it modifies)")
+    encoder = encoders.load(args.encoder, "cpu")
+    explainer = Explainer(encoder)
+    def lookup(name: str) -> Path:
+        return _record(args.dataset, args.data_root, name, args.split).path
+
+    image = _open(Path(args.image) if args.image else lookup(args.id))
+    reference = _open(lookup(args.reference)) if args.reference else None
+    method, combiner = model.load_method(args.combiner) if args.caption else ("text", None)
+    query = query_vector(encoder, args.text, reference, args.caption, method, combiner)
+    t0 = time.perf_counter()
+    exp = explainer.explain(image, query)
+    log.info("score %.4f, explained in %.1f ms", exp.score, (time.perf_counter() - t0) * 1000)
+    if args.out:
+        with atomic_write(args.out) as f:
+            f.write(exp.png())
+    if args.json:
+        write_json(args.json, exp.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
