@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from scipy.ndimage import gaussian_filter
 
 import data_utils
 import encoders
@@ -66,13 +67,16 @@ class Explanation:
                 "grad_cam": rows(self.cnn), "grad_cam_size": list(self.cnn.shape),
                 "image_size": [self.image.width, self.image.height], "range": [0, 1]}
 
-    def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The image with the heatmap blended over it (more opaque where the heat is high)."""
+    def overlay(self, alpha: float = 0.6) -> Image.Image:
+        """The image with the heatmap blended over it: transparent where there is no heat, so the product
+        stays visible, and slightly smoothed for the eye (the raw map, `heat`, is not)."""
         rgb = np.asarray(self.image, np.float32)
-        a = (alpha * (0.35 + 0.65 * self.heat))[..., None]
-        return Image.fromarray((rgb * (1 - a) + colour_ramp(self.heat) * a).clip(0, 255).astype(np.uint8))
+        heat = gaussian_filter(self.heat, sigma=max(self.heat.shape) / 120)
+        heat = heat / max(float(heat.max()), 1e-8)
+        a = (alpha * heat ** 0.7)[..., None]
+        return Image.fromarray((rgb * (1 - a) + colour_ramp(heat) * a).clip(0, 255).astype(np.uint8))
 
-    def png(self, alpha: float = 0.5) -> bytes:
+    def png(self, alpha: float = 0.6) -> bytes:
         buf = io.BytesIO()
         self.overlay(alpha).save(buf, "PNG", optimize=False)
         return buf.getvalue()
