@@ -16,6 +16,7 @@ which is how gunicorn starts it; the flags below are generated from the same dec
     GET  /api/datasets/<name>                one dataset, with its tag vocabulary
     GET  /api/datasets/<name>/images         browse references: ?page=&per_page=&q=
     GET  /api/datasets/<name>/random         random references: ?n=&seed=
+    GET  /api/datasets/<name>/captions       a reference's annotated captions and targets: ?reference=ID
     POST /api/search                         (GET with a query string works too)
     POST /api/explain                        the /api/search fields + `result`: a Grad-CAM PNG (?format=json: the map)
     POST /api/upload                         multipart field "file" (or the raw image as the body)
@@ -41,7 +42,7 @@ from extract_features import ensure_index, index_name
 from service.datasets import Dataset
 from service.engine import Engine, Hit, SearchRequest, SearchResult
 from service.errors import ApiError, BadInput, NotFound
-from service.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, validate_text
+from service.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, optional_name, parse_int, validate_text
 from service.settings import MB, Settings
 from utils import REPO_DIR, run_cli, setup_logging
 from web_guards import QuietRequestHandler, install_guards, parse_json_object
@@ -220,6 +221,20 @@ def random_images(name: str) -> Response:
     return jsonify({"dataset": ds.name, "images": [_image_json(ds, x) for x in ds.sample(n, seed)]})
 
 
+@bp.get("/api/datasets/<name>/captions")
+def captions(name: str) -> Response:
+    """The annotated relative captions of a reference (service.annotations), each with its target."""
+    ds = _engine().dataset(name)
+    ref = optional_name(request.args.get("reference"), "reference")
+    if ref is None:
+        raise BadInput("give the reference image: /api/datasets/<name>/captions?reference=ID")
+    ds.row(ref)
+    found = ds.annotations.of(ref)
+    return jsonify({"dataset": ds.name, "reference": ref, "available": ds.annotations.available,
+                    "captions": [{**a.describe(), "target_image": _image_json(ds, a.target) if a.target else None}
+                                 for a in found]})
+
+
 @bp.route("/api/search", methods=["GET", "POST"])
 def api_search() -> Response:
     t0 = time.perf_counter()
@@ -244,7 +259,9 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
             "tags": res.tags, "model": asdict(res.model), "results": results, "timings": asdict(res.timings),
             "warning": res.warning, "reference": reference, "ids": [r["id"] for r in results],
             "scores": [r["score"] for r in results], "urls": [r["url"] for r in results],
-            "group": None if res.group is None else _hits_json(ds, res.group)}
+            "group": None if res.group is None else _hits_json(ds, res.group),
+            "target": None if res.target is None else {**asdict(res.target), **_image_json(ds, res.target.name),
+                                                       "score": round(res.target.score, 4)}}
 
 
 @bp.post("/api/upload")

@@ -18,6 +18,7 @@ import data_utils
 from captions import GENDER_PHRASES, PLURAL_ONLY, article_phrase, colour_phrase, usage_phrase, with_a
 from encoders import Encoder
 from index import FeatureIndex, IndexLoadError, load_index, open_backend_or_placeholder, search
+from service.annotations import Annotations, annotations_for
 from service.errors import BadInput, NotFound
 
 log = logging.getLogger("datasets")
@@ -144,11 +145,13 @@ def _manifest_or_empty(path: Path) -> dict:
 
 
 class Dataset:
-    """One searchable dataset: its feature index, image records, tag vocabulary and CIRR groups."""
+    """One searchable dataset: its feature index, image records, tag vocabulary, CIRR groups and annotated
+    captions (service.annotations: none unless given)."""
 
     def __init__(self, source: DatasetSource, index: FeatureIndex, records: Iterable[data_utils.ImageRecord],
-                 groups: Mapping[str, Sequence[str]] | None = None):
+                 groups: Mapping[str, Sequence[str]] | None = None, annotations: Annotations | None = None):
         self.source, self.name, self.index = source, source.name, index
+        self.annotations = annotations or Annotations(None, f"dataset {source.name!r}")
         by_name = {r.name: r for r in records}
         # Only what is in the index can be a reference or a result.
         self.records = {n: by_name[n] for n in index.names if n in by_name}
@@ -225,7 +228,7 @@ class Dataset:
         s = self.source
         return {"name": self.name, "label": s.label, "dataset": s.dataset, "split": s.split,
                 "category": s.category, "count": len(self.index), "has_tags": bool(self.vocabulary),
-                "has_groups": bool(self.groups)}
+                "has_groups": bool(self.groups), "has_captions": self.annotations.available}
 
 
 def _records_for(source: DatasetSource, data_root: str | None) -> tuple[list[data_utils.ImageRecord], Path]:
@@ -263,7 +266,9 @@ def load_dataset(source: DatasetSource, data_root: str | None = None, index_back
     index = open_backend_or_placeholder(load_index(source.features), index_backend)
     records, root = _records_for(source, data_root)
     groups = cirr_groups(root, source.split) if source.dataset == "cirr" else {}
-    return Dataset(source, index, records, groups)
+    annotations = annotations_for(source.dataset, source.split, source.category, root, records, index.names,
+                                  f"dataset {source.name!r}")
+    return Dataset(source, index, records, groups, annotations)
 
 
 def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str | None = None,

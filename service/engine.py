@@ -60,6 +60,7 @@ MODE_LABELS = {"composed": "Composed (Combiner)", "sum": "Composed (sum baseline
                "text": "Text → image", "tags": "Tags → image"}
 NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
+RANK_BLOCK = 32768          # rows per float32 block when scoring every row for a target's rank (16 MB at d=128)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class SearchRequest:
     k: int = 24
     combiner: str | None = None
     text_encoder: str | None = None
+    target: str | None = None       # an image whose rank the client wants (the annotated target of a caption)
 
 
 @dataclass
@@ -104,6 +106,17 @@ class ModelChoice:
 
 
 @dataclass
+class TargetRank:
+    """Where the requested target ranks under the query, the reference excluded as in the results."""
+
+    name: str
+    rank: int                   # 1-based, in the whole dataset (its place in the results when shown)
+    score: float
+    shown: bool                 # among the returned results
+    group_rank: int | None      # CIRR: its place in the group row; None without one or when not a member
+
+
+@dataclass
 class SearchResult:
     """What Engine.run answers; app.py turns it into the /api/search JSON (adding URLs and the reference)."""
 
@@ -117,6 +130,7 @@ class SearchResult:
     group: list[Hit] | None     # CIRR: the reference's img_set members ranked by the same query
     timings: Timings
     warning: str | None         # e.g. a Combiner used with another text side than it was trained with
+    target: TargetRank | None = None    # the requested target's rank (SearchRequest.target), else None
 
 
 class PairedCombiner(NamedTuple):
@@ -272,6 +286,9 @@ class Engine:
             raise BadInput("composed (Combiner) mode is unavailable: no Combiner checkpoint is loaded "
                            "(train one into weights/combiner.safetensors); use mode 'sum' meanwhile")
         req.combiner, req.text_encoder = comb, None if text == "auto" else text
+        req.target = optional_name(params.get("target"), "target")
+        if req.target is not None:
+            ds.row(req.target)
         return req
 
     def run(self, req: SearchRequest) -> SearchResult:
@@ -290,6 +307,8 @@ class Engine:
         try:
             scores, ids = search(query, ds.index, req.k, exclude=exclude)
             group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
+            hits = [Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())]
+            target = _target_rank(query, ds, req.target, exclude, hits, group) if req.target else None
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
         t3 = time.perf_counter()
@@ -301,8 +320,8 @@ class Engine:
             mode=req.mode, dataset=ds.name, caption=req.caption if req.mode != "tags" else None,
             query_text=req.caption if req.mode in ("text", "tags", "composed", "sum") else None,
             tags=req.tags or None, model=ModelChoice(comb_name, text_name),
-            results=[Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())],
-            group=None if group is None else [Hit(n, v) for n, v in group], timings=timings, warning=warning)
+            results=hits, group=None if group is None else [Hit(n, v) for n, v in group], timings=timings,
+            warning=warning, target=target)
 
     def _query_inputs(self, req: SearchRequest, ds: Dataset) -> "_QueryInputs":
         """What model.compose needs for `req`: the reference's raw features, the fusion, its text side."""
@@ -373,6 +392,24 @@ class Engine:
                 data = buf.getvalue()
         self.thumbs.put(key, data)
         return data
+
+
+def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[list[int]] | None,
+                 hits: list[Hit], group: list[tuple[str, float]] | None) -> TargetRank:
+    """The target's place: its position among the results when shown, else 1 + the rows (reference left
+    out) scoring above it, counted in float32 over the whole index (ties count in its favour)."""
+    group_rank = next((i + 1 for i, (n, _) in enumerate(group or ()) if n == target), None)
+    shown = next((i for i, h in enumerate(hits) if h.name == target), None)
+    if shown is not None:
+        return TargetRank(target, shown + 1, hits[shown].score, True, group_rank)
+    q = query.detach().float().reshape(-1)
+    feats, row = ds.index.features, ds.index.id_of(target)
+    # one pass, one way of computing every score: the target is compared with itself bit for bit
+    scores = torch.cat([feats[lo:lo + RANK_BLOCK].float() @ q for lo in range(0, len(feats), RANK_BLOCK)])
+    score = float(scores[row])
+    scores[[row, *(exclude or [[]])[0]]] = float("-inf")
+    above = int((scores > score).sum())
+    return TargetRank(target, above + 1, score, False, group_rank)
 
 
 def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]:

@@ -13,7 +13,9 @@ const state = {
   ref: null,             // {kind: "dataset"|"upload", id, dataset, title, thumb}
   mode: "composed",
   tags: {},              // attribute -> value (tags mode)
-  trail: [],             // past steps: {ref, caption, mode}
+  trail: [],             // past steps: {ref, caption, mode, target}
+  target: null,          // the annotated target of the picked caption (cleared when the caption is edited)
+  captions: {},          // "dataset/reference" -> its annotated captions (GET /api/datasets/<name>/captions)
   busy: 0,
   gridTicket: 0,         // numbers the grid and search requests: an answer that is no longer the latest
   searchTicket: 0,       // is dropped (switching dataset while the first grid loads must not show the old one)
@@ -97,6 +99,7 @@ function renderGrid(images, info) {
 
 function pickReference(item) {
   state.trail = [];
+  state.target = null;
   state.ref = {kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb};
   showSearch();
   if (canSearch()) runSearch();
@@ -112,6 +115,7 @@ async function uploadFile(file) {
     status.textContent = `uploaded (${data.width}×${data.height})`;
     state.trail = [];
     state.ref = {kind: "upload", id: data.id, title: "Your upload", thumb: data.thumb};
+    state.target = null;
     if (!modeInfo(state.mode).needs_reference) setMode("image", false);
     showSearch();
     if (canSearch()) runSearch(); else showStatus("Type how the wanted item differs, then Search.");
@@ -135,7 +139,45 @@ function showSearch() {
   renderReference();
   renderTrail();
   renderTags();
+  loadCaptions();
   window.scrollTo(0, 0);
+}
+
+// ---------------------------------------------------------------------------------------------- caption picker
+
+function datasetInfo(name) { return state.info.datasets.find((d) => d.name === name); }
+
+async function loadCaptions() {
+  const box = $("#caption-pick-box");
+  const ref = state.ref;
+  const ds = ref && ref.kind === "dataset" ? datasetInfo(ref.dataset) : null;
+  box.hidden = true;
+  if (!ds || !ds.has_captions) return;
+  const key = `${ref.dataset}/${ref.id}`;
+  if (!(key in state.captions)) {
+    try {
+      const q = new URLSearchParams({reference: ref.id});
+      state.captions[key] = (await api(`/api/datasets/${encodeURIComponent(ref.dataset)}/captions?${q}`)).captions;
+    } catch (e) { showStatus(e.message); return; }
+  }
+  if (state.ref !== ref) return;   // another reference was picked meanwhile
+  const list = state.captions[key];
+  const sel = $("#caption-pick");
+  sel.replaceChildren(el("option", {value: "", text: `${list.length} annotated caption${list.length === 1 ? "" : "s"}…`}),
+                      ...list.map((c, i) => el("option", {value: String(i), text: c.kind ? `${c.caption} (${c.kind})` : c.caption})));
+  const current = list.findIndex((c) => c.caption === $("#caption").value.trim() && c.target === state.target);
+  sel.value = current >= 0 ? String(current) : "";
+  box.hidden = !list.length || !modeInfo(state.mode).needs_caption;
+}
+
+function pickCaption() {
+  const list = state.captions[`${state.ref.dataset}/${state.ref.id}`] || [];
+  const c = list[Number($("#caption-pick").value)];
+  if (!$("#caption-pick").value || !c) return;
+  $("#caption").value = c.caption;
+  state.target = c.target;
+  if (!modeInfo(state.mode).needs_reference) setMode(state.info.models.composed_available ? "composed" : "sum", false);
+  runSearch();
 }
 
 function renderReference() {
@@ -172,6 +214,7 @@ function goBackTo(i) {
   const step = state.trail[i];
   state.trail = state.trail.slice(0, i);
   state.ref = step.ref;
+  state.target = step.target || null;
   state.tags = {...(step.tags || {})};
   $("#caption").value = step.mode === "tags" ? "" : (step.caption || "");
   setMode(step.mode, false);
@@ -205,6 +248,8 @@ function setMode(name, search) {
   $("#text-encoder-select").hidden = name === "image" || state.info.models.text_encoders.length < 2;
   renderReference();
   renderTags();
+  $("#caption-pick-box").hidden = !m.needs_caption || !$("#caption-pick").options.length ||
+    !state.ref || state.ref.kind !== "dataset";
   showStatus("");
   if (search && canSearch()) runSearch();
 }
@@ -274,6 +319,7 @@ async function runSearch() {
   if (m.needs_reference) {
     if (state.ref.kind === "upload") body.upload = state.ref.id; else body.reference = state.ref.id;
   }
+  if (state.target && m.needs_caption) body.target = state.target;
   if (state.mode === "composed" && $("#combiner-select").value) body.combiner = $("#combiner-select").value;
   if (state.mode !== "image" && $("#text-encoder-select").value !== "auto") body.text_encoder = $("#text-encoder-select").value;
   state.busy += 1;
@@ -302,6 +348,7 @@ function renderResults(data) {
   const groupSection = $("#group-section");
   groupSection.hidden = !(data.group && data.group.length);
   $("#group-grid").replaceChildren(...(data.group || []).map((r) => imageCard(r, followResult, r.score)));
+  markTarget(data.target);
   applyWhy();
   const t = data.timings;
   const model = data.model.combiner ? ` · ${data.model.combiner}` : "";
@@ -310,6 +357,23 @@ function renderResults(data) {
   $("#latency").textContent =
     `${data.results.length} results in ${data.latency_ms.toFixed(1)} ms (text ${t.encode_text_ms.toFixed(1)}` +
     `${t.text_cached ? " cached" : ""}, fuse ${t.fuse_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)${model}${text}${query}`;
+}
+
+function markTarget(target) {
+  // the picked caption's annotated target: outlined where it is shown, its rank said in any case
+  const note = $("#target-note");
+  note.hidden = !target;
+  if (!target) { note.replaceChildren(); return; }
+  for (const btn of document.querySelectorAll("#results .thumb-card, #group-grid .thumb-card")) {
+    if (btn.dataset.id !== target.id) continue;
+    btn.classList.add("target");
+    btn.querySelector(".thumb-wrap").append(el("span", {class: "badge bg-success target-badge", text: "target"}));
+  }
+  const where = target.shown ? "marked below" : "below the shown results";
+  const group = target.group_rank ? ` · rank ${target.group_rank} within the reference's group` : "";
+  note.replaceChildren(el("img", {src: target.thumb, alt: target.title}),
+                       el("span", {id: "target-rank", "data-rank": String(target.rank),
+                                   text: `Annotated target ${target.id}: rank ${target.rank} of the dataset (${where}), score ${target.score.toFixed(3)}${group}`}));
 }
 
 // ---------------------------------------------------------------------------------------------- "why?"
@@ -367,7 +431,9 @@ async function showOverlay(card) {
 
 function followResult(item) {
   // the current step goes on the trail; the clicked result becomes the next reference
-  state.trail.push({ref: state.ref, caption: $("#caption").value.trim(), mode: state.mode, tags: {...state.tags}});
+  state.trail.push({ref: state.ref, caption: $("#caption").value.trim(), mode: state.mode, tags: {...state.tags},
+                    target: state.target});
+  state.target = null;
   state.ref = {kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb};
   if (!modeInfo(state.mode).needs_reference) {
     // from a text or tags query: the user now says how the next item should differ from this one
@@ -414,9 +480,11 @@ async function init() {
   $("#next-page").addEventListener("click", () => { if (state.page < state.pages) { state.page += 1; loadGrid(); } });
   $("#upload-input").addEventListener("change", (e) => { if (e.target.files.length) uploadFile(e.target.files[0]); });
   $("#text-only-btn").addEventListener("click", () => {
-    state.trail = []; state.ref = null; setMode("text", false); showSearch(); $("#caption").focus();
+    state.trail = []; state.ref = null; state.target = null; setMode("text", false); showSearch(); $("#caption").focus();
   });
   $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
+  $("#caption-pick").addEventListener("change", pickCaption);
+  $("#caption").addEventListener("input", () => { state.target = null; $("#caption-pick").value = ""; });
   $("#back-btn").addEventListener("click", goBack);
   $("#why-toggle").addEventListener("change", applyWhy);
   $("#home-btn").addEventListener("click", showHome);

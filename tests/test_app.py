@@ -146,7 +146,7 @@ def test_every_mode_answers(client, ref, mode):
     assert r.status_code == 200, r.get_json()
     d = r.get_json()
     assert list(d) == ["mode", "dataset", "caption", "query_text", "tags", "model", "results", "timings", "warning",
-                       "reference", "ids", "scores", "urls", "group", "latency_ms"]  # the answer, in its order
+                       "reference", "ids", "scores", "urls", "group", "target", "latency_ms"]  # in its order
     assert list(d["timings"]) == ["encode_text_ms", "text_cached", "fuse_ms", "wait_ms", "search_ms", "total_ms"]
     assert list(d["results"][0]) == ["rank", "id", "title", "attrs", "url", "thumb", "score"]
     assert d["mode"] == mode and len(d["results"]) == 24 == len(d["ids"]) == len(d["scores"]) == len(d["urls"])
@@ -160,6 +160,7 @@ def test_every_mode_answers(client, ref, mode):
     if mode == "tags":
         assert d["query_text"] == "a black item for men"
     assert d["group"] is None  # the catalogue has no CIRR groups
+    assert d["target"] is None  # only computed when asked for (tests/test_captions.py)
 
 
 def test_search_is_compose_then_index_search(client, engine, ref):

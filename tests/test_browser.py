@@ -267,6 +267,59 @@ def test_cirr_group_row_in_a_browser(server, page):
     assert page.problems == []
 
 
+def _pick_annotated_caption(page, ds, ref: str):
+    """Open the reference's search view, pick its first annotated caption; returns that annotation."""
+    page.locator(f"#ref-grid .thumb-card[data-id='{ref}']").click()
+    expect(page.locator("#caption-pick-box")).to_be_visible()
+    annotations = ds.annotations.of(ref)
+    expect(page.locator("#caption-pick option")).to_have_count(len(annotations) + 1)
+    page.select_option("#caption-pick", "0")
+    expect(page.locator("#caption")).to_have_value(annotations[0].caption)
+    expect(page.locator("#target-note")).to_be_visible()
+    return annotations[0]
+
+
+def test_annotated_caption_marks_the_target(server, page):
+    """Pick one of the reference's annotated captions: the search runs, the annotated target is marked where
+    it is shown and its rank is said also when it is below the shown results; on CIRR, in the group row."""
+    base, app = server
+    eng = app.extensions["cir"]
+    ds = eng.datasets["catalog-test"]
+    page.goto(base + "/")
+    expect(page.locator("#ref-grid .thumb-card")).to_have_count(24)
+    ref = next(n for n in ds.index.names[:24] if ds.annotations.of(n))
+    ann = _pick_annotated_caption(page, ds, ref)
+    expect(page.locator("#results .thumb-card")).to_have_count(24)
+    want = eng.run(eng.parse({"dataset": ds.name, "mode": "composed", "reference": ref, "caption": ann.caption,
+                              "target": ann.target})).target
+    expect(page.locator("#target-rank")).to_have_attribute("data-rank", str(want.rank))
+    expect(page.locator("#target-note")).to_contain_text(ann.target)
+    marked = page.locator("#results .thumb-card.target")
+    if want.rank <= 24:
+        expect(marked).to_have_attribute("data-id", ann.target)
+        expect(marked.locator(".target-badge")).to_have_text("target")
+    page.select_option("#k-select", "12")   # fewer results: the rank is still said, shown or not
+    expect(page.locator("#results .thumb-card")).to_have_count(12)
+    expect(page.locator("#target-rank")).to_have_attribute("data-rank", str(want.rank))
+    expect(marked).to_have_count(1 if want.rank <= 12 else 0)
+    expect(page.locator("#target-note")).to_contain_text("below the shown results" if want.rank > 12 else "marked")
+    # a typed caption is the user's own: no target any more
+    page.fill("#caption", "in white")
+    page.click("#search-btn")
+    expect(page.locator("#target-note")).to_be_hidden()
+    expect(marked).to_have_count(0)
+
+    page.click("#home-link")
+    page.select_option("#dataset-select", "cirr-val")
+    cirr = eng.datasets["cirr-val"]
+    expect(page.locator("#ref-grid .thumb-card")).to_have_count(12)
+    ref = next(n for n in cirr.index.names if cirr.annotations.of(n))
+    ann = _pick_annotated_caption(page, cirr, ref)
+    expect(page.locator("#group-grid .thumb-card.target")).to_have_attribute("data-id", ann.target)
+    expect(page.locator("#target-note")).to_contain_text("within the reference's group")
+    assert page.problems == []
+
+
 def test_text_and_tags_modes_in_a_browser(server, page):
     """Without a reference: a text query, then attribute chips that become a text query."""
     base, _ = server
