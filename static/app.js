@@ -492,6 +492,7 @@ async function init() {
   for (const id of ["#combiner-select", "#text-encoder-select", "#k-select"]) {
     $(id).addEventListener("change", () => { if (canSearch()) runSearch(); });
   }
+  state.q = $("#filter").value.trim();   // what was typed before the page was ready still filters
   loadGrid();
 }
 
