@@ -542,6 +542,8 @@ def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess:
     text picks the text side: "base", "stage1" or a checkpoint path from `train.py text`.
     """
     if name == "bof":  # image-only, CPU (OpenCV); heads: another fitted vocabulary/PCA file
+        if preprocess is not None:
+            raise ValueError("the bof encoder has its own preprocessing (a square resize): drop --preprocess")
         return bof.load_bof(heads).with_text(text)
     return _load(name, device, preprocess, heads, runtime).with_text(text)
 
