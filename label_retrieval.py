@@ -99,6 +99,20 @@ def label_precision(clusters: LabelClusters, features: np.ndarray, labels: Seque
             "named_clusters": sum(n is not None for n in clusters.names), "clusters": len(clusters.names)}
 
 
+def sample_records(records: Sequence[data_utils.ImageRecord], n: int | None,
+                   seed: int = 0) -> list[data_utils.ImageRecord]:
+    """A deterministic sample of n records (all of them when n is None or too big), in their file order."""
+    if n is None or n >= len(records):
+        return list(records)
+    return [records[i] for i in sorted(np.random.default_rng(seed).permutation(len(records))[:n])]
+
+
+def index_folder(features: Path, split: str, encoder: str, n: int | None = None) -> Path:
+    """Where the cached index of a split (or of its n-record sample) for an encoder lives."""
+    tag = encoder.replace(":", "_").replace("/", "_")
+    return features / f"{index_name('catalog', split)}{n if n else ''}-{tag}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder", default="bof", help="encoder whose features are clustered (bof, lite, hf:..)")
@@ -106,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--features", default="features", help="folder of the extracted indexes (made when missing)")
     p.add_argument("--label", default="articleType", help="styles.csv column used as the label")
     p.add_argument("--split", default="test", help="split searched by the label queries (train names clusters)")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="name the clusters from a sample of this many train images (default: all of them)")
     p.add_argument("--query", action="append", default=[], help="a label to retrieve (repeatable)")
     p.add_argument("-k", type=int, default=10, help="results shown per query")
     p.add_argument("--evaluate", action="store_true", help="also print label-query precision over every label")
@@ -121,11 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("--split is the searched split; the train split names the clusters: use val or test")
     root = data_utils.resolve_data_root("catalog", args.data_root)
     encoder = encoders.load(args.encoder)
-    suffix = "" if args.encoder == "lite" else "-" + args.encoder.replace(":", "_").replace("/", "_")
     sets = {}
-    for split in ("train", args.split):
-        recs = data_utils.catalog_images(root, split)
-        idx = ensure_index(recs, encoder, Path(args.features) / (index_name("catalog", split) + suffix))
+    for split, n in (("train", args.train_images), (args.split, None)):
+        recs = sample_records(data_utils.catalog_images(root, split), n)
+        idx = ensure_index(recs, encoder, index_folder(Path(args.features), split, args.encoder, n))
         by_name = {r.name: r.attrs.get(args.label, "") for r in recs}
         sets[split] = (idx.matrix().float().numpy(), [by_name[n] for n in idx.names], idx.names)
     feats, labels, _ = sets["train"]

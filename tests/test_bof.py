@@ -145,3 +145,11 @@ def test_label_clusters_on_real_bof_features(catalog_root):
     assert len(lc.names) == 3
     m = label_precision(lc, feats(test), [r.attrs["articleType"] for r in test], list(TYPES), k=5)
     assert m["precision"] > 60, m
+
+
+def test_registry_names_bof_and_refuses_its_misuse():
+    assert "bof" in encoders.available_models()
+    with pytest.raises(ValueError, match="own preprocessing"):
+        encoders.load("bof", preprocess="targetpad")
+    with pytest.raises(bof.TextUnsupported, match="image-only"):
+        encoders.load("bof", text="stage1")
