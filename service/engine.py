@@ -220,7 +220,11 @@ class Engine:
         return {"combiners": [{"name": n, "text_encoder": c.text_encoder} for n, c in self.combiners.items()],
                 "default_combiner": next(iter(self.combiners), None),
                 "text_encoders": list(self.text_sides), "composed_available": bool(self.combiners),
-                "encoder": self.encoder.name}
+                "encoder": self.encoder.name, "image_only": self.image_only, "default_mode": self.default_mode}
+
+    @property
+    def default_mode(self) -> str:
+        return "image" if self.image_only else "composed" if self.combiners else "sum"
 
     def modes(self) -> list[dict]:
         return [{"name": m, "label": MODE_LABELS[m],
@@ -236,8 +240,7 @@ class Engine:
 
     def parse(self, params: Mapping[str, Any]) -> SearchRequest:
         """A search request from JSON or query-string parameters; BadInput / NotFound say what is wrong."""
-        mode = choice(params.get("mode"), "mode", MODES,
-                      "image" if self.image_only else "composed" if self.combiners else "sum")
+        mode = choice(params.get("mode"), "mode", MODES, self.default_mode)
         if self.image_only and mode != "image":
             raise BadInput(f"mode {mode!r} needs text, and the {self.encoder.name} encoder is image-only: use mode "
                            "'image' (search by a reference image or an upload), or serve with --encoder lite")

@@ -90,8 +90,9 @@ def test_demo_serves_bof_for_image_search_only(small_model, catalog_root, tmp_pa
                               text_checkpoints={}, default_dataset="catalog-test", data_root=None,
                               upload_dir=tmp_path / "up"))
     client = app.test_client()
-    modes = client.get("/api/datasets").get_json()["modes"]
-    assert [m["name"] for m in modes if m["available"]] == ["image"]
+    info = client.get("/api/datasets").get_json()
+    assert [m["name"] for m in info["modes"] if m["available"]] == ["image"]
+    assert info["models"]["image_only"] and info["models"]["default_mode"] == "image"
     ref = recs[3].name
     d = client.post("/api/search", json={"dataset": "catalog-test", "reference": ref}).get_json()
     assert d["mode"] == "image" and ref not in d["ids"] and len(d["ids"]) == len(recs) - 1
