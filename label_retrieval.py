@@ -96,7 +96,8 @@ def label_precision(clusters: LabelClusters, features: np.ndarray, labels: Seque
         top.append(float((labels[rows[:k]] == q).mean()) if len(rows) else 0.0)
     return {"queries": len(queries), "precision": round(100 * float(np.mean(whole)), 2),
             f"P@{k}": round(100 * float(np.mean(top)), 2),
-            "named_clusters": sum(n is not None for n in clusters.names), "clusters": len(clusters.names)}
+            "named_clusters": sum(n is not None for n in clusters.names), "clusters": len(clusters.names),
+            "labels_findable": sum(q in clusters.names for q in queries)}
 
 
 def sample_records(records: Sequence[data_utils.ImageRecord], n: int | None,

@@ -146,6 +146,8 @@ def table(results: list[dict]) -> str:
     row("image→image P@10 type", lambda r: r["image2image"]["P@10_type"])
     row("label query, two-stage: cluster precision", lambda r: r["labels"]["two_stage"]["precision"])
     row("label query, two-stage: P@10", lambda r: r["labels"]["two_stage"]["P@10"])
+    row("label query, two-stage: test labels some cluster is named by",
+        lambda r: f"{r['labels']['two_stage']['labels_findable']} / {r['labels']['two_stage']['queries']}")
     row("label query, text \"<label>\": P@10", lambda r: r["labels"].get("text_query_P@10", "refused"))
     row("features/s (decode+encode)", lambda r: r["features_per_s"])
     row("memory per image (bytes)", lambda r: r["bytes_per_image"])

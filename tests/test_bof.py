@@ -132,6 +132,7 @@ def test_label_clusters_on_synthetic_blobs():
         lc.query("z", x)
     m = label_precision(lc, x, labels, ["a", "b", "c", "z"], k=10)
     assert m["P@10"] == 75.0 and m["precision"] == 75.0  # three perfect answers, "z" counts 0
+    assert m["labels_findable"] == 3 and m["queries"] == 4
 
 
 def test_label_clusters_on_real_bof_features(catalog_root):
