@@ -7,6 +7,8 @@ Backends:
                        `python train.py align` (train_align.py), shipped in weights/).
   hf:<id or dir>       a CLIP model through transformers (CLIPModel + its tokenizer).
   openai:<name>        the OpenAI `clip` package (RN50x4 was the original CLIP4Cir encoder), imported lazily.
+  bof                  the classical image-only baseline (bof.py): SIFT bag of visual words + HOG + colour and
+                       edge histograms, PCA-reduced; text queries are refused (bof.TextUnsupported).
 
 An Encoder owns its preprocessing (`encoder.preprocess`: PIL image -> tensor), so the extraction job, the
 server and evaluation all prepare images the same way. Outputs are L2-normalised unless `raw=True` asks for
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file
 
+import bof
 import towers
 from colour import LAB_EXTRA, hsv_histogram, lab_descriptor
 from preprocess import CLIP_MEAN, CLIP_STD, LITE_MEAN, LITE_STD, PREPROCESS_MODES, Preprocess
@@ -46,7 +49,7 @@ STAGE1_TEXT = WEIGHTS_DIR / "lite-text.safetensors"   # the shipped stage-1 text
 
 def available_models() -> list[str]:
     """The names `load` accepts."""
-    return ["lite"] + [f"openai:{m}" for m in OPENAI_MODELS] + ["hf:<model id or local dir>"]
+    return ["lite", "bof"] + [f"openai:{m}" for m in OPENAI_MODELS] + ["hf:<model id or local dir>"]
 
 
 # ----------------------------------------------------------------------------------------------- text sides
@@ -532,13 +535,17 @@ class OpenAIClipEncoder(BaseEncoder):
 
 def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess: str | None = None,
          heads: str | os.PathLike | None = None, runtime: str = "auto",
-         text: "str | os.PathLike | TextSide | None" = None) -> BaseEncoder:
+         text: "str | os.PathLike | TextSide | None" = None) -> "BaseEncoder | bof.BofEncoder":
     """Load an encoder by name (see `available_models()`).
 
     preprocess overrides the backend's default preprocessing mode; heads points the lite encoder at other
     trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime;
     text picks the text side: "base", "stage1" or a checkpoint path from `train.py text`.
     """
+    if name == "bof":  # image-only, CPU (OpenCV); heads: another fitted vocabulary/PCA file
+        if preprocess is not None:
+            raise ValueError("the bof encoder has its own preprocessing (a square resize): drop --preprocess")
+        return bof.load_bof(heads).with_text(text)
     return _load(name, device, preprocess, heads, runtime).with_text(text)
 
 

@@ -529,7 +529,8 @@ def parser() -> argparse.ArgumentParser:
                    help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
                         "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
                         "(top 3 of the img_set); needed for test1, which has no targets")
-    p.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
+    p.add_argument("--encoder", default="lite",
+                   help="encoder name: lite, bof (image-only: image2image), hf:<id or dir>, openai:<model>")
     p.add_argument("--features", default="features",
                    help="features root: an index is read from <root>/<dataset>[-<category>]-<split> or "
                         "extracted there")

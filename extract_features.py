@@ -128,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                         "ignored for folder")
     p.add_argument("--categories", nargs="*", default=None,
                    help="FashionIQ categories (default: every category found); one index per category")
-    p.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
+    p.add_argument("--encoder", default="lite",
+                   help="encoder name: lite, bof (classical, image-only), hf:<id or dir>, openai:<model>")
     p.add_argument("--preprocess", default=None, choices=["targetpad", "squarepad", "resize"],
                    help="override the encoder's preprocessing")
     p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")

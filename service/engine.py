@@ -179,6 +179,7 @@ class Engine:
         # Tokenizers and ONNX sessions are not all safe to call from several threads at once, and two cores
         # gain nothing from overlapping model calls: one query encodes at a time.
         self.model_lock = threading.Lock()
+        self.image_only = bool(getattr(encoder, "image_only", False))  # bof: no text side, image mode only
         self.text_cache = LRU(settings.text_cache_size)
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
@@ -223,8 +224,9 @@ class Engine:
 
         No float32 copy of an index is made: search() scans the memory-mapped float16 file.
         """
+        q = torch.zeros(1, self.encoder.dim)  # an image-only encoder warms up the search alone
         with self.model_calls():
-            for side in self.text_sides.values():
+            for side in ([] if self.image_only else self.text_sides.values()):
                 q = side.encode_texts(["warm up"])
         for ds in self.datasets.values():
             with contextlib.suppress(BackendUnavailable):   # reported by health(); searches answer 503
@@ -244,10 +246,15 @@ class Engine:
         return {"combiners": [{"name": n, "text_encoder": c.text_encoder} for n, c in self.combiners.items()],
                 "default_combiner": next(iter(self.combiners), None),
                 "text_encoders": list(self.text_sides), "composed_available": bool(self.combiners),
-                "encoder": self.encoder.name}
+                "encoder": self.encoder.name, "image_only": self.image_only, "default_mode": self.default_mode}
+
+    @property
+    def default_mode(self) -> str:
+        return "image" if self.image_only else "composed" if self.combiners else "sum"
 
     def modes(self) -> list[dict]:
-        return [{"name": m, "label": MODE_LABELS[m], "available": m != "composed" or bool(self.combiners),
+        return [{"name": m, "label": MODE_LABELS[m],
+                 "available": (m == "image") if self.image_only else (m != "composed" or bool(self.combiners)),
                  "needs_reference": m in NEEDS_REFERENCE, "needs_caption": m in NEEDS_CAPTION} for m in MODES]
 
     def dataset(self, name: Any) -> Dataset:
@@ -259,7 +266,10 @@ class Engine:
 
     def parse(self, params: Mapping[str, Any]) -> SearchRequest:
         """A search request from JSON or query-string parameters; BadInput / NotFound say what is wrong."""
-        mode = choice(params.get("mode"), "mode", MODES, "composed" if self.combiners else "sum")
+        mode = choice(params.get("mode"), "mode", MODES, self.default_mode)
+        if self.image_only and mode != "image":
+            raise BadInput(f"mode {mode!r} needs text, and the {self.encoder.name} encoder is image-only: use mode "
+                           "'image' (search by a reference image or an upload), or serve with --encoder lite")
         ds = self.dataset(optional_name(params.get("dataset"), "dataset") or self.default_dataset)
         req = SearchRequest(mode=mode, dataset=ds.name,
                             k=parse_int(params.get("k"), "k", 1, self.settings.max_k, self.settings.default_k))
@@ -415,6 +425,8 @@ def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[li
 def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]:
     """The text sides to offer, by name: base, plus the stage-1 checkpoints of the settings that load."""
     text_sides: dict[str, Encoder] = {"base": encoder}
+    if getattr(encoder, "image_only", False):  # bof: no text side to offer
+        return text_sides
     wanted: Mapping[str, Any] | None = settings.text_checkpoints
     if wanted is None:  # default: the shipped stage-1 text encoder, when it has been trained
         stage1 = TextSide.of("stage1")

@@ -116,7 +116,8 @@ class Settings:
         REPO_DIR / "features", "features root holding the index folders (features/<name>/manifest.json ...)",
         env="CIR_FEATURES", flag="--features", parse=path, metavar="DIR")
     encoder: str = option(
-        "lite", "encoder name: lite, hf:<id or dir>, openai:<model> (the one the indexes were extracted with)",
+        "lite", "encoder name: lite, bof (image-only: image search), hf:<id or dir>, openai:<model> (the one the "
+        "indexes were extracted with)",
         env="CIR_ENCODER", flag="--encoder")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...", env="CIR_DEVICE",
                          flag="--device")

@@ -231,9 +231,16 @@ function renderModes() {
                                autocomplete: "off", onchange: () => setMode(m.name, true)});
     if (!m.available) { input.disabled = true; }
     const label = el("label", {class: "btn btn-outline-primary", for: id, text: m.label,
-                               title: m.available ? m.label : "no Combiner checkpoint is loaded"});
+                               title: m.available ? m.label : state.info.models.image_only
+                                 ? "the encoder is image-only: search by image" : "no Combiner checkpoint is loaded"});
     box.append(input, label);
   }
+}
+
+// the server's default: composed with a Combiner, sum without, image for an image-only encoder (bof)
+function defaultMode() {
+  const models = state.info.models;
+  return models.default_mode || (models.composed_available ? "composed" : "sum");
 }
 
 function setMode(name, search) {
@@ -438,7 +445,7 @@ function followResult(item) {
   if (!modeInfo(state.mode).needs_reference) {
     // from a text or tags query: the user now says how the next item should differ from this one
     $("#caption").value = "";
-    setMode(state.info.models.composed_available ? "composed" : "sum", false);
+    setMode(defaultMode(), false);
   }
   showSearch();
   if (canSearch()) runSearch(); else showStatus("Type how the wanted item differs, then Search.");
@@ -464,7 +471,7 @@ async function init() {
   sel.value = state.dataset;
   renderModes();
   renderModels();
-  setMode(state.info.models.composed_available ? "composed" : "sum", false);
+  setMode(defaultMode(), false);
 
   sel.addEventListener("change", () => {
     state.dataset = sel.value; state.page = 1; state.tags = {};
