@@ -16,8 +16,9 @@ What it means and what it does not:
     of the score has no feature map and is not in the picture. The map shows the EfficientNet side.
   * A map is scaled to its own maximum: compare where heat is within one map, not heat between maps. The
     score itself (in --json / the API's JSON) says how well the image matches.
-  * Backends: lite (EfficientNet-Lite0's head conv). The CLIP backends (openai:, hf:) raise
-    NotImplementedError: their towers are not built for it here yet.
+  * Backends: lite (EfficientNet-Lite0's head conv, plus its colour votes) and hf: CLIP ViTs (the patch
+    tokens entering the last block, reshaped to their grid). openai: raises NotImplementedError (its RN
+    towers' last residual stage is not wired yet).
 """
 from __future__ import annotations
 
@@ -130,10 +131,13 @@ class Explainer:
     (by ONNX Runtime where the encoder uses it), then the gradient flows from the score to that map alone."""
 
     def __init__(self, encoder: encoders.Encoder):
+        if isinstance(encoder, encoders.HFClipEncoder):   # a ViT: Grad-CAM over the last block's patch tokens
+            self.encoder, self._ort = encoder, None
+            return
         if not isinstance(encoder, encoders.LiteEncoder):
             raise NotImplementedError(
-                f"explanations are implemented for the lite encoder only, not {encoder.name}: the CLIP towers "
-                "(openai RN: the last residual stage, hf ViT: the last block's patch tokens) are not wired yet")
+                f"explanations are implemented for the lite and hf: (ViT) encoders only, not {encoder.name}: "
+                "the openai: towers (RN: the last residual stage) are not wired yet")
         self.encoder = encoder
         self._maps = _FeatureMap(encoder.tower.net).eval()
         self._ort = None
@@ -155,6 +159,8 @@ class Explainer:
         q = F.normalize(query.reshape(1, -1).float(), dim=-1)
         if q.shape[1] != enc.dim:
             raise ValueError(f"the query has {q.shape[1]} dimensions; the {enc.name} encoder's have {enc.dim}")
+        if isinstance(enc, encoders.HFClipEncoder):
+            return self._explain_vit(image, pixels, q)
         size = enc.preprocess.size
         acts = self.feature_map(pixels).requires_grad_(True)
         votes = torch.ones(1, size, size, requires_grad=True)   # each pixel's colour vote, differentiated
@@ -168,6 +174,28 @@ class Explainer:
         # pixel's colour vote; their sum is a first-order account of where the score comes from.
         per_pixel = F.interpolate(cells[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0]
         view = F.relu(per_pixel * cells.numel() / size ** 2 + g_votes[0])
+        heat = to_image_frame(view, enc.preprocess, image.width, image.height)
+        grid = F.adaptive_avg_pool2d(view[None, None], GRID)[0, 0]
+        return Explanation(heat=_scaled(heat), grid=_scaled(grid), cnn=_scaled(F.relu(cells)),
+                           score=float(score.detach()), image=image)
+
+
+    def _explain_vit(self, image: Image.Image, pixels: torch.Tensor, q: torch.Tensor) -> Explanation:
+        """Grad-CAM on a ViT: the patch tokens entering the last block are the feature map (a grid of
+        image_size / patch_size cells); the score reaches them through that block's attention, as the class
+        token that is pooled only mixes them there."""
+        enc = self.encoder
+        with torch.enable_grad():
+            out = enc.model.vision_model(pixel_values=pixels.to(enc._device), output_hidden_states=True)
+            tokens = out.hidden_states[-2]
+            emb = F.normalize(enc.model.visual_projection(out.pooler_output).float(), dim=-1)
+            score = (emb.cpu() @ q.T)[0, 0]
+            (grads,) = torch.autograd.grad(score, (tokens,))
+        patches, grads = tokens.detach()[0, 1:].float().cpu(), grads[0, 1:].float().cpu()  # no class token
+        side = round(patches.shape[0] ** 0.5)
+        cells = (grads.mean(0) * patches).sum(1).reshape(side, side)
+        size = enc.preprocess.size
+        view = F.relu(F.interpolate(cells[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0])
         heat = to_image_frame(view, enc.preprocess, image.width, image.height)
         grid = F.adaptive_avg_pool2d(view[None, None], GRID)[0, 0]
         return Explanation(heat=_scaled(heat), grid=_scaled(grid), cnn=_scaled(F.relu(cells)),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from test_encoders import hf_encoder, tiny_clip_dir  # noqa: F401 (fixtures: a tiny random hf: CLIP)
 
 import explain
 from service.settings import Settings
@@ -72,9 +73,25 @@ def test_colour_query_heats_that_colour(explainer, lite_encoder, left, right, wo
 
 def test_other_backends_are_refused():
     class Stand:
-        name = "hf:tiny"
-    with pytest.raises(NotImplementedError, match="lite encoder only"):
+        name = "openai:RN50"
+    with pytest.raises(NotImplementedError, match="lite and hf: .ViT. encoders only"):
         explain.Explainer(Stand())
+
+
+def test_a_vit_backend_is_explained_on_its_patch_grid(hf_encoder):  # noqa: F811 (the fixture imported above)
+    """hf: CLIP (a tiny random ViT): the map is over its patch grid, and the score is the search's cosine."""
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    gen = torch.Generator().manual_seed(0)
+    q1, q2 = torch.randn(hf_encoder.dim, generator=gen), torch.randn(hf_encoder.dim, generator=gen)
+    ex = explain.Explainer(hf_encoder)
+    e1, e2 = ex.explain(im, q1), ex.explain(im, q2)
+    side = hf_encoder.preprocess.size // hf_encoder.model.config.vision_config.patch_size
+    assert e1.heat.shape == (40, 56) and e1.cnn.shape == (side, side) and e1.grid.shape == explain.GRID
+    assert 0 <= e1.heat.min() and e1.heat.max() <= 1
+    cosine = float(hf_encoder.encode_images([im])[0] @ torch.nn.functional.normalize(q1, dim=0))
+    assert e1.score == pytest.approx(cosine, abs=1e-4)
+    assert not np.allclose(e1.grid, e2.grid)  # another query, another map
 
 
 def test_image_frame_inverts_the_padding(lite_encoder):
