@@ -91,7 +91,10 @@ def _error(status: int, message: str, error: str) -> tuple[Response, int]:
 
 
 def _api_error(e: ApiError) -> tuple[Response, int]:
-    return _error(e.status, e.message, type(e).__name__)
+    resp, status = _error(e.status, e.message, type(e).__name__)
+    if e.retry_after_s:
+        resp.headers["Retry-After"] = str(e.retry_after_s)
+    return resp, status
 
 
 def _http_error(e: HTTPException) -> tuple[Response, int]:

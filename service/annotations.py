@@ -74,7 +74,9 @@ class Annotations:
                     log.warning("%s: annotations cannot be loaded: %s", self._what, e)
                     self._error = str(e)
         if self._error:
-            raise ServiceUnavailable(f"the annotations of {self._what} cannot be read: {self._error}")
+            # a broken file stays broken until an operator fixes it: no Retry-After
+            raise ServiceUnavailable(f"the annotations of {self._what} cannot be read: {self._error}",
+                                     retry_after_s=0)
         return self._by_ref or {}
 
     def of(self, reference: str) -> list[Annotation]:

@@ -9,10 +9,13 @@ class ApiError(Exception):
     """An error the user caused; `status` is the HTTP status, the message says what to change."""
 
     status = 400
+    retry_after_s: int | None = None   # Retry-After seconds, when the same request may succeed later (0: never)
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, retry_after_s: int | None = None):
         super().__init__(message)
         self.message = message
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class BadInput(ApiError):
@@ -31,6 +34,7 @@ class ServiceUnavailable(ApiError):
     """The server cannot answer right now (an index backend is down, every image decoder is busy): retry."""
 
     status = 503
+    retry_after_s = 5
 
 
 class InsufficientStorage(ApiError):

@@ -119,8 +119,9 @@ def test_a_malformed_annotation_file_is_an_error_not_no_captions():
     ann = Annotations(broken, "dataset 'x'")
     assert ann.available
     for _ in range(2):   # the failure is kept: the file is not re-read on every request
-        with pytest.raises(ServiceUnavailable, match="pairid"):
+        with pytest.raises(ServiceUnavailable, match="pairid") as e:
             ann.of("a")
+        assert not e.value.retry_after_s   # it stays broken until fixed: no Retry-After
     assert Annotations(None, "dataset 'y'").of("a") == []
 
 

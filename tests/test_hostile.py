@@ -258,7 +258,9 @@ def test_busy_decoders_answer_503(app, client):
     store.limits = replace(limits, decode_wait_s=0.05)
     held = [store._decodes.acquire(timeout=1) for _ in range(limits.decodes)]
     try:
-        _bad(client.post("/api/upload", data={"file": (io.BytesIO(_png()), "x.png")}), 503, "busy decoding")
+        r = client.post("/api/upload", data={"file": (io.BytesIO(_png()), "x.png")})
+        _bad(r, 503, "busy decoding")
+        assert r.headers["Retry-After"] == "5"  # a client may try again soon
     finally:
         for _ in held:
             store._decodes.release()

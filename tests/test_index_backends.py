@@ -346,6 +346,7 @@ def test_app_health_reports_backends(demo_world, tmp_path):
     ref = bad.extensions["cir"].datasets["catalog-test"].index.names[0]
     r = client.post("/api/search", json={"dataset": "catalog-test", "mode": "image", "reference": ref})
     assert r.status_code == 503 and "unreachable" in r.get_json()["message"]
+    assert r.headers["Retry-After"] == "5"
     assert client.get("/api/datasets").status_code == 200   # browsing still works
 
 
