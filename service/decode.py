@@ -17,7 +17,7 @@ import logging
 import math
 import warnings
 
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
 from preprocess import to_rgb
 from service.errors import ApiError, BadInput, TooLarge
@@ -27,9 +27,6 @@ log = logging.getLogger("uploads")
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what PIL may sniff an upload as
 # Modes Image.thumbnail resizes directly (with a proper filter); others are converted to RGB first.
 _RESIZABLE = ("L", "LA", "RGB", "RGBA", "CMYK")
-_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-           8: Image.Transpose.ROTATE_90}
 _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
@@ -79,7 +76,6 @@ def decode_upload(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Im
 
 def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
     """Decode `im` (just opened) as small as possible, then orient, colour-manage and strip it."""
-    orientation = _orientation(im)
     icc = im.info.get("icc_profile")
     if im.format == "JPEG" and max(im.size) > max_side:
         # DCT scaling: the largest reduction (1/2, 1/4, 1/8) that still leaves the stored size or more.
@@ -91,8 +87,7 @@ def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
         im = to_rgb(im) if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side), Image.LANCZOS)  # shrinks first: every later step is on the small image
-    if orientation in _ORIENT:
-        im = im.transpose(_ORIENT[orientation])
+    im = _oriented(im)
     if icc:
         im = _to_srgb(im, icc)
     rgb = to_rgb(im)
@@ -101,11 +96,12 @@ def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
     return clean
 
 
-def _orientation(im: Image.Image) -> int:
+def _oriented(im: Image.Image) -> Image.Image:
+    """EXIF orientation applied (on the already small image: its EXIF travels with it)."""
     try:
-        return int(im.getexif().get(0x0112, 1))
+        return ImageOps.exif_transpose(im)
     except Exception:  # noqa: BLE001 -- a damaged EXIF block only costs the orientation, not the upload
-        return 1
+        return im
 
 
 def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
