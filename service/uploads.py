@@ -113,14 +113,6 @@ class UploadStore:
             self.folder.chmod(0o700)
         self.sweep()
 
-    @property
-    def max_bytes(self) -> int:
-        return self.limits.max_bytes
-
-    @property
-    def max_pixels(self) -> int:
-        return self.limits.max_pixels
-
     # -- lookups
 
     def path(self, uid: Any) -> Path:
@@ -171,13 +163,14 @@ class UploadStore:
         BadInput / TooLarge for a bad image, ServiceUnavailable while every decode slot stays busy,
         InsufficientStorage when the disk is full (nothing of the upload is left behind).
         """
-        if len(data) > self.max_bytes:
-            raise TooLarge(f"the upload has {len(data):,} bytes; the limit is {self.max_bytes / MB:g} MB "
-                           f"({self.max_bytes:,} bytes)")
+        max_bytes = self.limits.max_bytes
+        if len(data) > max_bytes:
+            raise TooLarge(f"the upload has {len(data):,} bytes; the limit is {max_bytes / MB:g} MB "
+                           f"({max_bytes:,} bytes)")
         if not self._decodes.acquire(timeout=self.limits.decode_wait_s):
             raise ServiceUnavailable("the server is busy decoding other uploads; try again in a few seconds")
         try:
-            img, fmt = decode_upload(data, self.max_pixels, UPLOAD_MAX_SIDE)
+            img, fmt = decode_upload(data, self.limits.max_pixels, UPLOAD_MAX_SIDE)
         finally:
             self._decodes.release()
         buf = io.BytesIO()
