@@ -322,8 +322,8 @@ def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_
              batch_size: int, shard_size: int, overwrite: bool) -> ExtractJob | ExtractResult:
     """Check the inputs, lock out_dir and prepare out_dir/.partial/ for a run.
 
-    Returns the finished ExtractResult instead (lock released) when out_dir already holds this very job's
-    output. Partial work of another job (other inputs or settings) is discarded; that of this job is kept to
+    Returns the finished ExtractResult instead (without taking the lock) when out_dir already holds this very
+    job's output. Partial work of another job (other inputs or settings) is discarded; that of this job is kept to
     resume. OutputLockedError, before anything is touched, when another extraction holds out_dir.
     """
     out_dir = Path(out_dir)
@@ -333,21 +333,33 @@ def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate image names in the index for {out_dir.name}")
     key = job_key(encoder_desc, names, shard_size, batch_size)
+    # A finished folder is only read: no lock, so a current index on a read-only mount (or one another
+    # extraction is writing next to) can still be opened. Checked again once locked, in case a run just ended.
+    if (done := _finished(out_dir, key, overwrite)) is not None:
+        return done
     lock = OutputLock(out_dir)
     try:
-        manifest_path = out_dir / "manifest.json"
-        if manifest_path.exists() and not overwrite:
-            old = json.loads(manifest_path.read_text())
-            if old.get("job_key") == key:
-                log.info("%s is up to date (%d features); use --overwrite to redo it", out_dir, old["count"])
-                lock.release()
-                return ExtractResult(out_dir, old["count"], old.get("skipped", []))
+        if (done := _finished(out_dir, key, overwrite)) is not None:
+            lock.release()
+            return done
         job = ExtractJob(out_dir, records, names, encoder_desc, key, shard_size, lock)
         _prepare_partial(job.partial, key, overwrite)
     except BaseException:
         lock.release()
         raise
     return job
+
+
+def _finished(out_dir: Path, key: str, overwrite: bool) -> ExtractResult | None:
+    """The result recorded in out_dir when it already holds this very job's output (and no --overwrite)."""
+    manifest_path = out_dir / "manifest.json"
+    if overwrite or not manifest_path.exists():
+        return None
+    old = json.loads(manifest_path.read_text())
+    if old.get("job_key") != key:
+        return None
+    log.info("%s is up to date (%d features); use --overwrite to redo it", out_dir, old["count"])
+    return ExtractResult(out_dir, old["count"], old.get("skipped", []))
 
 
 def _prepare_partial(partial: Path, key: str, overwrite: bool) -> None:

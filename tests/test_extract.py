@@ -233,6 +233,18 @@ def test_second_extraction_into_a_held_folder_fails_at_once(subset, lite_encoder
     OutputLock(out).release()
 
 
+def test_a_finished_folder_opens_without_its_lock(subset, lite_encoder, tmp_path):
+    """Opening a current index only reads it: another extraction holding the lock (or a read-only mount)
+    does not stop a server from starting on it."""
+    out = tmp_path / "idx"
+    first = extract_index(subset[:4], lite_encoder, out, workers=0)
+    with OutputLock(out):
+        again = extract_index(subset[:4], lite_encoder, out, workers=0)
+        assert again.count == first.count == 4 and again.seconds == 0.0  # read, not extracted
+        with pytest.raises(OutputLockedError):  # work to do still needs the lock
+            extract_index(subset[:4], lite_encoder, out, workers=0, overwrite=True)
+
+
 def test_cli_into_a_held_folder_fails_before_loading_the_encoder(tmp_path, monkeypatch, caplog):
     import encoders
     monkeypatch.setattr(encoders, "load", lambda *a, **k: pytest.fail("loaded an encoder for a held folder"))
