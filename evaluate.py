@@ -330,15 +330,15 @@ def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequen
     _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
     subset = group_rankings(queries, index, [t.reference for t in triplets], [t.group for t in triplets])
     metrics: dict = {"queries": len(triplets), "empty_captions": empty}
+    curves: dict = {}
     if triplets and all(t.target is not None for t in triplets):
         targets = [t.target for t in triplets]
         metrics.update(recall_at_k(ids, rows := _target_ids(index, targets), (1, 5, 10, 50)))
-        curves = {"": recall_curve(ids, rows)}
+        curves[""] = recall_curve(ids, rows)
         metrics.update(recall_subset_at_k(subset, targets, [t.group for t in triplets], (1, 2, 3),
                                           [t.reference for t in triplets]))
         metrics["avg"] = round((metrics["R@5"] + metrics["Rsubset@1"]) / 2, 2)
-    return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets],
-                          curves if triplets and all(t.target is not None for t in triplets) else {})
+    return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets], curves)
 
 
 # ----------------------------------------------------------------------------------------------- composed: the run

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.ndimage import gaussian_filter
 
 import data_utils
@@ -224,9 +224,11 @@ def _record(dataset: str, data_root: str | None, name: str, split: str | None) -
     raise ValueError(f"no image {name!r} in {dataset}" + (f" ({split})" if split else ""))
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: Path) -> Image.Image:
+    """An image file as it is displayed (EXIF orientation applied), in RGB: what an overlay is drawn on, by
+    the CLI and by the server alike."""
     with Image.open(path) as im:
-        return to_rgb(im)
+        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -266,8 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def lookup(name: str) -> Path:
         return _record(args.dataset, args.data_root, name, args.split).path
 
-    image = _open(Path(args.image) if args.image else lookup(args.id))
-    reference = _open(lookup(args.reference)) if args.reference else None
+    image = open_image(Path(args.image) if args.image else lookup(args.id))
+    reference = open_image(lookup(args.reference)) if args.reference else None
     method, combiner = model.load_method(args.combiner) if args.caption else ("text", None)
     query = query_vector(encoder, args.text, reference, args.caption, method, combiner)
     t0 = time.perf_counter()

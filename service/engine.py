@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 import encoders
 import model
 from encoders import Encoder, TextSide
-from explain import Explainer, Explanation
+from explain import Explainer, Explanation, open_image
 from index import BackendUnavailable, parse_backend, search
 from preprocess import to_rgb
 from service.caching import LRU, Metrics, TimedTexts
@@ -368,8 +368,7 @@ class Engine:
         q = self._query_inputs(req, ds)
         texts = TimedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
         try:
-            with Image.open(rec.path) as im:
-                image = to_rgb(ImageOps.exif_transpose(im))
+            image = open_image(rec.path)
         except FileNotFoundError:
             raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
         with self.model_calls():
