@@ -40,12 +40,12 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import data_utils
+from index.files import CHECKSUMMED_FILES, FEATURES_FILE, MANIFEST_FILE, NAMES_FILE
 from utils import save_tensors, sha256_file, write_json
 
 log = logging.getLogger("extract")
 FORMAT_VERSION = 2   # 2: raw-feature norms stored beside the normalised rows
 LOCK_NAME = ".extract.lock"
-CHECKSUMMED = ("features.safetensors", "names.json")  # manifest["checksums"][file] = sha256 hex of the final file
 
 # (indices of decoded images, their pixels or None when none decoded, [(index, error)])
 Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]
@@ -303,14 +303,15 @@ class ExtractJob:
             skipped += meta["skipped"]
         x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
         n = torch.cat(norms) if norms else torch.zeros(0)
-        save_tensors(self.out_dir / "features.safetensors", {"features": x, "norms": n}, metadata={"format": "pt"})
-        write_json(self.out_dir / "names.json", kept)
+        save_tensors(self.out_dir / FEATURES_FILE, {"features": x, "norms": n}, metadata={"format": "pt"})
+        write_json(self.out_dir / NAMES_FILE, kept)
         # Hashed from the files as written, so a loader can verify exactly what it reads.
-        checksums = {f: sha256_file(self.out_dir / f) for f in CHECKSUMMED}
+        # what index.load_index verifies: manifest["checksums"][file] = sha256 hex of the final file
+        checksums = {f: sha256_file(self.out_dir / f) for f in CHECKSUMMED_FILES}
         manifest = {**self.desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped),
                     "skipped": skipped, "dtype": "float16", "normalized": True, "norms": True,
                     "format_version": FORMAT_VERSION, "job_key": self.key, "checksums": checksums}
-        write_json(self.out_dir / "manifest.json", manifest)  # last: its presence means the folder is complete
+        write_json(self.out_dir / MANIFEST_FILE, manifest)  # last: its presence means the folder is complete
         shutil.rmtree(self.partial, ignore_errors=True)
         secs = time.time() - t0
         log.info("%s: %d features, %d skipped, %.1f s (%d shards resumed)", self.out_dir, len(kept), len(skipped),
@@ -352,7 +353,7 @@ def open_job(records: Sequence[data_utils.ImageRecord], encoder_desc: dict, out_
 
 def _finished(out_dir: Path, key: str, overwrite: bool) -> ExtractResult | None:
     """The result recorded in out_dir when it already holds this very job's output (and no --overwrite)."""
-    manifest_path = out_dir / "manifest.json"
+    manifest_path = out_dir / MANIFEST_FILE
     if overwrite or not manifest_path.exists():
         return None
     old = json.loads(manifest_path.read_text())
