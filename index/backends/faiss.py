@@ -9,7 +9,6 @@ faiss itself is imported on first use (a heavy optional dependency: pip install 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
-from utils import write_json
+from utils import content_key, write_json
 
 from ..errors import IndexLoadError
 from ..search import Plan, exact_search, make_plan, rescore
@@ -134,7 +133,7 @@ class FaissBackend(Backend):
     @staticmethod
     def saved_files(index: "FeatureIndex", ann_kind: str, build: dict) -> tuple[Path, Path, Path]:
         """(index file, its meta JSON, the build lock) beside the features, named by kind and build parameters."""
-        key = hashlib.sha256(json.dumps([ann_kind, build], sort_keys=True).encode()).hexdigest()[:10]
+        key = content_key(ann_kind, build)[:10]
         file = index.path / f"faiss-{ann_kind}-{key}.index"
         return file, file.with_suffix(".json"), index.path / f".faiss-{ann_kind}-{key}.lock"
 
