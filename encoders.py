@@ -335,6 +335,16 @@ class LiteHeads(nn.Module):
             return hsv
         return torch.cat([hsv, lab_descriptor(rgb, self.palette.cpu(), mask=mask)], 1)
 
+    def image_fingerprint(self) -> str:
+        """A hash of the weights image features depend on (the image head and the palette, not the text
+        head), computed from the weights as they are now: indexes record it, so other heads' features are
+        never searched with these."""
+        digest = hashlib.sha256()
+        for k, v in sorted(self.state_dict().items()):
+            if k.startswith(("image.", "palette")):
+                digest.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
     def save(self, path: str | os.PathLike) -> None:
         """safetensors weights + a JSON config beside them (same stem)."""
         # float16 on disk halves the shipped file; weights are used in float32.
@@ -362,11 +372,6 @@ class LiteEncoder(BaseEncoder):
         self.preprocess = Preprocess(heads.cfg.preprocess, heads.cfg.image_size, LITE_MEAN, LITE_STD,
                                      fill="edge")
         self.heads = heads.to(device).eval()
-        digest = hashlib.sha256()
-        for k, v in sorted(heads.state_dict().items()):
-            if k.startswith(("image.", "palette")):  # what image features depend on (the text head does not)
-                digest.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
-        self._image_weights = digest.hexdigest()[:16]
         self.tower = towers.ImageTower().to(device)
         self._ort = self._ort_text = None
         if runtime not in ("auto", "onnx", "torch"):
@@ -416,7 +421,7 @@ class LiteEncoder(BaseEncoder):
 
     def describe(self) -> dict:
         # The image weights' fingerprint too: features of other heads with the same config must not pass as these.
-        return {**super().describe(), "config": asdict(self.cfg), "image_weights": self._image_weights}
+        return {**super().describe(), "config": asdict(self.cfg), "image_weights": self.heads.image_fingerprint()}
 
     def _text_side_changed(self) -> None:
         if self._ort_text is not None and id(self.text_model) != self._ort_text_source:
