@@ -192,11 +192,12 @@ class BaseEncoder(nn.Module):
 
     # -- the text side, for stage-1 fine-tuning (train.py text) and selecting its checkpoints
 
-    text_checkpoint: str = "base"   # which text side is loaded: "base" or the checkpoint's resolved path
+    text_side: TextSide = TextSide(None)   # which text side is loaded, resolved once (with_text sets it)
 
     @property
-    def text_side(self) -> TextSide:
-        return TextSide.of(self.text_checkpoint)
+    def text_checkpoint(self) -> str:
+        """"base", or the loaded stage-1 checkpoint's resolved path."""
+        return "base" if self.text_side.path is None else str(self.text_side.path)
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
         """State-dict prefixes of what stage 1 fine-tunes: the text head / encoder (+ its top `layers`)."""
@@ -231,7 +232,7 @@ class BaseEncoder(nn.Module):
         for top in {k.split(".")[0] for k in sd}:
             new._modules[top] = copy.deepcopy(self._modules[top])
         new.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
-        new.text_checkpoint = str(path)
+        new.text_side = side
         new._text_side_changed()
         return new.eval()
 
