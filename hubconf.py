@@ -11,8 +11,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from encoders import BaseEncoder, available_models, load  # noqa: E402
-from model import SHIPPED_COMBINERS, Combiner  # noqa: E402
+from cir.combiner import SHIPPED_COMBINERS, Combiner  # noqa: E402
+from cir.encoders import BaseEncoder, available_models, load  # noqa: E402
 
 
 def encoder(name: str = "lite", device: str = "auto", **kwargs) -> BaseEncoder:

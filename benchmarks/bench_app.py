@@ -23,16 +23,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig
+from cir.data import catalog_images, resolve_data_root
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import data_utils  # noqa: E402
-import model  # noqa: E402
-from app import create_app, ensure_catalog  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from utils import REPO_DIR, setup_logging  # noqa: E402
+pass  # noqa: E402
+pass  # noqa: E402
+from cir.cli.serve import ensure_catalog  # noqa: E402
+from cir.paths import REPO_DIR
+from cir.serving.settings import Settings  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
+from cir.web.app import create_app
 
 log = logging.getLogger("bench_app")
 COLOURS = ["red", "navy blue", "black", "white", "green", "yellow", "pink", "grey", "brown", "purple", "beige",
@@ -73,12 +78,12 @@ def main() -> int:
         cfg = Settings(features_root=Path(args.features), data_root=args.data_root, device=args.device,
                        upload_dir=Path(tmp) / "uploads", default_dataset="catalog-all")
         ensure_catalog(cfg)
-        shipped = model.SHIPPED_COMBINERS["combiner"]
+        shipped = SHIPPED_COMBINERS["combiner"]
         if shipped.exists():
             cfg.combiners, combiner_note = {"combiner": str(shipped)}, f"shipped {shipped.name}"
         else:
             torch.manual_seed(0)
-            c = model.Combiner(model.CombinerConfig(feature_dim=cfg.encoder_obj.dim, encoder=cfg.encoder_obj.name))
+            c = Combiner(CombinerConfig(feature_dim=cfg.encoder_obj.dim, encoder=cfg.encoder_obj.name))
             c.save(Path(tmp) / "combiner.safetensors")
             cfg.combiners = {"combiner": str(Path(tmp) / "combiner.safetensors")}
             combiner_note = "random weights, shipped size (weights/combiner.safetensors not trained yet)"
@@ -106,7 +111,7 @@ def main() -> int:
         warm = run(zip(reversed(refs), caps))       # same captions, other references: text from the LRU cache
         assert all(not r["text_cached"] for r in cold) and all(r["text_cached"] for r in warm)
 
-        photos = [r.path for r in data_utils.catalog_images(data_utils.resolve_data_root("catalog", args.data_root),
+        photos = [r.path for r in catalog_images(resolve_data_root("catalog", args.data_root),
                                                            "test")[: args.uploads]]
         up_encode, up_total = [], []
         for path in photos:

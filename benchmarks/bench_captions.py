@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
-from utils import setup_logging  # noqa: E402
+from cir.serving.settings import Settings  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
+from cir.web.app import create_app  # noqa: E402
 
 log = logging.getLogger("bench_captions")
 

@@ -27,19 +27,23 @@ import sys
 import time
 from pathlib import Path
 
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import data_utils  # noqa: E402
-import encoders  # noqa: E402
-from evaluate import image2image  # noqa: E402
-from extract_features import ensure_index  # noqa: E402
-from index import FEATURES_FILE, search  # noqa: E402
-from label_retrieval import LabelClusters, index_folder, label_precision, sample_records  # noqa: E402
-from utils import WEIGHTS_DIR, setup_logging  # noqa: E402
+pass  # noqa: E402
+pass  # noqa: E402
+from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records  # noqa: E402
+from cir.evaluation.protocols import image2image  # noqa: E402
+from cir.extraction.local import ensure_index  # noqa: E402
+from cir.index import FEATURES_FILE, search  # noqa: E402
+from cir.paths import WEIGHTS_DIR
+from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_classical")
 VOLUMES = (1, 5, 10, 50)
@@ -111,9 +115,9 @@ def label_queries(encoder, train_idx, train_labels, idx, labels: np.ndarray) -> 
 
 def bench_encoder(name: str, root: Path, features: Path, train_images: int, speed_images: int,
                   thresholds: np.ndarray) -> dict:
-    encoder = encoders.load(name, "cpu")
-    test = data_utils.catalog_images(root, "test")
-    train = sample_records(data_utils.catalog_images(root, "train"), train_images)
+    encoder = load(name, "cpu")
+    test = catalog_images(root, "test")
+    train = sample_records(catalog_images(root, "train"), train_images)
     idx = ensure_index(test, encoder, index_folder(features, "test", name))
     train_idx = ensure_index(train, encoder, index_folder(features, "train", name, train_images))
     by_name = {r.name: r.attrs for r in test + train}
@@ -172,7 +176,7 @@ def main() -> int:
     args = p.parse_args()
     setup_logging()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    root = data_utils.resolve_data_root("catalog", args.data_root)
+    root = resolve_data_root("catalog", args.data_root)
     results = [bench_encoder(e, root, Path(args.features), args.train_images, args.speed_images,
                              np.asarray(args.thresholds)) for e in args.encoders]
     print(f"\n{' '.join(sys.argv)}  (load average {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)\n")

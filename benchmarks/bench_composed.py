@@ -19,16 +19,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import data_utils  # noqa: E402
-import encoders  # noqa: E402
-import triplets  # noqa: E402
-from evaluate import attribute_match_at_k, composed_catalog, recall_at_k  # noqa: E402
-from extract_features import ensure_index, index_name  # noqa: E402
-from index import search  # noqa: E402
-from model import load_method  # noqa: E402
-from utils import setup_logging  # noqa: E402
+pass  # noqa: E402
+pass  # noqa: E402
+from cir.catalog import triplets  # noqa: E402
+from cir.combiner import load_method  # noqa: E402
+from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
+from cir.evaluation.protocols import composed_catalog  # noqa: E402
+from cir.extraction.local import ensure_index, index_name  # noqa: E402
+from cir.index import search  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
 
 ROWS = [("image only", "image", "base"), ("text only", "text", "base"), ("sum (zero-shot baseline)", "sum", "base"),
         ("stage-1 text + sum", "sum", "stage1"), ("Combiner", "combiner", "base"),
@@ -38,7 +42,7 @@ ROWS = [("image only", "image", "base"), ("text only", "text", "base"), ("sum (z
 def oracle_queries(trips: list, encoder, root: Path, test_index) -> torch.Tensor:
     """Per triplet, the normalised mean train feature of the items satisfying its condition (the reference's
     own feature for the rare condition no train item satisfies)."""
-    recs = data_utils.catalog_images(root, "train")
+    recs = catalog_images(root, "train")
     index = ensure_index(recs, encoder, Path("features") / index_name("catalog", "train"),
                          info={"dataset": "catalog", "split": "train", "data_root": str(root)})
     attrs = {r.name: r.attrs for r in recs}
@@ -79,9 +83,9 @@ def kinds_table(by_label: dict, oracle: dict) -> list[str]:
 
 def main() -> None:
     setup_logging()
-    root = data_utils.resolve_data_root("catalog")
-    records = data_utils.catalog_images(root, "test")
-    base = encoders.load("lite")
+    root = resolve_data_root("catalog")
+    records = catalog_images(root, "test")
+    base = load("lite")
     sides = {"base": base, "stage1": base.with_text("stage1")}
     index = ensure_index(records, base, Path("features") / index_name("catalog", "test"),
                          info={"dataset": "catalog", "split": "test", "data_root": str(root)})

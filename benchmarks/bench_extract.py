@@ -29,43 +29,45 @@ import tempfile
 import time
 from pathlib import Path
 
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders import load
+from cir.extraction.ray_engine import EncoderSpec, extract_index_ray, plan_actors, ray_session
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import data_utils  # noqa: E402
-from extract_features import extract_index  # noqa: E402
-from extract_job import iter_batches  # noqa: E402
-from utils import setup_logging  # noqa: E402
+pass  # noqa: E402
+from cir.extraction.job import iter_batches  # noqa: E402
+from cir.extraction.local import extract_index  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench.extract")
 
 
 def bench_engines(args, recs: list) -> list[dict]:
     """One extraction per engine into a fresh temporary folder; img/s over the job's wall time."""
-    import encoders
     rows = []
     for engine in args.engines:
         t = time.perf_counter()
         if engine == "local":
-            enc = encoders.load("lite", args.device)
+            enc = load("lite", args.device)
             load_s = time.perf_counter() - t
             with tempfile.TemporaryDirectory() as tmp:
                 res = extract_index(recs, enc, Path(tmp) / "idx", batch_size=args.batch_size, workers=args.workers,
                                     shard_size=args.shard_size)
             extra = {"workers": args.workers}
         else:
-            import ray_extract
-            spec = ray_extract.EncoderSpec("lite")
+            spec = EncoderSpec("lite")
             enc = spec.load("cpu")
             load_s = time.perf_counter() - t
             t = time.perf_counter()
-            with ray_extract.ray_session(args.ray_address) as ray, tempfile.TemporaryDirectory() as tmp:
+            with ray_session(args.ray_address) as ray, tempfile.TemporaryDirectory() as tmp:
                 init_s = time.perf_counter() - t
-                res = ray_extract.extract_index_ray(recs, enc, spec, Path(tmp) / "idx", batch_size=args.batch_size,
+                res = extract_index_ray(recs, enc, spec, Path(tmp) / "idx", batch_size=args.batch_size,
                                                     shard_size=args.shard_size, device=args.device,
                                                     workers=args.ray_workers, decode_cpus=args.decode_cpus)
-                plan = ray_extract.plan_actors(ray, args.device, args.ray_workers, args.decode_cpus)
+                plan = plan_actors(ray, args.device, args.ray_workers, args.decode_cpus)
             extra = {"ray_init_s": round(init_s, 1), "actors": plan.actors, "actor_cpus": plan.cpus,
                      "decode_cpus": args.decode_cpus}
         rows.append({"engine": engine, "images": len(recs), "count": res.count, "skipped": len(res.skipped),
@@ -89,7 +91,7 @@ def bench_gpu(args, recs: list) -> dict:
         log.warning("no GPU is present (torch.cuda.is_available() is False): the --gpu-model benchmark is "
                     "skipped, nothing was measured")
         return {"gpu_model": args.gpu_model, "measured": False, "reason": "no CUDA device"}
-    from preprocess import CLIP_MEAN, CLIP_STD, Preprocess
+    from cir.encoders.preprocess import CLIP_MEAN, CLIP_STD, Preprocess
     dev = torch.device("cuda")
     model = vit_b32(dev)
     pre = Preprocess("targetpad", 224, CLIP_MEAN, CLIP_STD)
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="GPU mode: passes over the images (a longer measurement)")
     args = p.parse_args(argv)
     setup_logging()
-    root = data_utils.resolve_data_root("catalog", args.data_root)
-    recs = data_utils.catalog_images(root, args.split)[: args.limit]
+    root = resolve_data_root("catalog", args.data_root)
+    recs = catalog_images(root, args.split)[: args.limit]
     load1 = os.getloadavg()[0]
     env = {"command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]), "cpu_count": os.cpu_count(),
            "machine": platform.machine(), "loadavg_1m_before": round(load1, 2), "limit": args.limit,

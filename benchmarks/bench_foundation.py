@@ -23,16 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import data_utils  # noqa: E402
-import encoders  # noqa: E402
-from evaluate import image2image, text2image  # noqa: E402
-from extract_features import extract_index  # noqa: E402
-from index import FeatureIndex, load_index  # noqa: E402
-from utils import setup_logging  # noqa: E402
+pass  # noqa: E402
+pass  # noqa: E402
+from cir.evaluation.protocols import image2image, text2image  # noqa: E402
+from cir.extraction.local import extract_index  # noqa: E402
+from cir.index import FeatureIndex, load_index  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
 
 
 def probes(index: FeatureIndex, train: list, test: list) -> dict[str, float]:
@@ -62,12 +65,12 @@ def main() -> int:
     p.add_argument("--split", default="all", help="catalogue split to extract for the throughput figure")
     args = p.parse_args()
     setup_logging()
-    root = data_utils.resolve_data_root("catalog", args.data_root)
-    enc = encoders.load("lite", args.device, heads=args.heads)
+    root = resolve_data_root("catalog", args.data_root)
+    enc = load("lite", args.device, heads=args.heads)
     out = {"device": str(enc.device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine()}
     with tempfile.TemporaryDirectory() as tmp:
-        recs = data_utils.catalog_images(root, args.split)
+        recs = catalog_images(root, args.split)
         res = extract_index(recs, enc, Path(tmp) / "all", batch_size=args.batch_size, workers=args.workers)
         out["extract_images"] = res.count
         out["extract_img_per_s"] = round(len(recs) / res.seconds, 1)
@@ -77,13 +80,13 @@ def main() -> int:
             idx = load_index(Path(tmp) / "all")
             times.append(time.perf_counter() - t)
         out["load_index_ms"] = round(1000 * statistics.median(times), 1)
-        test = data_utils.catalog_images(root, "test")
+        test = catalog_images(root, "test")
         names = {r.name for r in test}
         test_rows = [i for i, n in enumerate(idx.names) if n in names]
         test_idx = FeatureIndex(idx.features[test_rows], [idx.names[i] for i in test_rows])
         out["text2image"] = text2image(enc, test_idx, test)
         out["image2image"] = image2image(test_idx, test)
-        out["probes"] = probes(idx, data_utils.catalog_images(root, "train"), test)
+        out["probes"] = probes(idx, catalog_images(root, "train"), test)
     t2i, i2i = out["text2image"], out["image2image"]
     rows = [
         ("text->image R@1 / R@5 / R@10, catalogue test (993)", f"{t2i['R@1']} / {t2i['R@5']} / {t2i['R@10']}",

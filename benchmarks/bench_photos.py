@@ -15,17 +15,22 @@ import random
 import sys
 from pathlib import Path
 
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import data_utils  # noqa: E402
-import encoders  # noqa: E402
-from augment import augment  # noqa: E402
-from evaluate import attribute_precision_at_k, image2image  # noqa: E402
-from index import FeatureIndex, search  # noqa: E402
-from utils import WEIGHTS_DIR, setup_logging  # noqa: E402
+pass  # noqa: E402
+pass  # noqa: E402
+from cir.evaluation.metrics import attribute_precision_at_k
+from cir.evaluation.protocols import image2image  # noqa: E402
+from cir.index import FeatureIndex, search  # noqa: E402
+from cir.paths import WEIGHTS_DIR
+from cir.training.augment import augment  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
 
 
 def encode(enc, images: list[Image.Image], batch: int = 64) -> torch.Tensor:
@@ -40,14 +45,14 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1234, help="seed of the photo views")
     args = p.parse_args()
     setup_logging()
-    recs = data_utils.catalog_images(data_utils.resolve_data_root("catalog", args.data_root), "test")
+    recs = catalog_images(resolve_data_root("catalog", args.data_root), "test")
     clean = [Image.open(r.path).convert("RGB") for r in recs]
     photos = [augment(im, random.Random(args.seed * 100_000 + i), background_p=1.0) for i, im in enumerate(clean)]
     key = [(r.attrs.get("articleType"), r.attrs.get("baseColour")) for r in recs]
     print("| heads | clean image->image P@10 | photo -> own clean image R@1 | photo P@10 same type+colour |")
     print("|---|---:|---:|---:|")
     for heads in args.heads:
-        enc = encoders.load("lite", "cpu", heads=heads)
+        enc = load("lite", "cpu", heads=heads)
         gallery = FeatureIndex(encode(enc, clean), [r.name for r in recs])
         queries = encode(enc, photos)
         own = torch.arange(len(recs))

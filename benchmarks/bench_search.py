@@ -37,9 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import index as index_mod  # noqa: E402
-from index import ann_recall, load_index, search  # noqa: E402
-from utils import REPO_DIR, save_tensors, setup_logging, write_json  # noqa: E402
+from cir import index as index_mod  # noqa: E402
+from cir.index import ann_recall, load_index, search  # noqa: E402
+from cir.paths import REPO_DIR
+from cir.utils import save_tensors, setup_logging, write_json  # noqa: E402
 
 log = logging.getLogger("bench_search")
 LATENT, CLUSTERS, SPREAD, NOISE = 32, 2000, 0.5, 0.1

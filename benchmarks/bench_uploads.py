@@ -34,9 +34,12 @@ import tracemalloc
 import types
 from pathlib import Path
 
+from cir.encoders import load
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from utils import REPO_DIR, setup_logging  # noqa: E402
+from cir.paths import REPO_DIR
+from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_uploads")
 MB = 1024 * 1024
@@ -87,7 +90,7 @@ def _rss_mb() -> float:
 def _store_class(impl: str, before: str):
     """UploadStore of this tree, or of git revision `before` (its module source, run under another name)."""
     if impl != "before":
-        from service.uploads import UploadLimits, UploadStore
+        from cir.serving.uploads import UploadLimits, UploadStore
         return lambda folder, enc, guard: UploadStore(
             folder, enc, UploadLimits(**({"max_pixels": IMPLS[impl]} if IMPLS[impl] else {})), 16, guard)
     src = subprocess.run(["git", "-C", str(REPO_DIR), "show", f"{before}:service/uploads.py"],
@@ -100,8 +103,7 @@ def _store_class(impl: str, before: str):
 
 def worker(image: Path, concurrent: int, impl: str, before: str) -> dict:
     """One measurement, in this (fresh) process."""
-    import encoders
-    enc = encoders.load("lite", "cpu")
+    enc = load("lite", "cpu")
     lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         store = _store_class(impl, before)(Path(tmp), enc, lambda: lock)

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from index import load_index  # noqa: E402
-from utils import setup_logging, sha256_file, write_json  # noqa: E402
+from cir.index import load_index  # noqa: E402
+from cir.utils import setup_logging, sha256_file, write_json  # noqa: E402
 
 log = logging.getLogger("bench.verify")
 

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from cir.data import catalog_images, cirr_images
+from cir.encoders import load
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CATALOG = SHARED / "fashion-catalog"
 
@@ -18,8 +21,7 @@ def catalog_root() -> Path:
 
 @pytest.fixture(scope="session")
 def lite_encoder():
-    import encoders
-    return encoders.load("lite", "cpu")
+    return load("lite", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------- web demo
@@ -62,20 +64,19 @@ def demo_world(tmp_path_factory, catalog_root, lite_encoder):
     """
     import torch
 
-    import data_utils
-    from encoders import TextCheckpointInfo
-    from extract_features import ensure_index
-    from model import Combiner, CombinerConfig
-    from utils import save_checkpoint
+    from cir.combiner import Combiner, CombinerConfig
+    from cir.encoders import TextCheckpointInfo
+    from cir.extraction.local import ensure_index
+    from cir.utils import save_checkpoint
 
     base = tmp_path_factory.mktemp("demo")
     features = base / "features"
-    records = data_utils.catalog_images(catalog_root, "test")[:DEMO_CATALOG_IMAGES]
+    records = catalog_images(catalog_root, "test")[:DEMO_CATALOG_IMAGES]
     ensure_index(records, lite_encoder, features / "catalog-test", workers=0,
                  info={"dataset": "catalog", "split": "test", "data_root": str(catalog_root)})
     cirr_root = base / "cirr_dataset"
     _fake_cirr(cirr_root)
-    ensure_index(data_utils.cirr_images(cirr_root, "val"), lite_encoder, features / "cirr-val", workers=0,
+    ensure_index(cirr_images(cirr_root, "val"), lite_encoder, features / "cirr-val", workers=0,
                  info={"dataset": "cirr", "split": "val", "data_root": str(cirr_root)})
 
     weights = base / "weights"

@@ -14,16 +14,17 @@ import pytest
 import torch
 from PIL import Image
 
-import app as app_module
-import model
-from app import AppConfig, create_app, main
-from index import FeatureIndex, search
-from service.caching import LRU, Metrics
-from service.datasets import Dataset, DatasetSource, cirr_groups, rank_group, tags_caption
-from service.engine import Hit, ModelChoice, SearchResult
-from service.errors import BadInput
-from service.inputs import MAX_CAPTION_CHARS, validate_text
-from service.settings import Settings
+from cir.cli.serve import main, parser
+from cir.combiner import compose
+from cir.data import cirr_triplets
+from cir.index import FeatureIndex, search
+from cir.serving.caching import LRU, Metrics
+from cir.serving.datasets import Dataset, DatasetSource, cirr_groups, rank_group, tags_caption
+from cir.serving.engine import Hit, ModelChoice, SearchResult
+from cir.serving.errors import BadInput
+from cir.serving.inputs import MAX_CAPTION_CHARS, validate_text
+from cir.serving.settings import Settings
+from cir.web.app import AppConfig, create_app
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_search_is_compose_then_index_search(client, engine, ref):
     caption = "in navy blue"
     for mode, method, comb in [("sum", "sum", None), ("composed", "combiner", engine.combiners["tiny"][0]),
                                ("image", "image", None)]:
-        q = model.compose(engine.encoder, ds.index.features[row:row + 1], [caption], method, comb)
+        q = compose(engine.encoder, ds.index.features[row:row + 1], [caption], method, comb)
         scores, ids = search(q, ds.index, 10, exclude=[[row]])
         d = _search(client, mode=mode, reference=ref, caption=caption, k=10, combiner="tiny").get_json()
         assert d["ids"] == [ds.index.names[i] for i in ids[0].tolist()], mode
@@ -416,10 +417,9 @@ def test_rank_group_with_real_cirr_groups(tmp_path):
     """rank_group over the real CIRR val img_set lists, against brute force, reference excluded."""
     from conftest import CIRR_FORMATS
 
-    import data_utils
     if not CIRR_FORMATS.exists():
         pytest.skip("CIRR annotation files not available")
-    triplets = data_utils.cirr_triplets(CIRR_FORMATS, "val")[:200]
+    triplets = cirr_triplets(CIRR_FORMATS, "val")[:200]
     names = sorted({m for t in triplets for m in t.group} | {t.reference for t in triplets})
     g = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(len(names), 16, generator=g), dim=-1).half()
@@ -586,7 +586,7 @@ def test_settings_from_env(tmp_path):
 
 
 def _cli_settings(argv, environ=None):
-    args = app_module.parser().parse_args(argv)
+    args = parser().parse_args(argv)
     return Settings.from_args(args, Settings.from_env(environ or {}))
 
 
@@ -609,7 +609,7 @@ def test_one_declaration_adds_an_option():
     import argparse
     from dataclasses import dataclass
 
-    from service.settings import option
+    from cir.serving.settings import option
 
     @dataclass
     class More(Settings):
@@ -673,8 +673,8 @@ def test_features_of_other_heads_are_never_served(demo_world, tmp_path, caplog):
 
 def test_combiners_pair_with_the_same_side_however_it_is_written(tmp_path):
     """The engine pairs a Combiner's recorded text side with a loaded one by identity, not by string."""
-    from encoders import BASE_TEXT, STAGE1_TEXT, TextSide
-    from service.engine import _paired_side
+    from cir.encoders import BASE_TEXT, STAGE1_TEXT, TextSide
+    from cir.serving.engine import _paired_side
 
     class Side:
         def __init__(self, side):

@@ -6,35 +6,36 @@ import pytest
 import torch
 from PIL import Image
 
-import bof
-import data_utils
-import encoders
-from app import create_app
-from extract_features import ensure_index
-from index import search
-from label_retrieval import LabelClusters, label_precision
-from service.settings import Settings
+from cir.data import ImageRecord, catalog_images
+from cir.encoders import available_models, load
+from cir.encoders.bof import BofConfig, TextUnsupported, fit
+from cir.evaluation.label_retrieval import LabelClusters, label_precision
+from cir.extraction.local import ensure_index
+from cir.index import search
+from cir.paths import WEIGHTS_DIR
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 
 TYPES = ("Watches", "Tshirts", "Casual Shoes")
 
 
-def _records(root, split: str, per_type: int) -> list[data_utils.ImageRecord]:
+def _records(root, split: str, per_type: int) -> list[ImageRecord]:
     """The first `per_type` images of each of TYPES in `split`, in file order (deterministic)."""
     out = []
     for t in TYPES:
-        out += [r for r in data_utils.catalog_images(root, split) if r.attrs["articleType"] == t][:per_type]
+        out += [r for r in catalog_images(root, split) if r.attrs["articleType"] == t][:per_type]
     return out
 
 
 @pytest.fixture(scope="module")
 def small_model(catalog_root, tmp_path_factory):
     """A small vocabulary/PCA fitted on 60 real train images, saved and loaded back through encoders.load."""
-    model, summary = bof.fit(_records(catalog_root, "train", 20), bof.BofConfig(words=24, dim=16),
+    model, summary = fit(_records(catalog_root, "train", 20), BofConfig(words=24, dim=16),
                              vocab_images=30, per_image=32, pca_images=60)
     assert summary["pca_images"] == 60 and summary["input_dim"] == 24 + 1764 + 128 + 18
     path = tmp_path_factory.mktemp("bof") / "bof.safetensors"
     model.save(path)
-    return encoders.load("bof", heads=path)
+    return load("bof", heads=path)
 
 
 def test_fit_save_load_round_trip(small_model, catalog_root):
@@ -66,18 +67,18 @@ def test_extract_index_and_search(small_model, catalog_root, tmp_path):
 
 
 def test_text_is_refused(small_model):
-    with pytest.raises(bof.TextUnsupported, match="image-only"):
+    with pytest.raises(TextUnsupported, match="image-only"):
         small_model.encode_texts(["a red shirt"])
-    with pytest.raises(bof.TextUnsupported, match="image-only"):
+    with pytest.raises(TextUnsupported, match="image-only"):
         small_model.with_text("stage1")
     assert small_model.with_text("base") is small_model and small_model.with_text(None) is small_model
 
 
 def test_shipped_weights_load():
-    enc = encoders.load("bof")
+    enc = load("bof")
     meta = enc.describe()
     assert enc.dim == meta["dim"] == meta["config"]["dim"] and len(meta["image_weights"]) == 16
-    assert (encoders.WEIGHTS_DIR / "bof.train.json").exists()  # how it was fitted, on which split
+    assert (WEIGHTS_DIR / "bof.train.json").exists()  # how it was fitted, on which split
 
 
 def test_demo_serves_bof_for_image_search_only(small_model, catalog_root, tmp_path):
@@ -108,7 +109,7 @@ def test_demo_serves_bof_for_image_search_only(small_model, catalog_root, tmp_pa
 
 def test_missing_weights_say_how_to_fit(tmp_path):
     with pytest.raises(FileNotFoundError, match="bof.py fit"):
-        encoders.load("bof", heads=tmp_path / "none.safetensors")
+        load("bof", heads=tmp_path / "none.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------- two-stage
@@ -137,7 +138,7 @@ def test_label_clusters_on_synthetic_blobs():
 
 def test_label_clusters_on_real_bof_features(catalog_root):
     """Stage 1 on shipped-bof features of 60 real train images, stage 2 on 24 test images: well above chance."""
-    enc = encoders.load("bof")
+    enc = load("bof")
     train, test = _records(catalog_root, "train", 20), _records(catalog_root, "test", 8)
 
     def feats(recs):
@@ -150,8 +151,8 @@ def test_label_clusters_on_real_bof_features(catalog_root):
 
 
 def test_registry_names_bof_and_refuses_its_misuse():
-    assert "bof" in encoders.available_models()
+    assert "bof" in available_models()
     with pytest.raises(ValueError, match="own preprocessing"):
-        encoders.load("bof", preprocess="targetpad")
-    with pytest.raises(bof.TextUnsupported, match="image-only"):
-        encoders.load("bof", text="stage1")
+        load("bof", preprocess="targetpad")
+    with pytest.raises(TextUnsupported, match="image-only"):
+        load("bof", text="stage1")

@@ -23,6 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from cir.data import catalog_images
+from cir.web.assets import CDN_CSS, CSS_FILE, bootstrap_dir, content_security_policy
+
 pytest.importorskip("playwright")
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -30,8 +33,8 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-import page_assets  # noqa: E402
-from app import AppConfig, create_app  # noqa: E402
+pass  # noqa: E402
+from cir.web.app import AppConfig, create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
@@ -126,7 +129,7 @@ def test_page_is_styled_offline_under_its_csp(server, page):
     """The page as shipped: local Bootstrap, the CSP header, no inline code, nothing from another origin."""
     base, _ = server
     resp = page.goto(base + "/")
-    assert resp.headers["content-security-policy"] == page_assets.content_security_policy("local")
+    assert resp.headers["content-security-policy"] == content_security_policy("local")
     expect(page.locator("#ref-grid .thumb-card")).to_have_count(24)
     _assert_styled(page, base)
     assert page.problems == []
@@ -144,10 +147,10 @@ def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, browser):
     packaged file, byte-identical to the CDN's)."""
     app = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "uploads", bootstrap="cdn", warm_up=False))
     base, stop = _serve(app)
-    css = page_assets.bootstrap_dir() / page_assets.CSS_FILE
+    css = bootstrap_dir() / CSS_FILE
 
     def cdn(route):
-        if route.request.url != page_assets.CDN_CSS:
+        if route.request.url != CDN_CSS:
             return False
         route.fulfill(path=str(css), content_type="text/css", headers={"Access-Control-Allow-Origin": "*"})
         return True
@@ -356,9 +359,8 @@ SHOPPER_REFERENCE = "12329"
 
 def _catalog_server(tmp_path_factory, catalog_root, encoder, split: str, features: Path):
     """The demo as shipped (default composed mode, shipped Combiners) over one split of the catalogue."""
-    import data_utils
-    from extract_features import ensure_index
-    records = data_utils.catalog_images(catalog_root, split)
+    from cir.extraction.local import ensure_index
+    records = catalog_images(catalog_root, split)
     ensure_index(records, encoder, features / f"catalog-{split}",
                  info={"dataset": "catalog", "split": split, "data_root": str(catalog_root)})
     app = create_app(AppConfig(features_root=features, encoder_obj=encoder, default_dataset=f"catalog-{split}",

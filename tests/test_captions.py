@@ -14,13 +14,13 @@ import pytest
 import torch
 from conftest import SHARED
 
-import data_utils
-from app import create_app
-from index import search
-from service.annotations import Annotations
-from service.errors import ServiceUnavailable
-from service.settings import Settings
-from triplets import generate
+from cir.catalog.triplets import generate
+from cir.data import AnnotationError, catalog_images, fashioniq_images, load_triplets
+from cir.index import search
+from cir.serving.annotations import Annotations
+from cir.serving.errors import ServiceUnavailable
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 
 FIQ_FORMATS = SHARED / "formats" / "fashionIQ_dataset"
 FIQ_ENTRIES = 8     # the first real dress val entries: their candidates and targets become the index
@@ -51,7 +51,7 @@ def _full_ranking(app, body: dict, scores: bool = False):
 
 def test_cirr_captions_are_the_real_annotations(app, client):
     ds = app.extensions["cir"].datasets["cirr-val"]
-    triplets = data_utils.load_triplets("cirr", ds.source.data_root, "val")
+    triplets = load_triplets("cirr", ds.source.data_root, "val")
     ref = triplets[0].reference
     d = _captions(client, "cirr-val", ref).get_json()
     want = [(t.captions[0], t.target) for t in triplets if t.reference == ref]
@@ -77,7 +77,7 @@ def test_cirr_target_rank_and_group_rank(app, client):
 
 def test_catalog_captions_are_evaluates_triplets(app, client, catalog_root):
     ds = app.extensions["cir"].datasets["catalog-test"]
-    records = [r for r in data_utils.catalog_images(catalog_root, "test") if r.name in ds.index]
+    records = [r for r in catalog_images(catalog_root, "test") if r.name in ds.index]
     trips = generate(records, seed=0, per_kind=500)   # evaluate.py's defaults
     assert trips
     ref = trips[0].reference
@@ -115,7 +115,7 @@ def test_caption_endpoint_errors(client, demo_world):
 
 def test_a_malformed_annotation_file_is_an_error_not_no_captions():
     def broken():
-        raise data_utils.AnnotationError("cap.rc2.val.json: entry 3: missing key 'pairid'")
+        raise AnnotationError("cap.rc2.val.json: entry 3: missing key 'pairid'")
     ann = Annotations(broken, "dataset 'x'")
     assert ann.available
     for _ in range(2):   # the failure is kept: the file is not re-read on every request
@@ -143,13 +143,13 @@ def _fake_fashioniq(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fiq_app(demo_world, lite_encoder, tmp_path_factory):
-    from extract_features import ensure_index
+    from cir.extraction.local import ensure_index
     if not FIQ_FORMATS.exists():
         pytest.skip("FashionIQ annotation files not available")
     base = tmp_path_factory.mktemp("fiq")
     root = base / "fashionIQ_dataset"
     entries = _fake_fashioniq(root)
-    ensure_index(data_utils.fashioniq_images(root, "val", ["dress"]), lite_encoder, base / "features" /
+    ensure_index(fashioniq_images(root, "val", ["dress"]), lite_encoder, base / "features" /
                  "fashioniq-dress-val", workers=0,
                  info={"dataset": "fashioniq", "split": "val", "category": "dress", "data_root": str(root)})
     threads = torch.get_num_threads()
@@ -160,7 +160,7 @@ def fiq_app(demo_world, lite_encoder, tmp_path_factory):
 
 
 def test_fashioniq_captions_are_the_real_annotations(fiq_app):
-    from evaluate import fiq_caption
+    from cir.data.fashioniq import fiq_caption
     app, entries = fiq_app
     client = app.test_client()
     ref = entries[0]["candidate"]
@@ -182,7 +182,7 @@ def test_fashioniq_captions_are_the_real_annotations(fiq_app):
 
 def test_datasets_without_annotations_offer_none(tmp_path):
     """A folder dataset has no annotations: available False, an empty list, never an error."""
-    from service.annotations import annotations_for
+    from cir.serving.annotations import annotations_for
     ann = annotations_for("folder", None, None, tmp_path, [], ["a.jpg"], "dataset 'f'")
     assert not ann.available and ann.of("a.jpg") == [] and ann.count() == 0
     ann = annotations_for("cirr", "val", None, tmp_path, [], ["a"], "dataset 'c'")   # no caption file

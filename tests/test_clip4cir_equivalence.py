@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
-import evaluate
-import extract_features
-from app import AppConfig, create_app
-from model import Combiner, CombinerConfig
+from cir.cli.evaluate import main
+from cir.cli.extract import main
+from cir.combiner import Combiner, CombinerConfig
+from cir.encoders import load
+from cir.web.app import AppConfig, create_app
 
 SIZES = [(40, 52), (90, 30), (32, 32), (64, 50), (30, 75), (100, 125), (52, 40), (45, 90), (70, 70),
          (120, 40), (36, 48), (80, 64)]
@@ -52,7 +53,7 @@ def world(tmp_path_factory, tiny_clip_dir):  # noqa: F811
         (root / sub).parent.mkdir(exist_ok=True)
         (root / sub).write_text(json.dumps(payload))
     feats = root.parent / (root.name + "-features")
-    assert extract_features.main(["--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
+    assert main(["--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
                                   "--encoder", f"hf:{tiny_clip_dir}", "--device", "cpu", "--workers", "0",
                                   "--out", str(feats)]) == 0
     torch.manual_seed(1)
@@ -128,7 +129,7 @@ def ref_rankings(world, method: str) -> list[list[str]]:
 # ----------------------------------------------------------------------------------------------- the checks
 
 def test_the_raw_features_are_stored_and_differ_in_norm(world):
-    from index import load_index
+    from cir.index import load_index
     img, txt = ref_features(world)
     index = load_index(world["features"] / "fashioniq-shirt-val")
     raw = index.raw_matrix()
@@ -151,7 +152,7 @@ def test_normalising_the_inputs_would_change_the_ranking(world):
 @pytest.mark.parametrize("method", ["combiner", "sum"])
 def test_evaluate_ranks_as_the_papers(world, method, tmp_path):
     out = tmp_path / "rankings.json"
-    assert evaluate.main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(world["root"]),
+    assert main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(world["root"]),
                           "--split", "val", "--encoder", f"hf:{world['clip']}", "--device", "cpu", "--workers", "0",
                           "--features", str(world["features"]),
                           "--combiner", str(world["ckpt"]) if method == "combiner" else "sum",
@@ -161,8 +162,7 @@ def test_evaluate_ranks_as_the_papers(world, method, tmp_path):
 
 @pytest.mark.parametrize("method", ["combiner", "sum"])
 def test_the_server_ranks_as_the_papers(world, method, tmp_path):
-    import encoders
-    enc = encoders.load(f"hf:{world['clip']}", "cpu")
+    enc = load(f"hf:{world['clip']}", "cpu")
     app = create_app(AppConfig(features_root=world["features"], encoder_obj=enc, combiners={"orig": str(world["ckpt"])},
                                text_checkpoints={}, upload_dir=tmp_path, data_root=str(world["root"])))
     client = app.test_client()
@@ -177,7 +177,7 @@ def test_the_server_ranks_as_the_papers(world, method, tmp_path):
 
 def _legacy_folder(path, encoder: str) -> None:
     """A feature folder as format 1 wrote it: normalised rows only, no norms."""
-    from utils import save_tensors, write_json
+    from cir.utils import save_tensors, write_json
     x = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1).half()
     save_tensors(path / "features.safetensors", {"features": x})
     write_json(path / "names.json", list("abcd"))
@@ -186,7 +186,7 @@ def _legacy_folder(path, encoder: str) -> None:
 
 
 def test_old_feature_folders_are_read_correctly_or_refused(tmp_path):
-    from index import IndexLoadError, load_index
+    from cir.index import IndexLoadError, load_index
     _legacy_folder(tmp_path / "lite", "lite")
     lite = load_index(tmp_path / "lite")
     assert torch.equal(lite.raw([1, 2]), lite.features[[1, 2]].float())  # lite's raw outputs are unit vectors
@@ -198,8 +198,8 @@ def test_old_feature_folders_are_read_correctly_or_refused(tmp_path):
 
 
 def test_damaged_norms_are_refused(tmp_path):
-    from index import IndexLoadError, load_index
-    from utils import save_tensors
+    from cir.index import IndexLoadError, load_index
+    from cir.utils import save_tensors
     _legacy_folder(tmp_path, "hf:x")
     x = F.normalize(torch.randn(4, 8), dim=-1).half()
     save_tensors(tmp_path / "features.safetensors", {"features": x, "norms": torch.tensor([1.0, float("nan"), 2, 3])})

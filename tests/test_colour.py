@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from augment import Augmented, augment
-from colour import LAB_EXTRA, foreground, lab_descriptor, learn_palette, pixel_weights, rgb_to_lab
-from encoders import LiteConfig, LiteHeads
+from cir.encoders import LiteConfig, LiteHeads
+from cir.encoders.colour import LAB_EXTRA, foreground, lab_descriptor, learn_palette, pixel_weights, rgb_to_lab
+from cir.training.augment import Augmented, augment
 
 
 def on_white(colour, size: int = 224, border: int = 56) -> torch.Tensor:

@@ -7,8 +7,25 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import data_utils as du
-from data_utils import AnnotationError, ImageRecord, MissingImageError, Triplet
+from cir.data import (
+    AnnotationError,
+    ImageRecord,
+    MissingImageError,
+    Triplet,
+    catalog_images,
+    check_images,
+    cirr_images,
+    cirr_triplets,
+    fashioniq_categories,
+    fashioniq_images,
+    fashioniq_triplets,
+    folder_images,
+    list_images,
+    load_json,
+    load_triplets,
+    pattern_of,
+    resolve_data_root,
+)
 
 SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 FORMATS = SHARED / "formats"
@@ -63,22 +80,22 @@ def cirr_layout(tmp_path: Path, split: str = "val", n: int = 5) -> Path:
 
 @needs_formats
 def test_fashioniq_categories_discovered():
-    assert du.fashioniq_categories(FIQ) == ["dress", "shirt", "toptee"]
+    assert fashioniq_categories(FIQ) == ["dress", "shirt", "toptee"]
 
 
 @needs_formats
 def test_fashioniq_val_counts_and_first_entry():
-    triplets = du.fashioniq_triplets(FIQ, "val", ["dress"])
+    triplets = fashioniq_triplets(FIQ, "val", ["dress"])
     raw = read(FIQ / "captions" / "cap.dress.val.json")
     assert len(triplets) == len(raw) == 2017
     first = raw[0]
     assert triplets[0] == Triplet(first["candidate"], tuple(first["captions"]), first["target"], "dress")
-    assert len(du.fashioniq_images(FIQ, "val", ["dress"])) == 3817
+    assert len(fashioniq_images(FIQ, "val", ["dress"])) == 3817
 
 
 @needs_formats
 def test_fashioniq_all_categories_in_order():
-    triplets = du.fashioniq_triplets(FIQ, "val")
+    triplets = fashioniq_triplets(FIQ, "val")
     assert len(triplets) == 2017 + 2038 + 1961
     assert list(dict.fromkeys(t.category for t in triplets)) == ["dress", "shirt", "toptee"]
     assert all(len(t.captions) == 2 and t.target for t in triplets)
@@ -89,13 +106,13 @@ def test_fashioniq_images_union_deduplicated_in_order():
     expected = list(dict.fromkeys(
         n for c in ("dress", "shirt", "toptee") for n in read(FIQ / "image_splits" / f"split.{c}.val.json")
     ))
-    records = du.fashioniq_images(FIQ, "val")
+    records = fashioniq_images(FIQ, "val")
     assert [r.name for r in records] == expected
 
 
 @needs_formats
 def test_fashioniq_test_split_has_no_target_and_stripped_captions():
-    triplets = du.fashioniq_triplets(FIQ, "test", ["dress"])
+    triplets = fashioniq_triplets(FIQ, "test", ["dress"])
     assert len(triplets) == 2024
     assert all(t.target is None for t in triplets)
     assert triplets[0].captions == ("yello and more flowing", "short and black")
@@ -105,9 +122,9 @@ def test_fashioniq_test_split_has_no_target_and_stripped_captions():
 @needs_formats
 def test_fashioniq_missing_category_and_bad_split():
     with pytest.raises(FileNotFoundError, match=r"cap\.skirt\.val\.json.*cap\.dress\.val\.json"):
-        du.fashioniq_triplets(FIQ, "val", ["skirt"])
+        fashioniq_triplets(FIQ, "val", ["skirt"])
     with pytest.raises(ValueError, match="train, val, test"):
-        du.fashioniq_triplets(FIQ, "dev")
+        fashioniq_triplets(FIQ, "dev")
 
 
 # -----------------------------------------------------------------------------
@@ -117,7 +134,7 @@ def test_fashioniq_missing_category_and_bad_split():
 @needs_formats
 def test_cirr_val_triplets_and_images():
     raw = read(CIRR / "cirr" / "captions" / "cap.rc2.val.json")
-    triplets = du.cirr_triplets(CIRR, "val")
+    triplets = cirr_triplets(CIRR, "val")
     assert len(triplets) == 4181
     first, t = raw[0], triplets[0]
     assert (t.reference, t.captions, t.target, t.pair_id) == (
@@ -126,7 +143,7 @@ def test_cirr_val_triplets_and_images():
     assert t.group == tuple(first["img_set"]["members"])
     assert t.target_soft == first["target_soft"]
 
-    images = du.cirr_images(CIRR, "val")
+    images = cirr_images(CIRR, "val")
     assert len(images) == 2297
     assert images[0] == ImageRecord("dev-244-0-img0", CIRR / "dev" / "dev-244-0-img0.png")
     names = {r.name for r in images}
@@ -135,7 +152,7 @@ def test_cirr_val_triplets_and_images():
 
 @needs_formats
 def test_cirr_test1_has_no_target():
-    triplets = du.cirr_triplets(CIRR, "test1")
+    triplets = cirr_triplets(CIRR, "test1")
     assert len(triplets) == 4148
     assert all(t.target is None and t.target_soft is None and len(t.group) == 6 for t in triplets)
     assert triplets[0].pair_id == 12063
@@ -144,25 +161,25 @@ def test_cirr_test1_has_no_target():
 @needs_formats
 def test_cirr_missing_split_lists_available():
     with pytest.raises(FileNotFoundError, match=r"cap\.rc2\.train\.json.*cap\.rc2\.test1\.json"):
-        du.cirr_triplets(CIRR, "train")
+        cirr_triplets(CIRR, "train")
     with pytest.raises(ValueError, match="train, val, test1"):
-        du.cirr_images(CIRR, "test")
+        cirr_images(CIRR, "test")
 
 
 @needs_formats
 def test_dispatchers():
     # The parent folder works too: the dispatchers step into the dataset's default subfolder.
-    assert len(du.list_images("fashioniq", FORMATS, "val", ["dress"])) == 3817
-    assert len(du.list_images("cirr", CIRR, "val")) == 2297
-    assert len(du.load_triplets("cirr", FORMATS, "test1")) == 4148
-    assert len(du.load_triplets("fashioniq", FIQ, "val", ["shirt"])) == 2038
+    assert len(list_images("fashioniq", FORMATS, "val", ["dress"])) == 3817
+    assert len(list_images("cirr", CIRR, "val")) == 2297
+    assert len(load_triplets("cirr", FORMATS, "test1")) == 4148
+    assert len(load_triplets("fashioniq", FIQ, "val", ["shirt"])) == 2038
     for dataset in ("catalog", "folder"):
         with pytest.raises(ValueError, match="fashioniq and cirr"):
-            du.load_triplets(dataset, FORMATS, "val")
+            load_triplets(dataset, FORMATS, "val")
     with pytest.raises(ValueError, match="catalog, fashioniq, cirr, folder"):
-        du.list_images("coco", FORMATS)
+        list_images("coco", FORMATS)
     with pytest.raises(ValueError, match="split"):
-        du.list_images("cirr", CIRR)
+        list_images("cirr", CIRR)
 
 
 # -----------------------------------------------------------------------------
@@ -172,41 +189,41 @@ def test_dispatchers():
 @needs_formats
 def test_fashioniq_placeholder_images_png_and_jpg(tmp_path):
     root = fiq_layout(tmp_path)
-    records = du.fashioniq_images(root, "val")
+    records = fashioniq_images(root, "val")
     for i, r in enumerate(records):
         make_image(root / "images" / f"{r.name}{'.png' if i % 2 else '.jpg'}")
     make_image(root / "images" / f"{records[1].name}.jpg")  # both exist: .png wins
 
-    records = du.fashioniq_images(root, "val")
+    records = fashioniq_images(root, "val")
     assert [r.path.suffix for r in records[:3]] == [".jpg", ".png", ".jpg"]
-    du.check_images(records)
+    check_images(records)
 
     records[2].path.unlink()
     with pytest.raises(MissingImageError, match=records[2].name) as e:
-        du.check_images(du.fashioniq_images(root, "val"))
+        check_images(fashioniq_images(root, "val"))
     assert "1 of" in str(e.value)
 
 
 @needs_formats
 def test_cirr_placeholder_images(tmp_path):
     root = cirr_layout(tmp_path)
-    records = du.cirr_images(root, "val")
+    records = cirr_images(root, "val")
     for r in records:
         make_image(r.path)
-    du.check_images(records)
-    triplets = du.cirr_triplets(root, "val")
+    check_images(records)
+    triplets = cirr_triplets(root, "val")
     names = {r.name for r in records}
     assert all({t.reference, t.target, *t.group} <= names for t in triplets)
 
     records[0].path.unlink()
     with pytest.raises(MissingImageError, match=records[0].name):
-        du.check_images(records)
+        check_images(records)
 
 
 def test_missing_image_error_lists_first_ten(tmp_path):
     records = [ImageRecord(f"img{i:02d}", tmp_path / f"img{i:02d}.png") for i in range(13)]
     with pytest.raises(MissingImageError) as e:
-        du.check_images(records)
+        check_images(records)
     msg = str(e.value)
     assert "13 of 13" in msg and "img09" in msg and "img10" not in msg and "3 more" in msg
     assert isinstance(e.value, FileNotFoundError)
@@ -215,10 +232,10 @@ def test_missing_image_error_lists_first_ten(tmp_path):
 @needs_formats
 def test_custom_category(tmp_path):
     root = fiq_layout(tmp_path, category="skirt", split="train")
-    assert du.fashioniq_categories(root) == ["skirt"]
-    triplets = du.fashioniq_triplets(root, "train")
+    assert fashioniq_categories(root) == ["skirt"]
+    triplets = fashioniq_triplets(root, "train")
     assert len(triplets) == 5 and {t.category for t in triplets} == {"skirt"}
-    assert len(du.list_images("fashioniq", tmp_path, "train")) == len(read(
+    assert len(list_images("fashioniq", tmp_path, "train")) == len(read(
         root / "image_splits" / "split.skirt.train.json"
     ))
 
@@ -232,12 +249,12 @@ def test_invalid_json_names_file_line_column(tmp_path):
     path.parent.mkdir()
     path.write_text('[\n  {"candidate": "a",\n   "captions": ["x" "y"]}\n]')
     with pytest.raises(AnnotationError, match=r"cap\.dress\.val\.json.*line 3, column"):
-        du.fashioniq_triplets(tmp_path, "val", ["dress"])
+        fashioniq_triplets(tmp_path, "val", ["dress"])
 
 
 def test_load_json_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        du.load_json(tmp_path / "nowhere" / "cap.rc2.val.json")
+        load_json(tmp_path / "nowhere" / "cap.rc2.val.json")
 
 
 GOOD_FIQ = {"target": "t", "candidate": "c", "captions": ["a", "b"]}
@@ -257,7 +274,7 @@ def test_fashioniq_bad_entry(tmp_path, bad, problem):
     entries[17] = bad
     write(tmp_path / "captions" / "cap.dress.val.json", entries)
     with pytest.raises(AnnotationError) as e:
-        du.fashioniq_triplets(tmp_path, "val", ["dress"])
+        fashioniq_triplets(tmp_path, "val", ["dress"])
     assert "cap.dress.val.json: entry 17: " + problem in str(e.value)
 
 
@@ -271,34 +288,34 @@ def test_fashioniq_bad_entry(tmp_path, bad, problem):
 def test_cirr_bad_entry(tmp_path, bad, problem):
     write(tmp_path / "cirr" / "captions" / "cap.rc2.val.json", [GOOD_CIRR, GOOD_CIRR, bad])
     with pytest.raises(AnnotationError) as e:
-        du.cirr_triplets(tmp_path, "val")
+        cirr_triplets(tmp_path, "val")
     assert "cap.rc2.val.json: entry 2: " + problem in str(e.value)
 
 
 def test_test_splits_do_not_need_targets(tmp_path):
     fiq = {k: v for k, v in GOOD_FIQ.items() if k != "target"}
     write(tmp_path / "captions" / "cap.dress.test.json", [fiq])
-    assert du.fashioniq_triplets(tmp_path, "test")[0].target is None
+    assert fashioniq_triplets(tmp_path, "test")[0].target is None
     cirr = {k: v for k, v in GOOD_CIRR.items() if k not in ("target_hard", "target_soft")}
     write(tmp_path / "cirr" / "captions" / "cap.rc2.test1.json", [cirr])
-    assert du.cirr_triplets(tmp_path, "test1")[0].target is None
+    assert cirr_triplets(tmp_path, "test1")[0].target is None
 
 
 def test_bad_split_files(tmp_path):
     write(tmp_path / "image_splits" / "split.dress.val.json", {"a": "b"})
     with pytest.raises(AnnotationError, match=r"split\.dress\.val\.json: expected a list"):
-        du.fashioniq_images(tmp_path, "val")
+        fashioniq_images(tmp_path, "val")
     write(tmp_path / "image_splits" / "split.dress.val.json", ["a", 3])
     with pytest.raises(AnnotationError, match="entry 1: image name must be a string"):
-        du.fashioniq_images(tmp_path, "val")
+        fashioniq_images(tmp_path, "val")
     write(tmp_path / "cirr" / "image_splits" / "split.rc2.val.json", ["a"])
     with pytest.raises(AnnotationError, match=r"split\.rc2\.val\.json: expected an object"):
-        du.cirr_images(tmp_path, "val")
+        cirr_images(tmp_path, "val")
 
 
 def test_no_fashioniq_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no FashionIQ annotation files"):
-        du.fashioniq_triplets(tmp_path, "val")
+        fashioniq_triplets(tmp_path, "val")
 
 
 # -----------------------------------------------------------------------------
@@ -307,66 +324,66 @@ def test_no_fashioniq_files(tmp_path):
 
 @needs_catalog
 def test_catalog_rows_and_splits():
-    records = du.catalog_images(CATALOG)
-    assert len(records) == 9583 == len(du.catalog_images(CATALOG, "all"))
-    counts = {s: len(du.catalog_images(CATALOG, s)) for s in ("train", "val", "test")}
+    records = catalog_images(CATALOG)
+    assert len(records) == 9583 == len(catalog_images(CATALOG, "all"))
+    counts = {s: len(catalog_images(CATALOG, s)) for s in ("train", "val", "test")}
     assert counts == {"train": 7628, "val": 962, "test": 993}
     r = records[0]
     assert r.name == "10000" and r.path == CATALOG / "images" / "10000.jpg"
     assert set(r.attrs) == {"gender", "masterCategory", "subCategory", "articleType", "baseColour",
                             "season", "year", "usage", "productDisplayName", "split", "pattern"}
     assert r.attrs["articleType"] == "Skirts"
-    du.check_images(du.catalog_images(CATALOG, "val"))
+    check_images(catalog_images(CATALOG, "val"))
     with pytest.raises(ValueError, match="train, val, test, all"):
-        du.catalog_images(CATALOG, "dev")
+        catalog_images(CATALOG, "dev")
 
 
 def test_catalog_quoted_commas_and_bad_rows(tmp_path):
     header = "id,gender,articleType,productDisplayName,split\n"
     (tmp_path / "styles.csv").write_text(header + '1,Men,Shirts,"Shirt, blue",train\n2,Women,Tops,Top,val\n')
-    records = du.catalog_images(tmp_path)
+    records = catalog_images(tmp_path)
     assert records[0].attrs["productDisplayName"] == "Shirt, blue"
-    assert [r.name for r in du.catalog_images(tmp_path, "val")] == ["2"]
+    assert [r.name for r in catalog_images(tmp_path, "val")] == ["2"]
 
     (tmp_path / "styles.csv").write_text(header + "1,Men,Shirts,Shirt, blue,train\n")
     with pytest.raises(AnnotationError, match="styles.csv: line 2"):
-        du.catalog_images(tmp_path)
+        catalog_images(tmp_path)
     (tmp_path / "styles.csv").write_text(header + "1,Men,Shirts,a,train\n1,Men,Shirts,b,train\n")
     with pytest.raises(AnnotationError, match="duplicate id 1"):
-        du.catalog_images(tmp_path)
+        catalog_images(tmp_path)
     with pytest.raises(FileNotFoundError, match="styles.csv"):
-        du.catalog_images(tmp_path / "nope")
+        catalog_images(tmp_path / "nope")
 
 
 def test_pattern_of_product_names():
-    assert du.pattern_of("Belmonte Men Stripes Blue Shirts") == "Striped"
-    assert du.pattern_of("ADIDAS Women STRIPED tee") == du.pattern_of("a stripe") == "Striped"
-    assert du.pattern_of("Levis Men Check Maroon Shirts") == du.pattern_of("checked") == du.pattern_of("Checks") \
+    assert pattern_of("Belmonte Men Stripes Blue Shirts") == "Striped"
+    assert pattern_of("ADIDAS Women STRIPED tee") == pattern_of("a stripe") == "Striped"
+    assert pattern_of("Levis Men Check Maroon Shirts") == pattern_of("checked") == pattern_of("Checks") \
         == "Checked"
     for name in ("Printed Pink Tshirt", "Block Print Kurta", "prints", "Graphic Tee", "Floral top", "Polka dress"):
-        assert du.pattern_of(name) == "Printed", name
-    assert du.pattern_of("Solid Brown Belt") == du.pattern_of("Plain White Tshirt") == "Solid"
+        assert pattern_of(name) == "Printed", name
+    assert pattern_of("Solid Brown Belt") == pattern_of("Plain White Tshirt") == "Solid"
     # Whole words only; no pattern word is unknown.
     for name in ("Checkmate Watch", "Blueprint Shirt", "Solidity Jeans", "Puma Men Black Tshirt", ""):
-        assert du.pattern_of(name) == "", name
+        assert pattern_of(name) == "", name
     # Several: Striped > Checked > Printed > Solid.
-    assert du.pattern_of("Wrangler Men Stampede Printed Stripe Green Shirts") == "Striped"
-    assert du.pattern_of("Stripe Look Checks Shirt") == "Striped"
-    assert du.pattern_of("Solid Check Shirt") == "Checked" and du.pattern_of("Solid Printed Top") == "Printed"
+    assert pattern_of("Wrangler Men Stampede Printed Stripe Green Shirts") == "Striped"
+    assert pattern_of("Stripe Look Checks Shirt") == "Striped"
+    assert pattern_of("Solid Check Shirt") == "Checked" and pattern_of("Solid Printed Top") == "Printed"
 
 
 def test_catalog_pattern_is_derived_unless_a_column_gives_it(tmp_path):
     header = "id,productDisplayName,split\n"
     (tmp_path / "styles.csv").write_text(header + "1,Men Check Shirt,train\n2,Men Shirt,train\n")
-    assert [r.attrs["pattern"] for r in du.catalog_images(tmp_path)] == ["Checked", ""]
+    assert [r.attrs["pattern"] for r in catalog_images(tmp_path)] == ["Checked", ""]
     (tmp_path / "styles.csv").write_text("id,productDisplayName,pattern,split\n1,Men Check Shirt,Paisley,train\n")
-    assert du.catalog_images(tmp_path)[0].attrs["pattern"] == "Paisley"
+    assert catalog_images(tmp_path)[0].attrs["pattern"] == "Paisley"
 
 
 @needs_catalog
 def test_catalog_patterns_counts():
     from collections import Counter
-    counts = Counter(r.attrs["pattern"] for r in du.catalog_images(CATALOG))
+    counts = Counter(r.attrs["pattern"] for r in catalog_images(CATALOG))
     assert counts == {"": 5866, "Solid": 1204, "Printed": 1011, "Striped": 805, "Checked": 697}
 
 
@@ -382,13 +399,13 @@ def test_folder_images(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
 
-    records = du.folder_images(tmp_path)
+    records = folder_images(tmp_path)
     names = ["a/b/c.webp", "a/y.TIFF", "a/z.png", "b.JPG", "d.jpeg"]
     assert [r.name for r in records] == names
     assert all(r.path == tmp_path / r.name for r in records)
-    assert du.list_images("folder", tmp_path) == records
+    assert list_images("folder", tmp_path) == records
     with pytest.raises(FileNotFoundError):
-        du.folder_images(tmp_path / "missing")
+        folder_images(tmp_path / "missing")
 
 
 # -----------------------------------------------------------------------------
@@ -401,24 +418,24 @@ def test_resolve_data_root(tmp_path, monkeypatch):
     monkeypatch.setenv("CIR_DATA_ROOT", str(tmp_path / "env"))
 
     catalog = tmp_path / "env" / "fashion-catalog"
-    assert du.resolve_data_root("catalog") == catalog  # env var, then into the default subdir
-    assert du.resolve_data_root("catalog", catalog) == catalog
-    assert du.resolve_data_root("cirr") == tmp_path / "env"  # no cirr_dataset inside: stays put
-    assert du.resolve_data_root("catalog", str(tmp_path / "flag")) == tmp_path / "flag"  # flag beats env
+    assert resolve_data_root("catalog") == catalog  # env var, then into the default subdir
+    assert resolve_data_root("catalog", catalog) == catalog
+    assert resolve_data_root("cirr") == tmp_path / "env"  # no cirr_dataset inside: stays put
+    assert resolve_data_root("catalog", str(tmp_path / "flag")) == tmp_path / "flag"  # flag beats env
 
     with pytest.raises(FileNotFoundError, match="missing.*--data-root"):
-        du.resolve_data_root("catalog", tmp_path / "missing")
+        resolve_data_root("catalog", tmp_path / "missing")
     monkeypatch.setenv("CIR_DATA_ROOT", str(tmp_path / "gone"))
     with pytest.raises(FileNotFoundError, match="CIR_DATA_ROOT"):
-        du.resolve_data_root("catalog")
+        resolve_data_root("catalog")
     with pytest.raises(ValueError, match="unknown dataset"):
-        du.resolve_data_root("coco", tmp_path)
+        resolve_data_root("coco", tmp_path)
 
 
 @needs_catalog
 def test_resolve_data_root_default(monkeypatch):
     monkeypatch.delenv("CIR_DATA_ROOT", raising=False)
-    assert du.resolve_data_root("catalog") == CATALOG
+    assert resolve_data_root("catalog") == CATALOG
 
 
 def test_records_are_hashable():

@@ -15,9 +15,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import encoders
-from colour import hsv_histogram as colour_descriptor
-from preprocess import CLIP_MEAN, CLIP_STD
+from cir.encoders import BASE_TEXT, OPENAI_MODELS, STAGE1_TEXT, TextSide, available_models, load
+from cir.encoders.colour import hsv_histogram as colour_descriptor
+from cir.encoders.preprocess import CLIP_MEAN, CLIP_STD
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -106,7 +106,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_encoder(tiny_clip_dir):
-    return encoders.load("hf:" + str(tiny_clip_dir), "cpu")
+    return load("hf:" + str(tiny_clip_dir), "cpu")
 
 
 def test_hf_tokenizer_ids_fit_the_text_model(hf_encoder):
@@ -172,7 +172,7 @@ def test_hf_blank_text_is_refused(hf_encoder, texts):
 
 
 def test_hf_preprocess_override(tiny_clip_dir):
-    enc = encoders.load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
+    enc = load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
     assert enc.preprocess.mode == "squarepad"
     assert enc.encode_images([Image.new("RGB", (10, 40), WHITE)]).shape == (1, PROJ_DIM)
 
@@ -195,7 +195,7 @@ def test_openai_real_model():
     url = clip.clip._MODELS.get("RN50", "") if hasattr(clip, "clip") else ""
     if not url or not (cache / os.path.basename(url)).is_file():
         pytest.skip("RN50 weights are not cached and there is no internet")
-    enc = encoders.load("openai:RN50", "cpu")
+    enc = load("openai:RN50", "cpu")
     assert enc.dim == 1024 and enc.preprocess.size == 224
     assert unit_norm(enc.encode_images(sample_images()[:2]))
     assert unit_norm(enc.encode_texts(["a red dress"]))
@@ -203,17 +203,17 @@ def test_openai_real_model():
 
 def test_openai_unknown_model_name():
     with pytest.raises(ValueError) as e:
-        encoders.load("openai:NotAModel", "cpu")
+        load("openai:NotAModel", "cpu")
     msg = str(e.value)
     assert "NotAModel" in msg
-    for name in encoders.OPENAI_MODELS:
+    for name in OPENAI_MODELS:
         assert f"openai:{name}" in msg
 
 
 def test_openai_without_clip_raises_helpful_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "clip", None)  # makes `import clip` raise ImportError
     with pytest.raises(ImportError, match="clip"):
-        encoders.load("openai:RN50", "cpu")
+        load("openai:RN50", "cpu")
 
 
 class _FakeClipModel(nn.Module):
@@ -251,7 +251,7 @@ def test_openai_encoder_wiring_with_stand_in_clip(monkeypatch):
         return torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)] for t in texts])
 
     monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(load=fake_load, tokenize=fake_tokenize))
-    enc = encoders.load("openai:RN50x4", "cpu")
+    enc = load("openai:RN50x4", "cpu")
     assert calls["load"] == ("RN50x4", torch.device("cpu"), False)
     assert enc.name == "openai:RN50x4" and enc.dim == 8
     assert enc.preprocess.size == 32 and enc.preprocess.mode == "targetpad"
@@ -268,7 +268,7 @@ def test_openai_encoder_wiring_with_stand_in_clip(monkeypatch):
 
 def test_unknown_encoder_name():
     with pytest.raises(ValueError) as e:
-        encoders.load("nope", "cpu")
+        load("nope", "cpu")
     msg = str(e.value)
     assert "lite" in msg and "openai:RN50x4" in msg and "hf:" in msg
 
@@ -276,16 +276,16 @@ def test_unknown_encoder_name():
 @pytest.mark.parametrize("name", ["hf:", "openai:", "", "LITE", "clip"])
 def test_malformed_encoder_names(name):
     with pytest.raises(ValueError, match="unknown encoder"):
-        encoders.load(name, "cpu")
+        load(name, "cpu")
 
 
 def test_unknown_preprocess_in_load():
     with pytest.raises(ValueError, match="targetpad"):
-        encoders.load("lite", "cpu", preprocess="crop")
+        load("lite", "cpu", preprocess="crop")
 
 
 def test_available_models():
-    names = encoders.available_models()
+    names = available_models()
     assert "lite" in names and "openai:RN50x4" in names
     assert any(n.startswith("hf:") for n in names)
 
@@ -338,7 +338,7 @@ def lite(lite_encoder):
 
 @pytest.fixture(scope="module")
 def lite_torch():
-    return encoders.load("lite", "cpu", runtime="torch")
+    return load("lite", "cpu", runtime="torch")
 
 
 def test_lite_basics(lite):
@@ -377,9 +377,9 @@ def test_lite_onnx_matches_torch(lite, lite_torch):
 
 def test_lite_bad_runtime_and_missing_heads(tmp_path):
     with pytest.raises(ValueError, match="runtime"):
-        encoders.load("lite", "cpu", runtime="tensorrt")
+        load("lite", "cpu", runtime="tensorrt")
     with pytest.raises(FileNotFoundError):
-        encoders.load("lite", "cpu", heads=tmp_path / "missing.safetensors")
+        load("lite", "cpu", heads=tmp_path / "missing.safetensors")
 
 
 def test_onnx_text_tower_equals_sentence_transformers(lite_encoder):
@@ -399,7 +399,7 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
         load=lambda name, device, jit: (_FakeClipModel(), None),
         tokenize=lambda texts, truncate: torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)]
                                                        for t in texts])))
-    enc = encoders.load("openai:RN50x4", "cpu")
+    enc = load("openai:RN50x4", "cpu")
     tuned = _FakeClipModel()
     with torch.no_grad():
         tuned.text_projection.mul_(-2.0)
@@ -423,27 +423,27 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
 
 def test_text_side_is_one_identity_per_checkpoint(tmp_path, monkeypatch):
     """"stage1", the shipped file's bare name and its path (relative or absolute) are one side; base is base."""
-    shipped = encoders.STAGE1_TEXT
+    shipped = STAGE1_TEXT
     if not shipped.exists():
         pytest.skip("the shipped stage-1 text checkpoint is absent")
     forms = ["stage1", shipped.name, str(shipped), str(shipped.parent / ".." / shipped.parent.name / shipped.name)]
-    sides = {encoders.TextSide.of(f) for f in forms}
+    sides = {TextSide.of(f) for f in forms}
     assert len(sides) == 1
     side = sides.pop()
     assert (side.name, side.record, side.is_base) == ("stage1", shipped.name, False)
-    assert encoders.TextSide.of(side) is side
-    for base in (None, "", "base", encoders.BASE_TEXT):
-        assert encoders.TextSide.of(base) == encoders.BASE_TEXT and encoders.TextSide.of(base).record == "base"
+    assert TextSide.of(side) is side
+    for base in (None, "", "base", BASE_TEXT):
+        assert TextSide.of(base) == BASE_TEXT and TextSide.of(base).record == "base"
     mine = tmp_path / "mine.safetensors"
     monkeypatch.chdir(tmp_path)
-    assert encoders.TextSide.of("mine.safetensors") == encoders.TextSide.of(mine) != side  # relative = absolute
-    assert (encoders.TextSide.of(mine).name, encoders.TextSide.of(mine).record) == ("mine", str(mine.resolve()))
-    assert not encoders.TextSide.of(mine).exists() and encoders.BASE_TEXT.exists()
+    assert TextSide.of("mine.safetensors") == TextSide.of(mine) != side  # relative = absolute
+    assert (TextSide.of(mine).name, TextSide.of(mine).record) == ("mine", str(mine.resolve()))
+    assert not TextSide.of(mine).exists() and BASE_TEXT.exists()
 
 
 def test_a_loaded_text_side_knows_which_it_is(lite_encoder):
-    assert lite_encoder.text_side == encoders.BASE_TEXT and lite_encoder.with_text("base") is lite_encoder
-    if not encoders.STAGE1_TEXT.exists():
+    assert lite_encoder.text_side == BASE_TEXT and lite_encoder.with_text("base") is lite_encoder
+    if not STAGE1_TEXT.exists():
         pytest.skip("the shipped stage-1 text checkpoint is absent")
     s1 = lite_encoder.with_text("stage1")
-    assert s1.text_side == encoders.TextSide.of(encoders.STAGE1_TEXT.name) and s1.text_side.name == "stage1"
+    assert s1.text_side == TextSide.of(STAGE1_TEXT.name) and s1.text_side.name == "stage1"

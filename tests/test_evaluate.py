@@ -6,9 +6,11 @@ import random
 import pytest
 import torch
 
-from captions import article_phrase, article_with_a, describe, training_captions
-from evaluate import attribute_precision_at_k, image2image, recall_at_k
-from index import FeatureIndex
+from cir.catalog.descriptions import article_phrase, article_with_a, describe, training_captions
+from cir.data import ImageRecord
+from cir.evaluation.metrics import attribute_precision_at_k, recall_at_k
+from cir.evaluation.protocols import image2image
+from cir.index import FeatureIndex
 
 
 def test_recall_at_k_by_hand():
@@ -28,9 +30,8 @@ def test_attribute_precision_by_hand():
 def test_image2image_excludes_the_query():
     from pathlib import Path
 
-    import data_utils
     feats = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=1)
-    recs = [data_utils.ImageRecord(n, Path(n), {"articleType": t, "baseColour": c})
+    recs = [ImageRecord(n, Path(n), {"articleType": t, "baseColour": c})
             for n, t, c in [("a", "Shirts", "Red"), ("b", "Shirts", "Red"), ("c", "Jeans", "Blue")]]
     out = image2image(FeatureIndex(feats.half(), ["a", "b", "c"]), recs, k=1)
     assert out["P@1"] == pytest.approx(66.67)  # a->b and b->a match, c->(b) does not

@@ -13,25 +13,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import data_utils
-import evaluate
-from encoders import BASE_TEXT
-from evaluate import (
-    attribute_match_at_k,
-    cirr_submission,
+from cir.cli.evaluate import main
+from cir.combiner import compose
+from cir.data import ImageRecord, Triplet, catalog_images, list_images, load_triplets
+from cir.data.fashioniq import fiq_caption
+from cir.encoders import BASE_TEXT
+from cir.evaluation.metrics import attribute_match_at_k, recall_at_k, recall_subset_at_k
+from cir.evaluation.plots import draw_eval
+from cir.evaluation.protocols import (
     composed_catalog,
     composed_cirr,
     composed_fashioniq,
-    fiq_caption,
     group_rankings,
-    recall_at_k,
-    recall_subset_at_k,
     reference_features,
-    submission_paths,
 )
-from index import FeatureIndex, search
-from model import compose
-from utils import run_cli
+from cir.evaluation.runs import load_text_side
+from cir.evaluation.submission import cirr_submission, submission_paths
+from cir.index import FeatureIndex, search
+from cir.utils import run_cli
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FORMATS = SHARED / "formats"
@@ -146,11 +145,12 @@ def test_attribute_match_honours_any_of_and_unwanted():
 
 def test_catalog_ceiling_counts_the_condition_with_unwanted():
     """attr@10_ceiling: items satisfying the condition (unwanted honoured), less the reference if it does."""
-    from triplets import CatalogTriplet, satisfies
+    from cir.catalog.conditions import satisfies
+    from cir.catalog.triplets import CatalogTriplet
     colours = ["Black"] * 4 + ["Blue"] * 5
     attrs = [{"gender": "Men", "articleType": "Shirts", "baseColour": c} for c in colours]
     attrs += [{"gender": "Women", "articleType": "Tops", "baseColour": "Red"}] * 5
-    records = [data_utils.ImageRecord(str(i), Path(f"{i}.jpg"), a) for i, a in enumerate(attrs)]
+    records = [ImageRecord(str(i), Path(f"{i}.jpg"), a) for i, a in enumerate(attrs)]
     trips = [CatalogTriplet("0", "not black", "4", "negation", {"gender": "Men", "articleType": "Shirts"},
                             {"baseColour": ("Black",)}),                        # rows 4-8: 5 of 10
              CatalogTriplet("4", "c", "0", "matching", {"articleType": "Shirts", "gender": ("Men", "Women")}),
@@ -195,8 +195,8 @@ def test_cirr_submission_payloads_and_names(tmp_path):
 def dress_val():
     if not FIQ.is_dir():
         pytest.skip("FashionIQ annotation files absent")
-    triplets = data_utils.load_triplets("fashioniq", FIQ, "val", ["dress"])
-    names = [r.name for r in data_utils.list_images("fashioniq", FIQ, "val", ["dress"])]
+    triplets = load_triplets("fashioniq", FIQ, "val", ["dress"])
+    names = [r.name for r in list_images("fashioniq", FIQ, "val", ["dress"])]
     return triplets, names
 
 
@@ -239,7 +239,7 @@ def test_fashioniq_all_empty_captions_fall_back_to_the_reference(dress_val):
     triplets, names = dress_val
     index = random_index(names)
     t = triplets[0]
-    blank = data_utils.Triplet(t.reference, ("", " ."), t.target, category="dress")
+    blank = Triplet(t.reference, ("", " ."), t.target, category="dress")
     res = composed_fashioniq(StandInEncoder(), {"dress": index}, [blank], "sum")
     assert res.metrics["empty_captions"] == 1
     assert res.rankings[0][0] == t.reference  # the reference alone is its own best match (kept for FashionIQ)
@@ -251,8 +251,8 @@ def test_fashioniq_all_empty_captions_fall_back_to_the_reference(dress_val):
 def cirr_val():
     if not CIRR.is_dir():
         pytest.skip("CIRR annotation files absent")
-    triplets = data_utils.load_triplets("cirr", CIRR, "val")
-    names = [r.name for r in data_utils.list_images("cirr", CIRR, "val")]
+    triplets = load_triplets("cirr", CIRR, "val")
+    names = [r.name for r in list_images("cirr", CIRR, "val")]
     return triplets, names
 
 
@@ -283,8 +283,6 @@ def test_cirr_rigged_targets_are_found(cirr_val):
 @pytest.fixture
 def stand_in_cli(monkeypatch):
     """main() with the stand-in encoder and random (seeded by folder name) indexes instead of extraction."""
-    import encoders
-    import evaluate
     built = {}
 
     def ensure_index(records, encoder, out_dir, **kw):
@@ -304,7 +302,7 @@ def _last_json(capsys) -> dict:
 def test_cirr_test1_submission_files(stand_in_cli, tmp_path, capsys):
     argv = ["--task", "composed", "--dataset", "cirr", "--data-root", str(FORMATS), "--split", "test1",
             "--combiner", "sum", "--submission", str(tmp_path / "out" / "sub.json")]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     out = _last_json(capsys)
     entries = json.loads((CIRR / "cirr" / "captions" / "cap.rc2.test1.json").read_text())
     assert out["queries"] == len(entries) and out["empty_captions"] == 1  # the real file has one blank caption
@@ -323,13 +321,12 @@ def test_cirr_test1_submission_files(stand_in_cli, tmp_path, capsys):
 @needs_formats
 def test_plot_draws_every_compared_method(stand_in_cli, tmp_path, capsys, monkeypatch):
     """--plot with --compare: one JSON line per method (--combiner's last), one PNG whose data are the metrics."""
-    import plots
     drawn = []
-    monkeypatch.setattr(evaluate, "draw_eval", lambda plot, path: drawn.append(plot) or plots.draw_eval(plot, path))
+    monkeypatch.setattr(evaluate, "draw_eval", lambda plot, path: drawn.append(plot) or draw_eval(plot, path))
     png = tmp_path / "fiq.png"
     argv = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--split", "val",
             "--categories", "dress", "shirt", "--combiner", "sum", "--compare", "image", "--plot", str(png)]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [m["combiner"] for m in lines] == ["image", "sum"]
     (plot,) = drawn
@@ -342,9 +339,9 @@ def test_plot_draws_every_compared_method(stand_in_cli, tmp_path, capsys, monkey
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size == (1000, 450)
     base = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--categories", "dress"]
-    assert run_cli(lambda: evaluate.main([*base, "--plot", str(tmp_path / "x.jpg")])) == 2
-    assert run_cli(lambda: evaluate.main(["--task", "image2image", "--plot", str(tmp_path / "x.png")])) == 2
-    assert run_cli(lambda: evaluate.main(["--task", "text2image", "--compare", "sum"])) == 2
+    assert run_cli(lambda: main([*base, "--plot", str(tmp_path / "x.jpg")])) == 2
+    assert run_cli(lambda: main(["--task", "image2image", "--plot", str(tmp_path / "x.png")])) == 2
+    assert run_cli(lambda: main(["--task", "text2image", "--compare", "sum"])) == 2
     assert not (tmp_path / "x.jpg").exists() and not (tmp_path / "x.png").exists()
 
 
@@ -353,7 +350,7 @@ def test_save_rankings_follow_the_file_order(stand_in_cli, tmp_path, capsys):
     out_file = tmp_path / "rank.json"
     argv = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--split", "val",
             "--categories", "shirt", "dress", "--combiner", "sum", "--save-rankings", str(out_file)]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     m = _last_json(capsys)
     assert {"shirt_R@10", "dress_R@50", "average_R@10", "average_R@50", "average"} <= set(m)
     assert m["index_size"] == sum(m["index_sizes"].values())
@@ -363,7 +360,7 @@ def test_save_rankings_follow_the_file_order(stand_in_cli, tmp_path, capsys):
     assert len(rankings) == len(shirt) + len(dress) and all(len(r) == 50 for r in rankings)
     assert m["empty_captions"] == 0  # shirt val has one entry with an empty first caption: the second is used
     # entry i is annotation i's ranking: recompute a few alone, in each category's own index
-    trips = data_utils.load_triplets("fashioniq", FIQ, "val", ["shirt", "dress"])
+    trips = load_triplets("fashioniq", FIQ, "val", ["shirt", "dress"])
     for i in (0, len(shirt) - 1, len(shirt), len(rankings) - 1):
         cat = trips[i].category
         alone = composed_fashioniq(StandInEncoder(), {cat: stand_in_cli[f"fashioniq-{cat}-val"]}, [trips[i]], "sum")
@@ -373,22 +370,22 @@ def test_save_rankings_follow_the_file_order(stand_in_cli, tmp_path, capsys):
 @needs_formats
 def test_bad_input_is_one_clear_error(stand_in_cli, tmp_path, caplog):
     base = ["--task", "composed", "--data-root", str(FORMATS), "--combiner", "sum"]
-    assert run_cli(lambda: evaluate.main(base + ["--dataset", "fashioniq", "--categories", "hats"])) == 2
+    assert run_cli(lambda: main(base + ["--dataset", "fashioniq", "--categories", "hats"])) == 2
     assert "cap.hats.val.json not found" in caplog.text
-    assert run_cli(lambda: evaluate.main(base + ["--dataset", "cirr", "--split", "test"])) == 2
+    assert run_cli(lambda: main(base + ["--dataset", "cirr", "--split", "test"])) == 2
     assert "unknown cirr split" in caplog.text
-    assert run_cli(lambda: evaluate.main(base + ["--dataset", "cirr", "--categories", "dress"])) == 2
-    assert run_cli(lambda: evaluate.main(base + ["--dataset", "fashioniq", "--submission", "x.json"])) == 2
-    assert run_cli(lambda: evaluate.main(base + ["--dataset", "cirr", "--combiner", "no-such"])) == 2
+    assert run_cli(lambda: main(base + ["--dataset", "cirr", "--categories", "dress"])) == 2
+    assert run_cli(lambda: main(base + ["--dataset", "fashioniq", "--submission", "x.json"])) == 2
+    assert run_cli(lambda: main(base + ["--dataset", "cirr", "--combiner", "no-such"])) == 2
     assert "unknown combiner" in caplog.text
     with pytest.raises(SystemExit) as e:  # argparse refuses an unknown dataset with exit code 2
-        evaluate.main(base + ["--dataset", "imagenet"])
+        main(base + ["--dataset", "imagenet"])
     assert e.value.code == 2
     bad = tmp_path / "fashionIQ_dataset"
     (bad / "captions").mkdir(parents=True)
     (bad / "captions" / "cap.dress.val.json").write_text(json.dumps([{"candidate": "a", "target": "b",
                                                                        "captions": "not a list"}]))
-    assert run_cli(lambda: evaluate.main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(bad),
+    assert run_cli(lambda: main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(bad),
                                           "--categories", "dress", "--combiner", "sum"])) == 2
     assert "entry 0" in caplog.text
 
@@ -396,8 +393,8 @@ def test_bad_input_is_one_clear_error(stand_in_cli, tmp_path, caplog):
 # ----------------------------------------------------------------------------------------------- catalogue
 
 def test_catalog_protocol_excludes_the_reference(catalog_root):
-    import triplets as catalog_triplets
-    records = data_utils.catalog_images(catalog_root, "test")[:200]
+    from cir.catalog import triplets as catalog_triplets
+    records = catalog_images(catalog_root, "test")[:200]
     trips = catalog_triplets.generate(records, seed=0, per_kind=10)
     index = random_index([r.name for r in records])
     res = composed_catalog(StandInEncoder(), index, records, trips, "image")
@@ -409,7 +406,6 @@ def test_catalog_protocol_excludes_the_reference(catalog_root):
 
 def test_catalog_end_to_end(catalog_root, lite_encoder, tmp_path, monkeypatch, capsys):
     """main() on the first 120 test images (a small styles.csv beside the real images), real lite encoder."""
-    import encoders
     root = tmp_path / "catalog"
     root.mkdir()
     with open(catalog_root / "styles.csv", newline="", encoding="utf-8") as f:
@@ -425,7 +421,7 @@ def test_catalog_end_to_end(catalog_root, lite_encoder, tmp_path, monkeypatch, c
     argv = ["--task", "composed", "--dataset", "catalog", "--data-root", str(root), "--split", "test",
             "--combiner", "sum", "--per-kind", "10", "--features", str(tmp_path / "features"), "--workers", "0",
             "--save-rankings", str(tmp_path / "rank.json")]
-    assert evaluate.main(argv) == 0
+    assert main(argv) == 0
     m = _last_json(capsys)
     assert m["index_size"] == 120 and m["queries"] == len(json.loads((tmp_path / "rank.json").read_text()))
     assert {"R@1", "R@10", "R@50", "attr@1", "attr@10"} <= set(m) and m["encoder"] == "lite"
@@ -434,13 +430,13 @@ def test_catalog_end_to_end(catalog_root, lite_encoder, tmp_path, monkeypatch, c
 
 def test_load_text_side_pairs_by_identity(caplog):
     """--text-encoder stage1 with a Combiner that recorded the shipped file's name is the same side: no warning."""
-    from encoders import TextSide
-    from model import Combiner, CombinerConfig
+    from cir.combiner import Combiner, CombinerConfig
+    from cir.encoders import TextSide
     comb = Combiner(CombinerConfig(feature_dim=8, projection_dim=4, hidden_dim=4, text_encoder="lite-text.safetensors"))
-    assert evaluate.load_text_side(comb, None) == TextSide.of("stage1") == comb.cfg.text_side
-    assert evaluate.load_text_side(None, None) == BASE_TEXT
+    assert load_text_side(comb, None) == TextSide.of("stage1") == comb.cfg.text_side
+    assert load_text_side(None, None) == BASE_TEXT
     with caplog.at_level("WARNING"):
-        assert evaluate.load_text_side(comb, "stage1") == comb.cfg.text_side
+        assert load_text_side(comb, "stage1") == comb.cfg.text_side
         assert "differs" not in caplog.text
-        assert evaluate.load_text_side(comb, "base") == BASE_TEXT
+        assert load_text_side(comb, "base") == BASE_TEXT
         assert "differs from the text side the combiner was trained with (lite-text.safetensors)" in caplog.text

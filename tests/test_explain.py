@@ -5,14 +5,13 @@ from __future__ import annotations
 import io
 import json
 
+import explain
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from test_encoders import hf_encoder, tiny_clip_dir  # noqa: F401 (fixtures: a tiny random hf: CLIP)
-
-import explain
 from service.settings import Settings
+from test_encoders import hf_encoder, tiny_clip_dir  # noqa: F401 (fixtures: a tiny random hf: CLIP)
 
 RED, BLUE = (200, 20, 20), (20, 40, 200)
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import data_utils
-import extract_job
-from extract_features import extract_index
-from extract_features import main as extract_main
-from extract_job import ImageFiles, OutputLock, OutputLockedError
-from index import IndexLoadError, load_index, search
-from utils import REPO_DIR, run_cli, sha256_file
+from cir.cli.extract import main as extract_main
+from cir.data import ImageRecord, MissingImageError, catalog_images, folder_images
+from cir.extraction.job import LOCK_NAME, ImageFiles, OutputLock, OutputLockedError
+from cir.extraction.local import extract_index
+from cir.index import IndexLoadError, load_index, search
+from cir.paths import REPO_DIR
+from cir.utils import run_cli, sha256_file
 
 
 @pytest.fixture(scope="module")
 def subset(catalog_root):
-    return data_utils.catalog_images(catalog_root, "test")[:50]
+    return catalog_images(catalog_root, "test")[:50]
 
 
 def test_catalog_subset_extraction(subset, lite_encoder, tmp_path):
@@ -73,14 +73,14 @@ def test_partial_work_of_another_job_is_discarded(subset, lite_encoder, tmp_path
 def test_corrupt_images_are_skipped_and_reported(catalog_root, lite_encoder, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    good = data_utils.catalog_images(catalog_root, "test")[:4]
+    good = catalog_images(catalog_root, "test")[:4]
     for r in good:
         shutil.copy(r.path, folder / r.path.name)
     data = good[0].path.read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "notanimage.jpg").write_bytes(b"this is not a jpeg")
     (folder / "empty.png").write_bytes(b"")
-    records = data_utils.folder_images(folder)
+    records = folder_images(folder)
     res = extract_index(records, lite_encoder, tmp_path / "out", batch_size=3, workers=2, shard_size=4)
     assert res.count == 4
     assert sorted(s["name"] for s in res.skipped) == ["empty.png", "notanimage.jpg", "truncated.jpg"]
@@ -93,7 +93,7 @@ def test_corrupt_images_are_skipped_and_reported(catalog_root, lite_encoder, tmp
 def test_cli_on_a_folder(catalog_root, tmp_path, capsys):
     folder = tmp_path / "shop" / "sub"
     folder.mkdir(parents=True)
-    for r in data_utils.catalog_images(catalog_root, "val")[:6]:
+    for r in catalog_images(catalog_root, "val")[:6]:
         shutil.copy(r.path, folder / r.path.name)
     rc = extract_main(["--dataset", "folder", "--data-root", str(tmp_path / "shop"), "--out", str(tmp_path / "f"),
                        "--batch-size", "4", "--workers", "0", "--device", "cpu"])
@@ -104,7 +104,7 @@ def test_cli_on_a_folder(catalog_root, tmp_path, capsys):
 
 
 def _write_index(path: Path, n: int = 5, d: int = 4):
-    from utils import save_tensors, write_json
+    from cir.utils import save_tensors, write_json
     x = torch.nn.functional.normalize(torch.randn(n, d), dim=1).half()
     save_tensors(path / "features.safetensors", {"features": x})
     write_json(path / "names.json", [f"img{i}" for i in range(n)])
@@ -145,8 +145,8 @@ def test_search_ranks_by_cosine_and_excludes(tmp_path):
 
 
 def test_all_images_missing_is_a_clear_error(lite_encoder, tmp_path):
-    records = [data_utils.ImageRecord(f"x{i}", tmp_path / f"x{i}.png") for i in range(3)]
-    with pytest.raises(data_utils.MissingImageError, match="3 of 3 images not found: x0, x1, x2"):
+    records = [ImageRecord(f"x{i}", tmp_path / f"x{i}.png") for i in range(3)]
+    with pytest.raises(MissingImageError, match="3 of 3 images not found: x0, x1, x2"):
         extract_index(records, lite_encoder, tmp_path / "out", workers=0)
     assert not (tmp_path / "out").exists()
 
@@ -176,7 +176,7 @@ def shop(catalog_root, tmp_path) -> Path:
     """A folder with two good catalogue images."""
     folder = tmp_path / "shop"
     folder.mkdir()
-    for r in data_utils.catalog_images(catalog_root, "test")[:2]:
+    for r in catalog_images(catalog_root, "test")[:2]:
         shutil.copy(r.path, folder / r.path.name)
     return folder
 
@@ -186,7 +186,7 @@ def test_non_utf8_file_name_is_skipped_and_listed(shop, lite_encoder, tmp_path):
     fd = os.open(os.fsencode(shop) + b"/caf\xe9.jpg", os.O_WRONLY | os.O_CREAT, 0o644)  # a valid image, Latin-1 name
     os.write(fd, image)
     os.close(fd)
-    records = data_utils.folder_images(shop)
+    records = folder_images(shop)
     bad = [r for r in records if r.problem]
     assert [r.name for r in bad] == ["caf\\xe9.jpg"] and "UTF-8" in bad[0].problem  # escaped, flagged
     res = extract_index(records, lite_encoder, tmp_path / "out", workers=0)  # used to abort the whole run
@@ -200,7 +200,7 @@ def test_non_utf8_file_name_is_skipped_and_listed(shop, lite_encoder, tmp_path):
 def test_fifo_named_like_an_image_is_skipped_not_read(shop, lite_encoder, tmp_path):
     os.mkfifo(shop / "x.jpg")  # opening it for reading would wait for a writer forever
     with _deadline(120):
-        res = extract_index(data_utils.folder_images(shop), lite_encoder, tmp_path / "out", workers=0)
+        res = extract_index(folder_images(shop), lite_encoder, tmp_path / "out", workers=0)
     assert res.count == 2 and [s["name"] for s in res.skipped] == ["x.jpg"]
     assert "FIFO" in res.skipped[0]["error"] and "not a regular file" in res.skipped[0]["error"]
 
@@ -225,7 +225,7 @@ def test_second_extraction_into_a_held_folder_fails_at_once(subset, lite_encoder
             extract_index(subset[:4], lite_encoder, out, workers=0)
         with pytest.raises(OutputLockedError):  # two opens of the lock conflict, even in one process
             OutputLock(out)
-        assert sorted(p.name for p in out.iterdir()) == [extract_job.LOCK_NAME]  # the loser touched nothing
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # the loser touched nothing
     res = extract_index(subset[:4], lite_encoder, out, workers=0)  # released: the next run goes ahead
     assert res.count == 4
     with pytest.raises(KeyboardInterrupt):  # a run that fails releases the lock too
@@ -246,7 +246,6 @@ def test_a_finished_folder_opens_without_its_lock(subset, lite_encoder, tmp_path
 
 
 def test_cli_into_a_held_folder_fails_before_loading_the_encoder(tmp_path, monkeypatch, caplog):
-    import encoders
     monkeypatch.setattr(encoders, "load", lambda *a, **k: pytest.fail("loaded an encoder for a held folder"))
     (tmp_path / "shop").mkdir()
     (tmp_path / "shop" / "a.jpg").write_bytes(b"not decoded")

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data_utils
-from extract_features import extract_index
-from extract_features import main as extract_main
-from utils import REPO_DIR, run_cli, sha256_file
+from cir.cli.extract import main as extract_main
+from cir.data import catalog_images, folder_images
+from cir.extraction.local import extract_index
+from cir.extraction.ray_engine import EncoderSpec, extract_index_ray, ray_session
+from cir.paths import REPO_DIR
+from cir.utils import run_cli, sha256_file
 
 # Ray Data's own deprecation notices about its settings (raised inside ray.data, not by this project).
 pytestmark = pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\.data\..*")
@@ -38,7 +40,7 @@ def folder(catalog_root, tmp_path_factory) -> Path:
     truncated, not an image, a FIFO (would block a reader forever), a valid image whose name is not UTF-8."""
     root = tmp_path_factory.mktemp("ray") / "shop"
     root.mkdir()
-    good = data_utils.catalog_images(catalog_root, "test")[:N_IMAGES]
+    good = catalog_images(catalog_root, "test")[:N_IMAGES]
     for r in good:
         shutil.copy(r.path, root / r.path.name)
     data = good[0].path.read_bytes()
@@ -55,7 +57,7 @@ def folder(catalog_root, tmp_path_factory) -> Path:
 def reference(folder, lite_encoder, tmp_path_factory) -> Path:
     """The local engine's uninterrupted output, with the info the CLI records."""
     out = tmp_path_factory.mktemp("ref") / "folder-shop"
-    extract_index(data_utils.folder_images(folder), lite_encoder, out, workers=0, **KW,
+    extract_index(folder_images(folder), lite_encoder, out, workers=0, **KW,
                   info={"dataset": "folder", "split": None, "data_root": str(folder)})
     return out
 
@@ -63,8 +65,7 @@ def reference(folder, lite_encoder, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ray_local():
     pytest.importorskip("ray")
-    import ray_extract
-    with ray_extract.ray_session(num_cpus=2) as ray:
+    with ray_session(num_cpus=2) as ray:
         yield ray
     assert not ray.is_initialized()
 
@@ -110,12 +111,11 @@ def test_local_engine_never_imports_ray():
 
 def test_cli_ray_engine_resumes_a_local_run_and_equals_local(folder, reference, lite_encoder, ray_local, tmp_path,
                                                             monkeypatch, capsys):
-    import ray_extract
     out = tmp_path / "f" / "folder-shop"
     with pytest.raises(KeyboardInterrupt):  # a killed local run left shard 0 behind
-        extract_index(data_utils.folder_images(folder), lite_encoder, out, workers=0, _stop_after_shards=1, **KW)
+        extract_index(folder_images(folder), lite_encoder, out, workers=0, _stop_after_shards=1, **KW)
     # The driver's copy of the encoder only describes it: reuse the session's (the actors load their own).
-    monkeypatch.setattr(ray_extract.EncoderSpec, "load", lambda self, device="auto": lite_encoder)
+    monkeypatch.setattr(EncoderSpec, "load", lambda self, device="auto": lite_encoder)
     rc = extract_main(["--engine", "ray", "--dataset", "folder", "--data-root", str(folder), "--out",
                        str(tmp_path / "f"), "--batch-size", "8", "--shard-size", "16", "--device", "cpu"])
     assert rc == 0
@@ -125,11 +125,10 @@ def test_cli_ray_engine_resumes_a_local_run_and_equals_local(folder, reference, 
 
 
 def test_killed_ray_run_resumes(folder, reference, lite_encoder, ray_local, tmp_path):
-    import ray_extract
-    records = data_utils.folder_images(folder)
+    records = folder_images(folder)
     info = {"dataset": "folder", "split": None, "data_root": str(folder)}
     with pytest.raises(KeyboardInterrupt):
-        ray_extract.extract_index_ray(records, lite_encoder, ray_extract.EncoderSpec("lite"), tmp_path / "o",
+        extract_index_ray(records, lite_encoder, EncoderSpec("lite"), tmp_path / "o",
                                       device="cpu", info=info, _stop_after_shards=2, **KW)
     assert not (tmp_path / "o" / "manifest.json").exists()  # an interrupted index is never 'complete'
     assert len(list((tmp_path / "o" / ".partial").glob("shard-*.json"))) == 2

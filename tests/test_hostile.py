@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-import service.uploads as uploads_module
-from app import AppConfig, create_app
-from page_assets import CDN_ORIGIN, content_security_policy
-from web_guards import MAX_BODY_BYTES, QuietRequestHandler
+from cir.serving import uploads as uploads_module
+from cir.web.app import AppConfig, create_app
+from cir.web.assets import CDN_ORIGIN, content_security_policy
+from cir.web.guards import MAX_BODY_BYTES, QuietRequestHandler
 
 TTL_S = 1800
 
@@ -308,7 +308,7 @@ def test_the_cdn_origin_joins_styles_only():
 def test_install_guards_on_a_bare_app():
     from flask import Flask
 
-    from web_guards import install_guards
+    from cir.web.guards import install_guards
     bare = Flask("bare")
     bare.post("/echo")(lambda: {"n": len(__import__("flask").request.get_data())})
     install_guards(bare, max_upload_bytes=2**20, upload_max_age_s=60, csp=content_security_policy("cdn"),

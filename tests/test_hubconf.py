@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hubconf
-from model import SHIPPED_COMBINERS, Combiner, CombinerConfig
+from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = CombinerConfig(feature_dim=8, projection_dim=12, hidden_dim=16)

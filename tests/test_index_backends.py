@@ -17,11 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import index as index_mod
-from index import BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index, search
-from index.backends.milvus import _row_count
-from index.cli import main as index_main
-from utils import save_tensors, write_json
+from cir import index as index_mod
+from cir.cli.evaluate import main
+from cir.cli.index import main as index_main
+from cir.index import BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index, search
+from cir.index.backends.milvus import _row_count
+from cir.utils import save_tensors, write_json
 
 N, DIM = 3000, 64
 
@@ -217,7 +218,7 @@ def test_faiss_auto_picks_hnsw_and_tiny_indexes_fall_back(tmp_path):
 
 def test_cli_check_build_help(folder, tmp_path, capsys):
     pytest.importorskip("faiss")
-    from utils import run_cli
+    from cir.utils import run_cli
     path = copy_folder(folder[0], tmp_path / "idx")
     assert index_main(["check", "--features", str(path)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -332,7 +333,7 @@ def test_milvus_missing_package_or_collection_is_clear(folder, tmp_path):
 
 def test_app_health_reports_backends(demo_world, tmp_path):
     pytest.importorskip("pymilvus")
-    from app import AppConfig, create_app
+    from cir.web.app import AppConfig, create_app
     ok = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "u1", warm_up=False))
     h = ok.test_client().get("/api/health").get_json()
     assert h["status"] == "ok" and h["backends"]["catalog-test"]["backend"] == "exact"
@@ -364,9 +365,7 @@ def test_evaluate_index_backend_flag(monkeypatch, capsys):
     pytest.importorskip("faiss")
     from test_evaluate_composed import FORMATS, StandInEncoder, _seed, random_index
 
-    import encoders
-    import evaluate
-    from utils import run_cli
+    from cir.utils import run_cli
     if not FORMATS.is_dir():
         pytest.skip("shared annotation files absent")
     monkeypatch.setattr(encoders, "load", lambda *a, **k: StandInEncoder())
@@ -376,10 +375,10 @@ def test_evaluate_index_backend_flag(monkeypatch, capsys):
             "--combiner", "sum"]
     runs = {}
     for spec in ("exact", "faiss:hnsw?efSearch=128"):
-        assert evaluate.main(argv + ["--index-backend", spec]) == 0
+        assert main(argv + ["--index-backend", spec]) == 0
         runs[spec] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     exact, ann = runs["exact"], runs["faiss:hnsw?efSearch=128"]
     assert exact["index_backend"] == "exact" and ann["index_backend"].startswith("faiss:hnsw")
     for key in ("R@1", "R@10", "R@50", "Rsubset@1"):
         assert abs(exact[key] - ann[key]) <= 2.0, key
-    assert run_cli(lambda: evaluate.main(argv + ["--index-backend", "annoy"])) == 2
+    assert run_cli(lambda: main(argv + ["--index-backend", "annoy"])) == 2

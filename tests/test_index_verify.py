@@ -19,10 +19,10 @@ import pytest
 import torch
 from test_index_backends import write_folder
 
-from index import IndexLoadError, load_index, search
-from index.cli import main as index_main
-from index.files import NAMES_FILE, read_header
-from utils import run_cli, sha256_file, write_json
+from cir.cli.index import main as index_main
+from cir.index import IndexLoadError, load_index, search
+from cir.index.files import NAMES_FILE, read_header
+from cir.utils import run_cli, sha256_file, write_json
 
 N = 3000
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-import data_utils
-import layouts
-from extract_features import extract_index
+from cir.catalog.layouts import CATEGORIES, CIRR_SET_SIZE, write_cirr, write_fashioniq
+from cir.cli.layouts import main
+from cir.data import ImageRecord, catalog_images, check_images, fashioniq_categories, list_images, load_triplets
+from cir.extraction.local import extract_index
 
 FORMATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats"
 PER_KIND = 4
@@ -25,22 +26,22 @@ def _links(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def test_ids(catalog_root) -> set[str]:
-    return {r.name for r in data_utils.catalog_images(catalog_root, "test")}
+    return {r.name for r in catalog_images(catalog_root, "test")}
 
 
 @pytest.fixture(scope="module")
 def fiq(catalog_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("fiq") / "fashionIQ_dataset"
-    return root, layouts.write_fashioniq(catalog_root, root, per_kind=PER_KIND, seed=3)
+    return root, write_fashioniq(catalog_root, root, per_kind=PER_KIND, seed=3)
 
 
 @pytest.fixture(scope="module")
 def cirr(catalog_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("cirr") / "cirr_dataset"
-    return root, layouts.write_cirr(catalog_root, root, per_kind=PER_KIND, seed=3)
+    return root, write_cirr(catalog_root, root, per_kind=PER_KIND, seed=3)
 
 
-def _assert_linked(record: data_utils.ImageRecord, catalog_root: Path) -> None:
+def _assert_linked(record: ImageRecord, catalog_root: Path) -> None:
     """The image is a link (symlink, or hard link) to the catalogue file, never a copy."""
     src = catalog_root / "images" / f"{record.name}.jpg"
     assert record.path.is_file() and os.path.samefile(record.path, src)
@@ -49,20 +50,20 @@ def _assert_linked(record: data_utils.ImageRecord, catalog_root: Path) -> None:
 
 def test_fashioniq_layout_loads_and_is_consistent(fiq, catalog_root):
     root, summary = fiq
-    assert data_utils.fashioniq_categories(root) == sorted(layouts.CATEGORIES)
+    assert fashioniq_categories(root) == sorted(CATEGORIES)
     # The parent folder works too: resolve/list step into fashionIQ_dataset.
-    assert len(data_utils.list_images("fashioniq", root.parent, "val")) == sum(
+    assert len(list_images("fashioniq", root.parent, "val")) == sum(
         c["images"] for c in summary["splits"]["val"].values())
-    catalog = {r.name: r for r in data_utils.catalog_images(catalog_root, "all")}
+    catalog = {r.name: r for r in catalog_images(catalog_root, "all")}
     for split in ("train", "val"):
         for cat, counts in summary["splits"][split].items():
-            images = data_utils.list_images("fashioniq", root, split, [cat])
-            data_utils.check_images(images)
+            images = list_images("fashioniq", root, split, [cat])
+            check_images(images)
             names = {r.name for r in images}
             want = {n for n, r in catalog.items() if r.attrs["split"] == split
-                    and r.attrs["articleType"] in layouts.CATEGORIES[cat]}
+                    and r.attrs["articleType"] in CATEGORIES[cat]}
             assert names == want and counts["images"] == len(images)  # the whole category gallery
-            trips = data_utils.load_triplets("fashioniq", root, split, [cat])
+            trips = load_triplets("fashioniq", root, split, [cat])
             assert len(trips) == counts["triplets"] > 0
             for t in trips:
                 assert t.reference in names and t.target in names and t.category == cat
@@ -84,18 +85,18 @@ def test_cirr_layout_loads_and_is_consistent(cirr, catalog_root):
     root, summary = cirr
     pairids = []
     for split, folder in (("train", "train"), ("val", "dev")):
-        images = data_utils.list_images("cirr", root.parent, split)
-        data_utils.check_images(images)
+        images = list_images("cirr", root.parent, split)
+        check_images(images)
         names = {r.name for r in images}
-        assert names == {r.name for r in data_utils.catalog_images(catalog_root, split)}
+        assert names == {r.name for r in catalog_images(catalog_root, split)}
         assert all(r.path.relative_to(root).parts[0] == folder for r in images)
         if split == "train":
             assert all(len(r.path.relative_to(root).parts) == 3 for r in images)  # train/<n>/<name>
-        trips = data_utils.load_triplets("cirr", root, split)
+        trips = load_triplets("cirr", root, split)
         assert len(trips) == summary["splits"][split]["triplets"] > 0
         for t in trips:
             assert t.reference in names and t.target in names and t.target_soft == {t.target: 1.0}
-            assert len(t.group) == len(set(t.group)) == layouts.CIRR_SET_SIZE
+            assert len(t.group) == len(set(t.group)) == CIRR_SET_SIZE
             assert t.reference in t.group and t.target in t.group and set(t.group) <= names
         pairids += [t.pair_id for t in trips]
         for r in images[:20]:
@@ -125,15 +126,15 @@ def test_no_test_split_image_anywhere(fiq, cirr, test_ids):
 
 
 def test_deterministic(fiq, cirr, catalog_root, tmp_path):
-    again = layouts.write_fashioniq(catalog_root, tmp_path / "f", per_kind=PER_KIND, seed=3)
+    again = write_fashioniq(catalog_root, tmp_path / "f", per_kind=PER_KIND, seed=3)
     assert again["splits"] == fiq[1]["splits"]
     assert _json_files(tmp_path / "f") == _json_files(fiq[0]) and _links(tmp_path / "f") == _links(fiq[0])
-    layouts.write_cirr(catalog_root, tmp_path / "c", per_kind=PER_KIND, seed=3)
+    write_cirr(catalog_root, tmp_path / "c", per_kind=PER_KIND, seed=3)
     assert _json_files(tmp_path / "c") == _json_files(cirr[0]) and _links(tmp_path / "c") == _links(cirr[0])
     # Rewriting into the same folder keeps the links and the bytes.
-    layouts.write_cirr(catalog_root, tmp_path / "c", per_kind=PER_KIND, seed=3)
+    write_cirr(catalog_root, tmp_path / "c", per_kind=PER_KIND, seed=3)
     assert _json_files(tmp_path / "c") == _json_files(cirr[0])
-    other = layouts.write_cirr(catalog_root, tmp_path / "c2", per_kind=PER_KIND, seed=4, splits=["val"])
+    other = write_cirr(catalog_root, tmp_path / "c2", per_kind=PER_KIND, seed=4, splits=["val"])
     assert _json_files(tmp_path / "c2")["cirr/captions/cap.rc2.val.json"] != \
         _json_files(cirr[0])["cirr/captions/cap.rc2.val.json"]
     assert list(other["splits"]) == ["val"]
@@ -141,7 +142,7 @@ def test_deterministic(fiq, cirr, catalog_root, tmp_path):
 
 @pytest.mark.parametrize("split", ["test", "test1", "all", "dev"])
 def test_refuses_test_and_unknown_splits(catalog_root, tmp_path, split):
-    for write in (layouts.write_fashioniq, layouts.write_cirr):
+    for write in (write_fashioniq, write_cirr):
         with pytest.raises(ValueError, match="test split" if split.startswith("test") else "unknown split"):
             write(catalog_root, tmp_path / "x", splits=["val", split])
     assert not (tmp_path / "x").exists()  # refused before anything is written
@@ -149,30 +150,30 @@ def test_refuses_test_and_unknown_splits(catalog_root, tmp_path, split):
 
 def test_unknown_category_and_existing_file(catalog_root, tmp_path):
     with pytest.raises(ValueError, match="unknown FashionIQ categories"):
-        layouts.write_fashioniq(catalog_root, tmp_path / "x", categories=["jeans"])
-    val = data_utils.catalog_images(catalog_root, "val")
-    dress = next(r for r in val if r.attrs["articleType"] in layouts.CATEGORIES["dress"])
+        write_fashioniq(catalog_root, tmp_path / "x", categories=["jeans"])
+    val = catalog_images(catalog_root, "val")
+    dress = next(r for r in val if r.attrs["articleType"] in CATEGORIES["dress"])
     (tmp_path / "y" / "images").mkdir(parents=True)
     (tmp_path / "y" / "images" / f"{dress.name}.jpg").write_bytes(b"not ours")
     with pytest.raises(ValueError, match="not a link"):
-        layouts.write_fashioniq(catalog_root, tmp_path / "y", splits=["val"], categories=["dress"], per_kind=1)
+        write_fashioniq(catalog_root, tmp_path / "y", splits=["val"], categories=["dress"], per_kind=1)
 
 
 def test_cli_prints_summary_and_refuses_test(catalog_root, tmp_path, capsys):
     argv = ["cirr", "--out", str(tmp_path / "c"), "--catalog-root", str(catalog_root.parent), "--splits", "val",
             "--per-kind", "2", "--seed", "1"]
-    assert layouts.main(argv) == 0
+    assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["dataset"] == "cirr" and summary["splits"]["val"]["images"] == 962
-    from utils import run_cli
-    assert run_cli(lambda: layouts.main(["fashioniq", "--out", str(tmp_path / "f"), "--splits", "test"])) == 2
+    from cir.utils import run_cli
+    assert run_cli(lambda: main(["fashioniq", "--out", str(tmp_path / "f"), "--splits", "test"])) == 2
     assert not (tmp_path / "f").exists()
 
 
 def test_extract_index_on_a_tiny_fashioniq_layout(catalog_root, lite_encoder, tmp_path):
     root = tmp_path / "fashionIQ_dataset"
-    summary = layouts.write_fashioniq(catalog_root, root, splits=["val"], categories=["dress"], per_kind=3)
-    records = data_utils.list_images("fashioniq", root, "val", ["dress"])
+    summary = write_fashioniq(catalog_root, root, splits=["val"], categories=["dress"], per_kind=3)
+    records = list_images("fashioniq", root, "val", ["dress"])
     assert len(records) == summary["splits"]["val"]["dress"]["images"] > 0
     res = extract_index(records, lite_encoder, tmp_path / "features" / "fashioniq-dress-val", workers=0)
     assert res.count == len(records) and res.skipped == []

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import COMBINE_METHODS, Combiner, CombinerConfig, combine
+from cir.combiner import COMBINE_METHODS, Combiner, CombinerConfig, combine
 
 SMALL = CombinerConfig(feature_dim=16, projection_dim=32, hidden_dim=48)
 

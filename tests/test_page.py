@@ -11,8 +11,9 @@ from html.parser import HTMLParser
 
 import pytest
 
-import page_assets
-from app import AppConfig, create_app, main
+from cir.cli.serve import main
+from cir.web.app import AppConfig, create_app
+from cir.web.assets import BOOTSTRAP_VERSION, CDN_CSS, CDN_CSS_SRI, CSS_FILE, bootstrap_dir, content_security_policy
 
 CSS_URL = "/vendor/bootstrap/css/bootstrap.min.css"
 
@@ -51,7 +52,7 @@ def test_page_serves_bootstrap_from_the_package(app):
     client = app.test_client()
     resp = client.get("/")
     assert resp.status_code == 200
-    assert resp.headers["Content-Security-Policy"] == page_assets.content_security_policy("local")
+    assert resp.headers["Content-Security-Policy"] == content_security_policy("local")
     page = _parse(resp.get_data(as_text=True))
     assert page.found == []
     assert [link["href"] for link in page.links] == [CSS_URL, "/static/app.css"]
@@ -73,10 +74,10 @@ def test_vendor_route_serves_only_bootstrap_files(app, path):
 
 def test_cdn_integrity_matches_the_packaged_file():
     """The CDN link's SRI hash is that of the packaged file: both modes serve the same bytes (5.3.8)."""
-    data = (page_assets.bootstrap_dir() / page_assets.CSS_FILE).read_bytes()
-    assert "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode() == page_assets.CDN_CSS_SRI
-    assert f"Bootstrap  v{page_assets.BOOTSTRAP_VERSION} ".encode() in data[:100]
-    assert f"bootstrap@{page_assets.BOOTSTRAP_VERSION}/" in page_assets.CDN_CSS
+    data = (bootstrap_dir() / CSS_FILE).read_bytes()
+    assert "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode() == CDN_CSS_SRI
+    assert f"Bootstrap  v{BOOTSTRAP_VERSION} ".encode() in data[:100]
+    assert f"bootstrap@{BOOTSTRAP_VERSION}/" in CDN_CSS
 
 
 def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path):
@@ -84,19 +85,19 @@ def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path):
     resp = app.test_client().get("/")
     page = _parse(resp.get_data(as_text=True))
     assert page.found == []
-    assert page.links[0] == {"rel": "stylesheet", "href": page_assets.CDN_CSS, "integrity": page_assets.CDN_CSS_SRI,
+    assert page.links[0] == {"rel": "stylesheet", "href": CDN_CSS, "integrity": CDN_CSS_SRI,
                              "crossorigin": "anonymous"}
     csp = resp.headers["Content-Security-Policy"]
-    assert csp == page_assets.content_security_policy("cdn")
+    assert csp == content_security_policy("cdn")
     assert "style-src 'self' https://cdn.jsdelivr.net;" in csp and "script-src 'self';" in csp
 
 
 def test_csp_strings():
-    local = page_assets.content_security_policy("local")
+    local = content_security_policy("local")
     assert local == ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
                      "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
                      "form-action 'self'")
-    assert "unsafe" not in page_assets.content_security_policy("cdn")
+    assert "unsafe" not in content_security_policy("cdn")
 
 
 def test_bootstrap_setting(monkeypatch):

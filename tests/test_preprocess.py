@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from preprocess import PREPROCESS_MODES, Preprocess, crop_box, resized_size
+from cir.encoders.preprocess import PREPROCESS_MODES, Preprocess, crop_box, resized_size
 
 S = 32
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate import cirr_submission, submission_paths, write_submission
+from cir.evaluation.submission import cirr_submission, submission_paths, write_submission
 
 CIRR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats" / "cirr_dataset" / "cirr"
 needs_cirr = pytest.mark.skipif(not (CIRR / "captions" / "cap.rc2.test1.json").is_file(),

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-import data_utils
-import encoders
-import train
-import train_data
-from model import Combiner
+from cir.cli.train import main
+from cir.combiner import Combiner
+from cir.data import catalog_images
+from cir.training.data import CatalogData, Item, randomized_fiq_caption
+from cir.training.stages import composed_loss, resolve_defaults
 
 SLICE = {"train": 240, "val": 90}
 
@@ -27,7 +27,7 @@ def features_dir(tmp_path_factory):
 @pytest.fixture()
 def small_catalog(monkeypatch, catalog_root, lite_encoder):
     """catalog_images limited to the first images of each split, and the session's lite encoder."""
-    full = data_utils.catalog_images
+    full = catalog_images
 
     def sliced(root, split=None):
         return full(root, split)[:SLICE.get(split, 10 ** 9)]
@@ -45,7 +45,7 @@ def _args(tmp_path, features_dir, *extra: str) -> list[str]:
 def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small_catalog, features_dir, tmp_path,
                                                                            capsys):
     out = tmp_path / "c.safetensors"
-    assert train.main(["combiner", *_args(tmp_path, features_dir, "--epochs", "4", "--out", str(out),
+    assert main(["combiner", *_args(tmp_path, features_dir, "--epochs", "4", "--out", str(out),
                                           "--projection-dim", "64", "--hidden-dim", "128")]) == 0
     report = json.loads(out.with_name("c.train.json").read_text())
     losses = [h["loss"] for h in report["history"]]
@@ -61,7 +61,7 @@ def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small
 
 def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir, tmp_path, monkeypatch):
     out = tmp_path / "c.safetensors"
-    real, calls = train_data.CatalogData.validate, []
+    real, calls = CatalogData.validate, []
 
     def flaky(*a, **k):
         calls.append(1)
@@ -69,14 +69,14 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(train_data.CatalogData, "validate", flaky)
+    monkeypatch.setattr(CatalogData, "validate", flaky)
     argv = ["combiner", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out), "--projection-dim", "32",
                                "--hidden-dim", "64")]
     with pytest.raises(KeyboardInterrupt):
-        train.main(argv)
+        main(argv)
     assert not out.exists() and len(list((tmp_path / "cache").glob("combiner-*.resume.pt"))) == 1
-    monkeypatch.setattr(train_data.CatalogData, "validate", real)
-    assert train.main(argv) == 0
+    monkeypatch.setattr(CatalogData, "validate", real)
+    assert main(argv) == 0
     history = json.loads(out.with_name("c.train.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came from the saved state, not a rerun
 
@@ -89,7 +89,7 @@ def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, featur
     private._modules = dict(lite_encoder._modules)
     private._modules["heads"] = copy.deepcopy(lite_encoder.heads)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: private)
-    assert train.main(["text", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out))]) == 0
+    assert main(["text", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out))]) == 0
     history = json.loads(out.with_name("text.train.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
     tuned = lite_encoder.with_text(out)
@@ -113,8 +113,8 @@ def test_text_checkpoints_are_checked(lite_encoder, tmp_path):
 
 
 def test_soft_targets_reward_the_target_and_every_attribute_match():
-    import triplets
-    data = train_data.CatalogData.__new__(train_data.CatalogData)
+    from cir.catalog import triplets
+    data = CatalogData.__new__(CatalogData)
     data.train = list(range(5))  # only its length is used
     attrs = [{"gender": "Men", "articleType": "Tshirts", "baseColour": c, "usage": "Casual"}
              for c in ("Red", "Red", "Red", "Blue")] + [{"gender": "Unisex", "articleType": "Tshirts",
@@ -124,8 +124,8 @@ def test_soft_targets_reward_the_target_and_every_attribute_match():
     blue = triplets.make_key({"gender": "Men", "articleType": "Tshirts", "baseColour": "Blue", "usage": "Casual"})
     not_red = triplets.make_key({"gender": ("Men", "Unisex"), "articleType": "Tshirts"}, {"baseColour": ("Red",)})
     anyone_red = triplets.make_key({"gender": ("Men", "Unisex"), "baseColour": "Red"})
-    items = [train_data.Item(5, 0, "c", red), train_data.Item(6, 3, "c", blue), train_data.Item(7, 3, "c", not_red),
-             train_data.Item(8, 4, "c", anyone_red)]
+    items = [Item(5, 0, "c", red), Item(6, 3, "c", blue), Item(7, 3, "c", not_red),
+             Item(8, 4, "c", anyone_red)]
     gallery = data.positives(items, torch.tensor([0, 3, 3, 4]))
     assert torch.allclose(gallery.sum(1), torch.ones(4))
     assert torch.allclose(gallery[0], torch.tensor([0.5 + 0.5 / 3, 0.5 / 3, 0.5 / 3, 0.0, 0.0]))
@@ -137,8 +137,8 @@ def test_soft_targets_reward_the_target_and_every_attribute_match():
 def test_batch_negatives_are_the_papers_one_hot_classification():
     """--negatives batch: cross-entropy against arange over the batch's targets, whatever the attributes."""
     logits = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
-    items = [train_data.Item(0, i, "c", ("same",)) for i in range(3)]  # identical wanted attributes
-    got = train.composed_loss(logits, None, items, torch.arange(3), "batch")
+    items = [Item(0, i, "c", ("same",)) for i in range(3)]  # identical wanted attributes
+    got = composed_loss(logits, None, items, torch.arange(3), "batch")
     ref = -torch.log_softmax(logits, dim=1).diagonal().mean()
     assert torch.allclose(got, ref)
 
@@ -146,23 +146,23 @@ def test_batch_negatives_are_the_papers_one_hot_classification():
 def test_randomized_fashioniq_captions_take_the_four_forms():
     import random
     rng = random.Random(0)
-    seen = {train_data.randomized_fiq_caption(["is red.", " has long sleeves?"], rng) for _ in range(200)}
+    seen = {randomized_fiq_caption(["is red.", " has long sleeves?"], rng) for _ in range(200)}
     assert seen == {"Is red and has long sleeves", "Has long sleeves and is red", "Is red", "Has long sleeves"}
-    assert train_data.randomized_fiq_caption(["", "is blue"], rng) == "Is blue"
+    assert randomized_fiq_caption(["", "is blue"], rng) == "Is blue"
 
 
 def test_presets_fill_only_what_is_unset():
     import argparse
     args = argparse.Namespace(preset="clip4cir", dataset="fashioniq", lr=None, batch=None, optimizer=None,
                               projection_dim=None, hidden_dim=64, dropout=None, negatives=None)
-    train.resolve_defaults(args, "combiner", 640)
+    resolve_defaults(args, "combiner", 640)
     assert (args.lr, args.batch, args.projection_dim, args.hidden_dim, args.dropout, args.negatives) == \
         (2e-5, 1024, 2560, 64, 0.5, "batch")
     args = argparse.Namespace(preset="clip4cir", dataset="catalog", lr=None, batch=None, optimizer=None,
                               negatives=None)
-    train.resolve_defaults(args, "text", 640)
+    resolve_defaults(args, "text", 640)
     assert (args.lr, args.batch, args.optimizer, args.negatives) == (2e-6, 512, "adamw", "batch")
     args = argparse.Namespace(preset="project", dataset="catalog", lr=None, batch=None, optimizer=None,
                               negatives=None)
-    train.resolve_defaults(args, "text", 256)
+    resolve_defaults(args, "text", 256)
     assert (args.lr, args.batch, args.negatives) == (3e-4, 256, "gallery")

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from train_align import ATTRIBUTES, AttributeClassifiers, attribute_targets, same_item_loss
+from cir.training.align import ATTRIBUTES, AttributeClassifiers, attribute_targets, same_item_loss
 
 ATTRS = [{"gender": "Men", "articleType": "Shirts", "baseColour": "Blue", "usage": "Casual",
           "pattern": "Checked"}] * 6 \

@@ -8,19 +8,18 @@ import json
 import pytest
 from test_encoders import tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
-import data_utils
-import encoders
-import evaluate
-import layouts
-import train
-from model import Combiner
+from cir.catalog.layouts import write_cirr, write_fashioniq
+from cir.cli.evaluate import main
+from cir.cli.train import main
+from cir.combiner import Combiner
+from cir.data import catalog_images
 
 
 @pytest.fixture(scope="module")
 def shirts(tmp_path_factory, catalog_root):
     """FashionIQ layout of the catalogue's shirts (train and val), and a features folder for it."""
     base = tmp_path_factory.mktemp("fiq-shirts")
-    layouts.write_fashioniq(catalog_root, base / "fiq", categories=["shirt"], per_kind=400)
+    write_fashioniq(catalog_root, base / "fiq", categories=["shirt"], per_kind=400)
     return base / "fiq", base / "features"
 
 
@@ -29,12 +28,12 @@ def small_layouts(tmp_path_factory, catalog_root):
     """Small FashionIQ and CIRR layouts from the first catalogue images of each split."""
     base = tmp_path_factory.mktemp("small-layouts")
     mp = pytest.MonkeyPatch()
-    full = data_utils.catalog_images
+    full = catalog_images
     sizes = {"train": 300, "val": 120}
     mp.setattr(data_utils, "catalog_images", lambda root, split=None: full(root, split)[:sizes.get(split, 120)])
     try:
-        layouts.write_fashioniq(catalog_root, base / "fiq", categories=["toptee"], per_kind=40)
-        layouts.write_cirr(catalog_root, base / "cirr", per_kind=25)
+        write_fashioniq(catalog_root, base / "fiq", categories=["toptee"], per_kind=40)
+        write_cirr(catalog_root, base / "cirr", per_kind=25)
     finally:
         mp.undo()
     return base
@@ -53,7 +52,7 @@ def test_lite_combiner_trained_on_the_fashioniq_layout_beats_sum(shirts, lite_en
     root, features = shirts
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder.with_text(k.get("text")))
     out = tmp_path / "c.safetensors"
-    assert train.main(["combiner", "--dataset", "fashioniq", "--data-root", str(root), "--categories", "shirt",
+    assert main(["combiner", "--dataset", "fashioniq", "--data-root", str(root), "--categories", "shirt",
                        *_common(tmp_path, features, "--epochs", "6", "--out", str(out))]) == 0
     best = _last_json(capsys)["best_val"]
     assert Combiner.load(out).cfg.inputs == "raw"
@@ -61,9 +60,9 @@ def test_lite_combiner_trained_on_the_fashioniq_layout_beats_sum(shirts, lite_en
     assert report["args"]["negatives"] == "batch" and report["args"]["preset"] == "project"
     ev = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
           "--features", str(features), "--workers", "0", "--device", "cpu"]
-    assert evaluate.main([*ev, "--combiner", "sum"]) == 0
+    assert main([*ev, "--combiner", "sum"]) == 0
     summed = _last_json(capsys)
-    assert evaluate.main([*ev, "--combiner", str(out)]) == 0
+    assert main([*ev, "--combiner", str(out)]) == 0
     combined = _last_json(capsys)
     assert combined["average_R@10"] == best["average_R@10"]  # validation is the evaluation protocol
     assert combined["average"] > summed["average"] + 2, (combined, summed)
@@ -77,7 +76,7 @@ def test_lite_stage1_on_the_cirr_layout_with_the_papers_preset(small_layouts, li
     private._modules["heads"] = copy.deepcopy(lite_encoder.heads)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: private)
     out = tmp_path / "text.safetensors"
-    assert train.main(["text", "--dataset", "cirr", "--data-root", str(small_layouts / "cirr"), "--preset", "clip4cir",
+    assert main(["text", "--dataset", "cirr", "--data-root", str(small_layouts / "cirr"), "--preset", "clip4cir",
                        "--lr", "1e-4", "--batch", "32",
                        *_common(tmp_path, small_layouts / "features", "--epochs", "2", "--out", str(out))]) == 0
     best = _last_json(capsys)["best_val"]
@@ -95,7 +94,7 @@ def test_cirr_training_without_train_captions_says_so(tmp_path, lite_encoder, mo
     shutil.copytree(CIRR_FORMATS, root)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder)
     with pytest.raises(FileNotFoundError, match="cap.rc2.train.json"):
-        train.main(["combiner", "--dataset", "cirr", "--data-root", str(root), *_common(tmp_path, tmp_path / "f")])
+        main(["combiner", "--dataset", "cirr", "--data-root", str(root), *_common(tmp_path, tmp_path / "f")])
 
 
 @pytest.mark.parametrize("dataset", ["fashioniq", "cirr"])
@@ -104,16 +103,16 @@ def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp
     enc = f"hf:{tiny_clip_dir}"
     features = tmp_path / "features"
     text = tmp_path / "text.safetensors"
-    assert train.main(["text", "--dataset", dataset, "--data-root", str(root), "--encoder", enc, "--batch", "16",
+    assert main(["text", "--dataset", dataset, "--data-root", str(root), "--encoder", enc, "--batch", "16",
                        *_common(tmp_path, features, "--epochs", "1", "--out", str(text))]) == 0
     comb = tmp_path / "comb.safetensors"
-    assert train.main(["combiner", "--dataset", dataset, "--data-root", str(root), "--encoder", enc,
+    assert main(["combiner", "--dataset", dataset, "--data-root", str(root), "--encoder", enc,
                        "--text-encoder", str(text), "--preset", "clip4cir", "--batch", "16",
                        *_common(tmp_path, features, "--epochs", "2", "--out", str(comb))]) == 0
     cfg = Combiner.load(comb).cfg
     assert (cfg.encoder, cfg.text_encoder, cfg.inputs) == (enc, str(text), "raw")
     assert (cfg.projection_dim, cfg.hidden_dim, cfg.dropout) == (4 * cfg.feature_dim, 8 * cfg.feature_dim, 0.5)
-    assert evaluate.main(["--task", "composed", "--dataset", dataset, "--data-root", str(root), "--split", "val",
+    assert main(["--task", "composed", "--dataset", dataset, "--data-root", str(root), "--split", "val",
                           "--encoder", enc, "--combiner", str(comb), "--features", str(features), "--workers", "0",
                           "--device", "cpu"]) == 0
     metrics = _last_json(capsys)

@@ -8,10 +8,9 @@ from collections import Counter
 
 import pytest
 
-import data_utils
-import phrasings
-import triplets
-from triplets import satisfies
+from cir.catalog import phrasings, triplets
+from cir.catalog.conditions import satisfies
+from cir.data import PATTERNS, catalog_images
 
 G, A, C, U, P = "gender", "articleType", "baseColour", "usage", "pattern"
 # What each kind's wanted dict names, and which of those the change edits (written out, not derived).
@@ -27,7 +26,7 @@ CHANGE_KINDS = {
 
 @pytest.fixture(scope="module")
 def splits(catalog_root):
-    return {s: data_utils.catalog_images(catalog_root, s) for s in ("train", "val", "test")}
+    return {s: catalog_images(catalog_root, s) for s in ("train", "val", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_change_kinds_name_the_kept_attributes_and_change_only_theirs(splits, te
         if G in changes:
             assert t.wanted[G] in triplets.GENDER_SWAPS[ref[G]]
         if P in changes:
-            assert ref[P] and t.wanted[P] in data_utils.PATTERNS
+            assert ref[P] and t.wanted[P] in PATTERNS
         if A in changes:  # another type of the same family
             assert any(a[A] == t.wanted[A] and a["subCategory"] == ref["subCategory"] for a in attrs.values())
 

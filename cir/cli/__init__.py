@@ -1,0 +1,1 @@
+"""The command lines: one module per command (argparse + a call into the library)."""

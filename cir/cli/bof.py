@@ -1,0 +1,70 @@
+"""The classical image-only encoder `bof` (Kmeans-IR's features): a bag of visual words and hand-made histograms.
+
+Per image (RGB, resized to `BofConfig.image_size`):
+  words   dense SIFT descriptors (OpenCV) on a regular grid, each assigned to its nearest visual word of a
+          k-means vocabulary (scikit-learn MiniBatchKMeans), as a normalised word histogram
+  hog     a HOG descriptor (OpenCV) of the grey image at `hog_size`
+  colour  an HSV colour histogram (OpenCV calcHist)
+  shape   an edge-orientation histogram: gradient orientations at Canny edge pixels, weighted by magnitude
+each block is L2-normalised and weighted, the blocks are concatenated, PCA-reduced (scikit-learn PCA, fitted
+on the catalogue's train split) and L2-normalised. The vocabulary and the PCA ship in weights/bof.safetensors
+(+ bof.json, bof.train.json); refit them with
+
+    python3 bof.py fit --data-root ../shared/data/fashion-catalog --out weights/bof.safetensors
+
+The encoder has no text side: `encode_texts` raises TextUnsupported, which the server answers as a 400.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from cir.data import catalog_images, resolve_data_root
+from cir.encoders.bof import BOF_WEIGHTS, BofConfig, fit
+from cir.utils import run_cli, setup_logging, write_json
+
+log = logging.getLogger("bof")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit the vocabulary and PCA on the catalogue's train split")
+    f.add_argument("--data-root", default=None, help="catalogue folder (default: ../shared/data/fashion-catalog)")
+    f.add_argument("--split", default="train", help="split to fit on (never test)")
+    f.add_argument("--out", default=str(BOF_WEIGHTS), help="weights file to write (+ .json, .train.json)")
+    f.add_argument("--words", type=int, default=BofConfig.words, help="visual vocabulary size")
+    f.add_argument("--dim", type=int, default=BofConfig.dim, help="output dimension (PCA components)")
+    f.add_argument("--vocab-images", type=int, default=800, help="images whose SIFT descriptors make the vocabulary")
+    f.add_argument("--per-image", type=int, default=64, help="SIFT descriptors sampled per vocabulary image")
+    f.add_argument("--pca-images", type=int, default=2500, help="images the PCA is fitted on")
+    f.add_argument("--seed", type=int, default=0, help="random seed (sampling, k-means, PCA)")
+    f.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    if args.split == "test":
+        raise ValueError("never fit on the test split: use train")
+    root = resolve_data_root("catalog", args.data_root)
+    records = catalog_images(root, args.split)
+    model, summary = fit(records, BofConfig(words=args.words, dim=args.dim), vocab_images=args.vocab_images,
+                         per_image=args.per_image, pca_images=args.pca_images, seed=args.seed)
+    model.save(args.out)
+    write_json(Path(args.out).with_suffix(".train.json"), {"split": args.split, **summary})
+    log.info("bof fitted: %s -> %s", json.dumps(summary), args.out)
+    return 0
+
+
+def cli() -> int:
+    """The console command: a mistake the user can fix is one error line and exit code 2, not a traceback."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

@@ -1,0 +1,164 @@
+"""Retrieval metrics, as the papers report them.
+
+    python evaluate.py --task text2image  --dataset catalog --split test
+    python evaluate.py --task image2image --dataset catalog --split test
+    python evaluate.py --task composed --dataset catalog --split test --combiner sum
+    python evaluate.py --task composed --dataset fashioniq --data-root DIR --split val --categories dress shirt toptee
+    python evaluate.py --task composed --dataset cirr --data-root DIR --split val
+    python evaluate.py --task composed --dataset cirr --data-root DIR --split test1 --submission out/sub.json
+
+text2image: each product name queries the index of the split's images; R@1/5/10 (%) of its own photo.
+image2image: precision@10 (%) of results sharing the query's articleType and baseColour (query removed).
+composed: (reference image, relative caption) -> target, the query made by model.compose:
+  catalog    triplets.generate over the split's images (seeded); R@1/10/50 of the target, reference removed,
+             and attr@1/attr@10: the share (%) of the top K satisfying the triplet's condition (every wanted
+             attribute, none of the unwanted ones), with attr@10_ceiling; per kind under "kinds".
+  fashioniq  one index per category (its split's images); the two captions joined as CLIP4Cir does;
+             <category>_R@10/R@50, their averages and "average" = their mean. The reference stays in the
+             ranking, as in the original evaluation.
+  cirr       R@1/5/10/50 with the reference removed, Rsubset@1/2/3 among the query's img_set members
+             (reference removed), avg = (R@5 + Rsubset@1) / 2. test1 has no targets: --submission writes
+             the evaluation server's two files, recall_submission_<name>.json and
+             recall_subset_submission_<name>.json, beside the given path.
+  An annotation whose captions are all empty (the real files hold a few) is queried with its reference
+  image alone, with a warning; the count is reported as "empty_captions".
+--save-rankings writes the top-50 image names of every query, in annotation order. --plot FILE.png draws
+recall@K (K = 1..50) and the per-kind bars; --compare M... evaluates more composed methods into the same plot.
+Index features come from extracted files under --features when present, else are extracted (and kept).
+All ranking goes through index.search, by the backend of --index-backend (exact by default; faiss or milvus
+measure an ANN index's effect on the metrics). The last printed line is one JSON object with the metrics.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from cir.data import list_images, resolve_data_root
+from cir.encoders import load
+from cir.evaluation.protocols import image2image, text2image
+from cir.evaluation.runs import DEFAULT_SPLITS, composed_runs, write_plot
+from cir.evaluation.submission import (  # noqa: F401
+    CIRR_SUBSET_TOP,
+    TOP,
+    cirr_submission,
+    submission_paths,
+    write_submission,
+)
+from cir.extraction.local import ensure_index, index_name
+from cir.index import parse_backend, with_backend
+from cir.utils import run_cli, setup_logging
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of evaluate.py (every flag with its help)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=["text2image", "image2image", "composed"],
+                   help="what to measure: product name -> photo, photo -> similar photos, or composed "
+                        "retrieval (reference image + relative caption -> target)")
+    p.add_argument("--dataset", default="catalog", choices=["catalog", "fashioniq", "cirr"],
+                   help="dataset: catalog (all tasks; composed uses generated triplets), fashioniq or cirr "
+                        "(composed only, from their annotation files)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
+                        "dataset's usual subfolder)")
+    p.add_argument("--split", default=None,
+                   help="split whose images form the index and whose annotations are the queries "
+                        "(default: test for catalog, val for fashioniq and cirr; cirr's test split is test1)")
+    p.add_argument("--categories", nargs="+", default=None,
+                   help="FashionIQ categories, in this order (default: every category found); each is "
+                        "ranked in its own index")
+    p.add_argument("--combiner", default="combiner",
+                   help="composed: how the reference and the caption are fused: a Combiner (combiner, "
+                        "combiner-stage1: the shipped checkpoints; or a checkpoint path) or the baselines "
+                        "sum (element-wise sum), image (reference only), text (caption only); default: combiner")
+    p.add_argument("--text-encoder", default=None,
+                   help="text side of the encoder: base, stage1 (shipped stage-1 checkpoint) or a checkpoint "
+                        "path (default: the one the combiner was trained with; base for sum/image/text and "
+                        "the other tasks)")
+    p.add_argument("--triplet-seed", type=int, default=0,
+                   help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
+    p.add_argument("--per-kind", type=int, default=500,
+                   help="composed, catalog: at most this many triplets of each kind (triplets.py kinds)")
+    p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
+                   help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
+                        "`train.py --phrasings train` never trains on")
+    p.add_argument("--save-rankings", default=None, metavar="FILE",
+                   help="composed: write a JSON list with the top-50 image names of every query, in "
+                        "annotation order (fashioniq: categories in the given order)")
+    p.add_argument("--submission", default=None, metavar="FILE",
+                   help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
+                        "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
+                        "(top 3 of the img_set); needed for test1, which has no targets")
+    p.add_argument("--encoder", default="lite",
+                   help="encoder name: lite, bof (image-only: image2image), hf:<id or dir>, openai:<model>")
+    p.add_argument("--features", default="features",
+                   help="features root: an index is read from <root>/<dataset>[-<category>]-<split> or "
+                        "extracted there")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch if extraction is needed")
+    p.add_argument("--workers", type=int, default=None, help="decoding workers if extraction is needed")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--index-backend", default="exact", metavar="SPEC",
+                   help="how indexes are ranked (index/): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
+                        "milvus (milvus-lite beside the features, filled by `python3 -m index load`), "
+                        "milvus:http://host:19530")
+    p.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="text2image, composed: draw recall@K for K = 1..50 of every method evaluated, and bars of "
+                        "the per-kind metrics (catalog kinds, FashionIQ categories), into this PNG")
+    p.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
+                   help="composed: also evaluate these methods (as --combiner takes them), each printing its JSON "
+                        "line before --combiner's, which stays last; --plot draws them all")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    parse_backend(args.index_backend)  # a bad spec fails now, before models and data are loaded
+    setup_logging(args.verbose)
+    args.split = args.split or DEFAULT_SPLITS[args.dataset]
+    if args.per_kind < 1:
+        raise ValueError("--per-kind must be at least 1")
+    if args.categories is not None and args.dataset != "fashioniq":
+        raise ValueError(f"--categories only applies to fashioniq, not {args.dataset}")
+
+    if args.plot is not None and (args.task == "image2image" or not args.plot.lower().endswith(".png")):
+        raise ValueError("--plot FILE.png draws recall curves: a .png path, with --task text2image or composed")
+    if args.compare and args.task != "composed":
+        raise ValueError("--compare evaluates other composed methods: use it with --task composed")
+    if args.task == "composed":
+        runs = composed_runs(args)
+        if args.plot:
+            write_plot(args.plot, runs)
+        print(json.dumps(runs[args.combiner][0]))
+        return 0
+    if args.dataset != "catalog":
+        raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
+
+    root = resolve_data_root(args.dataset, args.data_root)
+    records = list_images(args.dataset, root, args.split)
+    encoder = load(args.encoder, args.device, text=args.text_encoder)
+    index = ensure_index(records, encoder, Path(args.features) / index_name(args.dataset, args.split),
+                         batch_size=args.batch_size, workers=args.workers,
+                         info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})
+    index = with_backend(index, args.index_backend)
+    t0, curves = time.time(), {}
+    metrics = text2image(encoder, index, records, curves) if args.task == "text2image" else image2image(index, records)
+    metrics = {"task": args.task, "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
+               "index_size": len(index), "index_backend": parse_backend(args.index_backend).public, **metrics,
+               "seconds": round(time.time() - t0, 2)}
+    if args.plot:
+        write_plot(args.plot, {encoder.name: (metrics, curves)})
+    print(json.dumps(metrics))
+    return 0
+
+
+def cli() -> int:
+    """The console command: a mistake the user can fix is one error line and exit code 2, not a traceback."""
+    return run_cli(main)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())

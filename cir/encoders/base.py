@@ -1,0 +1,240 @@
+"""What every encoder shares: the Encoder protocol its callers use, BaseEncoder (normalised or raw
+features, the text side of stage-1 fine-tuning) and TextSide, the one rule that says which text side goes
+with which Combiner."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file
+
+from cir.encoders.preprocess import Preprocess
+from cir.paths import WEIGHTS_DIR
+from cir.utils import config_from_dict, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+STAGE1_TEXT = WEIGHTS_DIR / "lite-text.safetensors"   # the shipped stage-1 text side ("stage1")
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """Which text side an encoder runs, resolved once: the backend's own ("base") or a stage-1 checkpoint.
+
+    The one place that decides which text side goes with which Combiner: a Combiner records the side it was
+    trained with (CombinerConfig.text_encoder: "base", "stage1", a file name in weights/ or a path), an encoder
+    knows the side it runs (`encoder.text_side`), and the server, evaluate.py and train.py compare these values,
+    never the strings: "stage1", "lite-text.safetensors" and the shipped file's full path are one side.
+    """
+
+    path: Path | None = None        # the checkpoint, absolute (symlinks resolved); None: base
+
+    @classmethod
+    def of(cls, choice: "str | os.PathLike | TextSide | None") -> "TextSide":
+        """"base" (or None / ""), "stage1" (the shipped checkpoint), a bare file name in weights/, or a path."""
+        if isinstance(choice, TextSide):
+            return choice
+        if choice is None or str(choice) in ("", "base"):
+            return cls(None)
+        text = str(choice)
+        if text == "stage1":
+            path = STAGE1_TEXT
+        elif not Path(text).expanduser().exists() and (WEIGHTS_DIR / text).exists():  # a shipped file's name
+            path = WEIGHTS_DIR / text
+        else:
+            path = Path(text).expanduser()
+        return cls(path.resolve())
+
+    @property
+    def is_base(self) -> bool:
+        return self.path is None
+
+    @property
+    def name(self) -> str:
+        """A short label: base, stage1 (the shipped checkpoint) or the checkpoint's file stem."""
+        if self.path is None:
+            return "base"
+        return "stage1" if self.path == STAGE1_TEXT.resolve() else self.path.stem
+
+    @property
+    def record(self) -> str:
+        """What a Combiner config or a metrics line stores: base, a file name in weights/, else the path."""
+        if self.path is None:
+            return "base"
+        return self.path.name if self.path.parent == WEIGHTS_DIR.resolve() else str(self.path)
+
+    def exists(self) -> bool:
+        return self.path is None or self.path.exists()
+
+
+BASE_TEXT = TextSide(None)
+
+
+class CaptionEncoder(Protocol):
+    """What turns captions into features: an Encoder, or the server's cached and timed TimedTexts."""
+
+    dim: int
+
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor: ...
+
+
+class Encoder(CaptionEncoder, Protocol):
+    """What callers of an encoder use (the `encoder` parameters across the project); BaseEncoder implements it.
+
+    Tests pass small stand-ins with only the members the code under test touches.
+    """
+
+    name: str
+    preprocess: Preprocess
+
+    @property
+    def text_side(self) -> TextSide: ...
+
+    def encode_images(self, images: Sequence[Image.Image], raw: bool = False) -> torch.Tensor: ...
+
+    def encode_pixels(self, pixels: torch.Tensor, raw: bool = False) -> torch.Tensor: ...
+
+    def describe(self) -> dict: ...
+
+    def with_text(self, side: "str | os.PathLike | TextSide | None") -> "Encoder": ...
+
+
+class BaseEncoder(nn.Module):
+    """The encoders' common code. Subclasses set name, dim, preprocess and implement _image_features and
+    _encode_texts."""
+
+    name: str
+    dim: int
+    preprocess: Preprocess
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch [B,3,S,S] -> the model's raw image features [B,dim] (float32, on CPU)."""
+        raise NotImplementedError
+
+    def _encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """Stripped, non-empty strings -> the model's raw text features [B,dim] (float32, on CPU)."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def encode_pixels(self, pixels: torch.Tensor, raw: bool = False) -> torch.Tensor:
+        """Preprocessed batch [B,3,S,S] -> features [B,dim]: L2-normalised, or as the model outputs them
+        (`raw`: CLIP's encode_image, what CLIP4Cir's Combiner and sum fusion take)."""
+        f = self._image_features(pixels).float().cpu()
+        return f if raw else F.normalize(f, dim=-1)
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image], raw: bool = False) -> torch.Tensor:
+        """PIL images -> features [B,dim], L2-normalised unless `raw`."""
+        if len(images) == 0:
+            return torch.zeros(0, self.dim)
+        return self.encode_pixels(torch.stack([self.preprocess(im) for im in images]), raw=raw)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        """Strings -> features [B,dim], L2-normalised unless `raw`. Empty or blank strings are refused."""
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text {i} is empty: give a non-empty caption")
+        if not texts:
+            return torch.zeros(0, self.dim)
+        f = self._encode_texts([t.strip() for t in texts]).float().cpu()
+        return f if raw else F.normalize(f, dim=-1)
+
+    def describe(self) -> dict:
+        """What a feature file needs to record about the encoder that made it."""
+        return {"encoder": self.name, "dim": self.dim, "preprocess": self.preprocess.describe()}
+
+    # -- the text side, for stage-1 fine-tuning (train.py text) and selecting its checkpoints
+
+    text_side: TextSide = TextSide(None)   # which text side is loaded, resolved once (with_text sets it)
+
+    @property
+    def text_checkpoint(self) -> str:
+        """"base", or the loaded stage-1 checkpoint's resolved path."""
+        return "base" if self.text_side.path is None else str(self.text_side.path)
+
+    def text_prefixes(self, layers: int = 0) -> list[str]:
+        """State-dict prefixes of what stage 1 fine-tunes: the text head / encoder (+ its top `layers`)."""
+        raise NotImplementedError(f"{self.name} does not support text fine-tuning")
+
+    def text_forward(self, texts: list[str]) -> torch.Tensor:
+        """Raw text features like encode_texts(raw=True), but differentiable (training), on the encoder's device."""
+        raise NotImplementedError(f"{self.name} does not support text fine-tuning")
+
+    def save_text(self, path: str | os.PathLike, prefixes: Sequence[str], info: dict | None = None) -> None:
+        """Write the text-side weights under `prefixes` as a stage-1 checkpoint (safetensors + JSON)."""
+        sd = {k: v.half() for k, v in self.state_dict().items() if k.startswith(tuple(prefixes))}
+        save_checkpoint(path, sd, TextCheckpointInfo(self.name, list(prefixes), info or {}), "text-encoder")
+
+    def with_text(self, side: "str | os.PathLike | TextSide | None") -> "BaseEncoder":
+        """This encoder with the text side `side` (TextSide.of: "base"/None leaves it unchanged, "stage1" or a
+        stage-1 checkpoint path). A `.pt` / `.pth` path is a CLIP fine-tuned by CLIP4Cir ({'CLIP': state_dict},
+        openai: encoders): its text side is taken. The image side is shared, not copied: image features (and
+        extracted indexes) stay valid.
+        """
+        side = TextSide.of(side)
+        if side.path is None:
+            return self
+        path = side.path
+        sd = self._clip4cir_text(path) if path.suffix in (".pt", ".pth") else self._text_checkpoint(path)
+        own = self.state_dict()
+        bad = [k for k in sd if k not in own or own[k].shape != sd[k].shape]
+        if bad:
+            raise ValueError(f"text checkpoint {path} does not fit {self.name}: {bad[:3]} ...")
+        new = copy.copy(self)
+        new._modules = dict(self._modules)  # copy only the top-level modules the checkpoint changes
+        for top in {k.split(".")[0] for k in sd}:
+            new._modules[top] = copy.deepcopy(self._modules[top])
+        new.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()}, strict=False)
+        new.text_side = side
+        new._text_side_changed()
+        return new.eval()
+
+    def _text_checkpoint(self, path: Path) -> dict[str, torch.Tensor]:
+        """The weights of one of our stage-1 checkpoints (safetensors + JSON), checked to be this encoder's."""
+        meta_path = path.with_suffix(".json")
+        if not path.exists() or not meta_path.exists():
+            raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
+                                    "make one with `python train.py text` or use 'base'")
+        meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
+        if meta.encoder != self.name:
+            raise ValueError(f"text checkpoint {path} was trained for encoder {meta.encoder!r}, not {self.name!r}")
+        return load_file(path)
+
+    def _clip4cir_text(self, path: Path) -> dict[str, torch.Tensor]:
+        """The text side of a CLIP fine-tuned by CLIP4Cir's scripts ({'CLIP': state_dict} of an OpenAI CLIP);
+        its image tower ('visual.*') is left out, so extracted indexes stay valid."""
+        if not path.exists():
+            raise FileNotFoundError(f"text checkpoint {path} not found")
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, dict) or not isinstance(obj.get("CLIP"), dict):
+            raise ValueError(f"{path} is not a CLIP4Cir fine-tuned CLIP (a dict whose 'CLIP' entry is the state dict)")
+        if not self.name.startswith("openai:"):
+            raise ValueError(f"{path} holds OpenAI CLIP weights (as CLIP4Cir saves them): use it with an openai: "
+                             f"encoder, not {self.name}")
+        return {f"model.{k}": v for k, v in obj["CLIP"].items() if not k.startswith("visual.")}
+
+    def _text_side_changed(self) -> None:
+        """Hook for backends that compile the text tower (lite's ONNX session must follow new weights)."""
+
+
+@dataclass
+class TextCheckpointInfo:
+    encoder: str                    # the encoder name the checkpoint belongs to (lite, hf:..., openai:...)
+    prefixes: list[str]             # state-dict prefixes it replaces
+    info: dict                      # training summary (triplets, epochs, validation metrics)

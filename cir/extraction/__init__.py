@@ -1,0 +1,12 @@
+"""One-shot feature extraction into verified feature folders.
+
+    job         the job both engines share: image files, batches, resumable shards, the final files + checksums,
+                the output folder's lock
+    local       the local engine (DataLoader workers + one encoder) and the API: extract_index, ensure_index,
+                index_name, plan_indexes
+    ray_engine  the Ray Data engine (`extract_features.py --engine ray`; Ray imported only when used)
+"""
+from cir.extraction.job import ExtractResult
+from cir.extraction.local import ensure_index, extract_index, index_name, plan_indexes
+
+__all__ = ["ExtractResult", "ensure_index", "extract_index", "index_name", "plan_indexes"]

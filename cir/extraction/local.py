@@ -1,0 +1,95 @@
+"""The local extraction engine and the public API: `extract_index` encodes a dataset's index images
+once into a feature folder (DataLoader workers decode, one encoder encodes), `ensure_index` loads it when up
+to date and extracts it first otherwise; `index_name` and `plan_indexes` name and list the indexes a
+command asks for. The folder's format and the job (files, shards, lock) are extraction.job's."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from tqdm import tqdm
+
+from cir.data import ImageRecord, fashioniq_categories, list_images
+from cir.encoders import Encoder
+from cir.extraction.job import ExtractJob, ExtractResult, default_workers, iter_batches, open_job
+from cir.index import FeatureIndex, load_index
+
+log = logging.getLogger("extract")
+
+
+def extract_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str | os.PathLike,
+                  *, batch_size: int = 64, workers: int | None = None, shard_size: int = 2048,
+                  overwrite: bool = False, info: dict | None = None,
+                  _stop_after_shards: int | None = None) -> ExtractResult:
+    """Encode `records` with `encoder` into `out_dir` (features.safetensors, names.json, manifest.json).
+
+    Resumable: finished shards live in out_dir/.partial/ until the final files are written. One run at a
+    time per folder (extract_job.OutputLockedError otherwise). `_stop_after_shards` simulates a kill (tests only).
+    """
+    job = open_job(records, encoder.describe(), out_dir, batch_size=batch_size, shard_size=shard_size,
+                   overwrite=overwrite)
+    if isinstance(job, ExtractResult):
+        return job
+    with job:  # holds the folder's lock until the files are written or the run fails
+        workers = default_workers() if workers is None else workers
+        t0 = time.time()
+        resumed = 0
+        bar = tqdm(total=len(records), desc=f"extract {job.out_dir.name}", unit="img", dynamic_ncols=True)
+        for s in range(job.n_shards):
+            lo, hi = job.bounds(s)
+            if job.shard_done(s):
+                resumed += 1
+                bar.update(hi - lo)
+                continue
+            if _stop_after_shards is not None and s >= _stop_after_shards:
+                bar.close()
+                raise KeyboardInterrupt(f"simulated kill after {s} shards")
+            _encode_shard(job, s, encoder, batch_size, workers, bar)
+        bar.close()
+        return job.finish(encoder.dim, info, t0, resumed)
+
+
+def _encode_shard(job: ExtractJob, s: int, encoder: Encoder, batch_size: int, workers: int,
+                  bar: tqdm) -> None:
+    """Decode and encode the rows of shard `s` in this process (and its DataLoader workers), then write it."""
+    lo, hi = job.bounds(s)
+    feats, kept, skipped = [], [], []
+    paths = [r.path for r in job.records[lo:hi]]
+    pin = encoder.device.type == "cuda"
+    for idx, pixels, bad in iter_batches(paths, encoder.preprocess, batch_size, workers, pin, job.problems(lo, hi)):
+        skipped += [job.skip(lo + i, err) for i, err in bad]
+        if pixels is not None:
+            feats.append(encoder.encode_pixels(pixels, raw=True))
+            kept.extend(job.names[lo + i] for i in idx)
+        bar.update(len(idx) + len(bad))
+    job.write_shard(s, feats, kept, skipped, encoder.dim)
+
+
+def ensure_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str | os.PathLike,
+                 **kw) -> FeatureIndex:
+    """The index of `records` under `out_dir`: loaded when up to date, else extracted there first."""
+    extract_index(records, encoder, out_dir, **kw)
+    return load_index(out_dir)
+
+
+def index_name(dataset: str, split: str | None, category: str | None = None, root: Path | None = None) -> str:
+    """Folder name of an index: catalog-test, fashioniq-dress-val, cirr-val, folder-<dirname>."""
+    if dataset == "folder":
+        return f"folder-{root.name if root else 'images'}"
+    return "-".join(p for p in (dataset, category, split) if p)
+
+
+def plan_indexes(dataset: str, root: Path, split: str | None,
+                 categories: Sequence[str] | None) -> Iterator[tuple[str, list[ImageRecord], dict]]:
+    """(index name, records, info) for each index a command asks for; FashionIQ has one per category."""
+    if dataset == "fashioniq":
+        cats = list(categories) if categories else fashioniq_categories(root)
+        for c in cats:
+            yield (index_name(dataset, split, c), list_images(dataset, root, split, [c]),
+                   {"dataset": dataset, "split": split, "category": c})
+    else:
+        yield (index_name(dataset, split, None, root), list_images(dataset, root, split, categories),
+               {"dataset": dataset, "split": split})

@@ -1,0 +1,116 @@
+"""Decoding an untrusted image upload into a small, clean RGB image, at a bounded memory cost.
+
+    decode_upload(data, max_pixels, max_side)  ->  (RGB image of at most max_side px, sniffed format)
+
+- The format is sniffed from the bytes (never the file name) and must be one of UPLOAD_FORMATS.
+- width x height is checked against `max_pixels` from the header, before any pixel is decoded.
+- Large JPEGs are decoded at reduced size (libjpeg's DCT scaling, 1/2 to 1/8: a 48 MP phone photo decodes
+  at 1/4, 3 MP, about 9 MB instead of 144 MB). Other formats have no reduced decode, so they are shrunk
+  right after decoding, before any full-size copy (mode conversion, rotation) is made.
+- EXIF orientation is applied, an embedded ICC profile is converted to sRGB, and the result is a new image
+  that carries no metadata at all (no EXIF, XMP, ICC, comments): re-encoding it can leak nothing.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import warnings
+
+from PIL import Image, ImageCms, ImageOps
+
+from cir.encoders.preprocess import to_rgb
+from cir.serving.errors import ApiError, BadInput, TooLarge
+
+log = logging.getLogger("uploads")
+
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what PIL may sniff an upload as
+# Modes Image.thumbnail resizes directly (with a proper filter); others are converted to RGB first.
+_RESIZABLE = ("L", "LA", "RGB", "RGBA", "CMYK")
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    """BadInput for an image without pixels, TooLarge above `max_pixels` (width x height)."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise BadInput("the image has no pixels")
+    if w * h > max_pixels:
+        raise TooLarge(f"the image is {w}x{h} = {w * h:,} pixels; the limit is {max_pixels:,} "
+                       "(phones' usual photos fit; scale larger images down)")
+
+
+def decode_upload(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Image, str]:
+    """An RGB image of at most `max_side` px on its long side, without metadata, and the sniffed format.
+
+    BadInput for anything that is not a whole image of a supported format, TooLarge above `max_pixels`.
+    """
+    if not data:
+        raise BadInput("the upload is empty; choose an image file")
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is the guard; PIL's DecompressionBombWarning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                fmt = im.format or ""
+                if fmt not in UPLOAD_FORMATS:
+                    raise BadInput(f"unsupported image type {fmt or 'unknown'}; use one of {', '.join(UPLOAD_FORMATS)}")
+                check_pixels(im.size, max_pixels)
+                im.verify()  # structure and checksums, without keeping the pixels
+            with Image.open(io.BytesIO(data)) as im:
+                check_pixels(im.size, max_pixels)
+                return _small_clean_rgb(im, max_side), fmt
+    except ApiError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise TooLarge(f"the image has too many pixels: {e}") from None
+    except Image.UnidentifiedImageError:
+        raise BadInput("the upload is not an image (its bytes match no supported image format)") from None
+    except MemoryError:
+        raise TooLarge("the image is too large to decode on this server; scale it down") from None
+    except Exception as e:  # noqa: BLE001 -- PIL's decoders raise anything on hostile bytes (IndexError for
+        # a PNG header without image data, struct.error, KeyError, ZeroDivisionError ...): all mean "corrupt".
+        log.info("refused a corrupt upload: %s: %s", type(e).__name__, e)
+        raise BadInput(f"the image is corrupt or truncated ({type(e).__name__}); try another file") from None
+
+
+def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
+    """Decode `im` (just opened) as small as possible, then orient, colour-manage and strip it."""
+    icc = im.info.get("icc_profile")
+    if im.format == "JPEG" and max(im.size) > max_side:
+        # DCT scaling: the largest reduction (1/2, 1/4, 1/8) that still leaves the stored size or more.
+        w, h = im.size
+        scale = max_side / max(w, h)
+        im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
+    im.load()  # the decode: truncated or corrupt data fails here
+    if im.mode not in _RESIZABLE:
+        im = to_rgb(im) if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
+    if max(im.size) > max_side:
+        im.thumbnail((max_side, max_side), Image.LANCZOS)  # shrinks first: every later step is on the small image
+    im = _oriented(im)
+    if icc:
+        im = _to_srgb(im, icc)
+    rgb = to_rgb(im)
+    clean = Image.new("RGB", rgb.size)  # a fresh image: no info dict, so no EXIF / XMP / ICC / comment to save
+    clean.paste(rgb)
+    return clean
+
+
+def _oriented(im: Image.Image) -> Image.Image:
+    """EXIF orientation applied (on the already small image: its EXIF travels with it)."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 -- a damaged EXIF block only costs the orientation, not the upload
+        return im
+
+
+def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
+    """Pixels converted from the embedded profile to sRGB (a Display P3 or Adobe RGB photo keeps its colours
+    once the profile is dropped); left as they are when the profile is unusable."""
+    mode = {"RGBA": "RGBA", "LA": "RGBA", "L": "RGB"}.get(im.mode, "RGB")
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(im, src, _SRGB, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
+        log.info("ignored an unusable ICC profile in an upload: %s", e)
+        return im

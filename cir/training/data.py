@@ -1,0 +1,260 @@
+"""What the composed training stages (`train.py text`, `train.py combiner`) learn from and are validated on.
+
+    catalog    triplets generated from the catalogue's train split, fresh ones each epoch (triplets.py); val
+               triplets fixed; every item satisfying a triplet's condition is a positive of the gallery objective
+    fashioniq  the annotation files' train triplets, the two captions randomised each epoch as CLIP4Cir does;
+               validation: the FashionIQ protocol on val (R@10 / R@50 per category and their average)
+    cirr       the train split's triplets (cap.rc2.train.json); validation: the CIRR protocol on val
+
+Every split's images are extracted once into a feature folder (extract_features.ensure_index) by the encoder
+being trained, and read raw (FeatureIndex.raw_matrix): what the Combiner and sum fusion take. The test splits
+are never read here.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from cir.catalog import triplets
+from cir.data import (
+    ImageRecord,
+    catalog_images,
+    cirr_file,
+    cirr_triplets,
+    fashioniq_categories,
+    fashioniq_images,
+    fashioniq_triplets,
+    list_images,
+    resolve_data_root,
+)
+from cir.data.fashioniq import fashioniq_image_records
+from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
+from cir.evaluation.protocols import compose_queries, composed_cirr, composed_fashioniq, fashioniq_indexes
+from cir.extraction.local import ensure_index, index_name
+from cir.index import FeatureIndex, search
+
+log = logging.getLogger("train")
+TRAIN_DATASETS = ("catalog", "fashioniq", "cirr")
+
+
+@dataclass
+class Item:
+    """One training triplet, resolved to rows of the train index."""
+    ref: int                        # reference row
+    tgt: int                        # target row
+    caption: str                    # the relative caption of this epoch
+    wanted: tuple | None = None     # catalogue: triplets.condition_key; every item satisfying it is a positive
+
+
+def randomized_fiq_caption(captions: Sequence[str], rng: random.Random) -> str:
+    """One of CLIP4Cir's four training views of FashionIQ's two captions, equally likely: "c1 and c2",
+    "c2 and c1", "c1", "c2" (each cleaned of '.?, ' at its ends, the first letter capitalised). A triplet
+    with one empty caption uses the other."""
+    c = [x.strip().strip(".?, ") for x in captions]
+    c = [x for x in c if x]
+    r = rng.random()
+    if len(c) < 2:
+        return c[0].capitalize() if c else ""
+    a, b = c[:2]
+    text = f"{a.capitalize()} and {b}" if r < 0.25 else f"{b.capitalize()} and {a}" if r < 0.5 else \
+        a.capitalize() if r < 0.75 else b.capitalize()
+    return text
+
+
+class TrainData:
+    """The shared interface: the train index, each epoch's items, soft targets, validation."""
+
+    dataset: str
+    score_keys: tuple[str, ...]     # validation metrics whose sum picks the best epoch
+    train: FeatureIndex
+
+    def __init__(self, encoder, args):
+        self.encoder, self.args = encoder, args
+        self.root = resolve_data_root(self.dataset, args.data_root)
+        self._epochs: dict[int, list[Item]] = {}
+
+    def index(self, records: Sequence[ImageRecord], name: str, **info: Any) -> FeatureIndex:
+        """The feature folder of `records` under --features: extracted by the encoder once, then loaded."""
+        return ensure_index(records, self.encoder, Path(self.args.features) / name, batch_size=self.args.batch_size,
+                            workers=self.args.workers,
+                            info={"dataset": self.dataset, "data_root": str(self.root), **info})
+
+    def epoch(self, epoch: int) -> list[Item]:
+        """The train items of `epoch` (made once, then kept: a resumed run sees the same ones)."""
+        if epoch not in self._epochs:
+            self._epochs[epoch] = self._make_epoch(epoch)
+        return self._epochs[epoch]
+
+    def _make_epoch(self, epoch: int) -> list[Item]:
+        raise NotImplementedError
+
+    def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
+        """Target distribution [B, N] over all train rows (the gallery objective): the own target alone."""
+        pos = torch.zeros(len(items), len(self.train))
+        pos[torch.arange(len(items)), rows] = 1.0
+        return pos
+
+    def validate(self, texts, method: str, combiner=None) -> dict:
+        """Val metrics of queries composed by model.compose from raw val features and `texts` (anything with
+        encode_texts(texts, raw=True): the frozen or the training text side)."""
+        raise NotImplementedError
+
+    def score(self, metrics: dict) -> float:
+        return sum(metrics[k] for k in self.score_keys)
+
+
+class CatalogData(TrainData):
+    """Catalogue triplets (triplets.py) over the train and val splits."""
+
+    dataset, score_keys = "catalog", ("R@10", "attr@10")
+
+    def __init__(self, encoder, args):
+        super().__init__(encoder, args)
+        self.records, self.indexes, self.attrs = {}, {}, {}
+        for split in ("train", "val"):  # never test
+            recs = catalog_images(self.root, split)
+            idx = self.index(recs, index_name("catalog", split), split=split)
+            self.records[split], self.indexes[split] = recs, idx
+            by_name = {r.name: r.attrs for r in recs}
+            self.attrs[split] = [by_name.get(n, {}) for n in idx.names]  # per index row
+        self.train = self.indexes["train"]
+        val = triplets.generate(self.records["val"], seed=0, per_kind=args.val_per_kind)
+        self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
+        self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
+
+    def _make_epoch(self, epoch: int) -> list[Item]:
+        trips = triplets.generate(self.records["train"], seed=self.args.seed * 1000 + epoch,
+                                  per_kind=self.args.per_kind, phrasings=self.args.phrasings)
+        idx = self.train
+        return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption, triplets.condition_key(t))
+                for t in trips if t.reference in idx and t.target in idx]
+
+    def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
+        """Half the mass on the own target, half spread over every train item satisfying the triplet's condition
+        (the own target included): both the specific item and attribute matches are right answers."""
+        own = super().positives(items, rows)
+        pos = torch.from_numpy(self._masks.stack([it.wanted for it in items]).astype(np.float32))
+        pos = torch.maximum(pos, own)
+        return 0.5 * own + 0.5 * pos / pos.sum(1, keepdim=True)
+
+    def validate(self, texts, method: str, combiner=None) -> dict:
+        val = self.indexes["val"]
+        refs = val.raw([val.id_of(t.reference) for t in self.val])
+        queries, _ = compose_queries(texts, refs, [t.caption for t in self.val], method, combiner)
+        ref_rows = [[val.id_of(t.reference)] for t in self.val]
+        _, ranked = search(queries, val, 50, exclude=ref_rows)
+        tgts = torch.tensor([val.id_of(t.target) for t in self.val])
+        wanted, unwanted = [t.wanted for t in self.val], [t.unwanted for t in self.val]
+        return {**recall_at_k(ranked, tgts, (1, 10, 50)),
+                "attr@10": attribute_match_at_k(ranked, wanted, self.attrs["val"], 10, unwanted)}
+
+
+class FashionIQData(TrainData):
+    """FashionIQ's train triplets of the chosen categories; val with the FashionIQ protocol."""
+
+    dataset, score_keys = "fashioniq", ("average_R@10", "average_R@50")
+
+    def __init__(self, encoder, args):
+        super().__init__(encoder, args)
+        self.categories = list(args.categories or fashioniq_categories(self.root))
+        self.triplets = [t for t in fashioniq_triplets(self.root, "train", self.categories)
+                         if t.target is not None and any(c.strip() for c in t.captions)]
+        # The train index: every train image of the categories, and every reference and target.
+        recs = fashioniq_images(self.root, "train", self.categories)
+        known = {r.name for r in recs}
+        names = [n for t in self.triplets for n in (t.reference, t.target) if n not in known]
+        recs = recs + fashioniq_image_records(self.root, names)
+        self.train = self.index(recs, index_name("fashioniq", "train", "-".join(self.categories)) + "-training",
+                                split="train", categories=self.categories)
+        self.triplets = [t for t in self.triplets if t.reference in self.train and t.target in self.train]
+        self.val = fashioniq_triplets(self.root, "val", self.categories)
+        self.val_indexes, self.val_extra = fashioniq_indexes(
+            self.val, self.root, "val", lambda recs, name, searched=True, **info: self.index(recs, name, split="val",
+                                                                                           **info))
+
+    def _make_epoch(self, epoch: int) -> list[Item]:
+        rng = random.Random(self.args.seed * 1000 + epoch)
+        return [Item(self.train.id_of(t.reference), self.train.id_of(t.target), randomized_fiq_caption(t.captions, rng))
+                for t in self.triplets]
+
+    def validate(self, texts, method: str, combiner=None) -> dict:
+        return composed_fashioniq(texts, self.val_indexes, self.val, method, combiner, self.val_extra).metrics
+
+
+class CIRRData(TrainData):
+    """CIRR's train triplets; val with the CIRR protocol (recall with the reference removed, Rsubset)."""
+
+    dataset, score_keys = "cirr", ("R@5", "Rsubset@1")
+
+    def __init__(self, encoder, args):
+        super().__init__(encoder, args)
+        captions = cirr_file(self.root, "captions", "train")
+        if not captions.is_file():
+            raise FileNotFoundError(f"CIRR training needs the train captions {captions}, which are absent under "
+                                    f"{self.root} (CIRR's cap.rc2.train.json); the val and test1 files alone "
+                                    "only evaluate")
+        self.train = self.index(list_images("cirr", self.root, "train"), index_name("cirr", "train"),
+                                split="train")
+        self.triplets = [t for t in cirr_triplets(self.root, "train")
+                         if t.target in self.train and t.reference in self.train and t.captions[0].strip()]
+        self.val_index = self.index(list_images("cirr", self.root, "val"), index_name("cirr", "val"),
+                                    split="val")
+        self.val = cirr_triplets(self.root, "val")
+
+    def _make_epoch(self, epoch: int) -> list[Item]:
+        return [Item(self.train.id_of(t.reference), self.train.id_of(t.target), t.captions[0]) for t in self.triplets]
+
+    def validate(self, texts, method: str, combiner=None) -> dict:
+        return composed_cirr(texts, self.val_index, self.val, method, combiner).metrics
+
+
+def load_train_data(encoder, args) -> TrainData:
+    """The training data of --dataset."""
+    kinds = {"catalog": CatalogData, "fashioniq": FashionIQData, "cirr": CIRRData}
+    if args.dataset not in kinds:
+        raise ValueError(f"unknown training dataset {args.dataset!r}; valid: {', '.join(TRAIN_DATASETS)}")
+    data = kinds[args.dataset](encoder, args)
+    log.info("%s: %d train images, %d train triplets per epoch, %d val queries", args.dataset, len(data.train),
+             len(data.epoch(0)), len(data.val))
+    if not data.epoch(0):
+        raise ValueError(f"no usable {args.dataset} train triplets under {data.root}")
+    return data
+
+
+class FrozenTexts:
+    """A frozen text side as model.compose uses it: raw features of each distinct caption, encoded once."""
+
+    def __init__(self, encoder, batch: int = 512):
+        self.encoder, self.batch, self.memo = encoder, batch, {}
+
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        missing = [t for t in dict.fromkeys(t.strip() for t in texts) if t not in self.memo]
+        for lo in range(0, len(missing), self.batch):
+            chunk = missing[lo:lo + self.batch]
+            self.memo.update(zip(chunk, self.encoder.encode_texts(chunk, raw=True)))
+        if not texts:
+            return torch.zeros(0, self.encoder.dim)
+        out = torch.stack([self.memo[t.strip()] for t in texts])
+        return out if raw else torch.nn.functional.normalize(out, dim=-1)
+
+
+class TrainingTexts:
+    """The text side being fine-tuned (stage 1), as model.compose uses it: its current weights, no gradient."""
+
+    def __init__(self, encoder, batch: int = 512):
+        self.encoder, self.batch = encoder, batch
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        texts = [t.strip() for t in texts]
+        if not texts:
+            return torch.zeros(0, self.encoder.dim)
+        out = torch.cat([self.encoder.text_forward(texts[i:i + self.batch]).float().cpu()
+                         for i in range(0, len(texts), self.batch)])
+        return out if raw else torch.nn.functional.normalize(out, dim=-1)

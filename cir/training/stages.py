@@ -1,0 +1,231 @@
+"""The two composed training stages of CLIP4Cir: stage 1 fine-tunes the text side with sum fusion,
+stage 2 trains the Combiner on frozen, cached features; the shared epoch loop (fresh items per epoch,
+best epoch on val, resumable) and the losses."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cir.combiner import Combiner, CombinerConfig, element_wise_sum
+from cir.encoders import load
+from cir.evaluation.plots import plot_training
+from cir.training.data import FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
+from cir.utils import atomic_write, content_key, get_device, write_json
+
+log = logging.getLogger("train")
+
+
+# Stage defaults: this project's (tuned on the catalogue's val split) and the original CLIP4Cir scripts'.
+# Combiner sizes may be multiples of the encoder's feature size (RN50x4: 640 -> 2560 / 5120).
+PRESETS: dict[str, dict[str, dict]] = {
+    "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
+                "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
+                             "hidden_dim": 1024, "dropout": 0.2}},
+    "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
+                 "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
+                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch"}},
+}
+
+
+# The loss where the user and the preset say nothing: the gallery objective wins on the catalogue's val split
+# (README); elsewhere, without attributes to spread the target over, the papers' batch classification.
+DEFAULT_NEGATIVES = {"catalog": "gallery", "fashioniq": "batch", "cirr": "batch"}
+
+
+def resolve_defaults(args, stage: str, feature_dim: int) -> None:
+    """Fill the options left unset (None) from --preset, in place; "4x" means 4 x the feature size."""
+    for key, value in PRESETS[args.preset][stage].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, feature_dim * int(value[:-1]) if isinstance(value, str) and value.endswith("x")
+                    else value)
+    if args.negatives is None:
+        args.negatives = DEFAULT_NEGATIVES[args.dataset]
+
+
+def composed_loss(logits: torch.Tensor, data: TrainData, batch: list[Item], tgts: torch.Tensor,
+                  negatives: str) -> torch.Tensor:
+    """batch: the papers' classification, one-hot over the batch's own targets (logits [B, B]); gallery: this
+    project's, over every train image (logits [B, N]) with the dataset's soft targets."""
+    if negatives == "batch":
+        return F.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
+    return F.cross_entropy(logits, data.positives(batch, tgts).to(logits.device))
+
+
+class Checkpointer:
+    """Per-epoch training state under the cache dir, so an interrupted run resumes where it stopped."""
+
+    def __init__(self, args, kind: str):
+        skip = {"restart", "verbose", "workers", "epochs", "func", "cmd", "out"}
+        key = content_key(kind, {k: v for k, v in sorted(vars(args).items()) if k not in skip})
+        self.path = Path(args.cache_dir) / f"{kind}-{key}.resume.pt"
+        if args.restart and self.path.exists():
+            self.path.unlink()
+
+    def load(self) -> dict | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        log.info("resuming from %s (epoch %d done)", self.path, state["epoch"])
+        return state
+
+    def save(self, state: dict) -> None:
+        with atomic_write(self.path) as f:
+            torch.save(state, f)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _optimizer(args, params: list) -> torch.optim.Optimizer:
+    """Adam, or AdamW as CLIP4Cir's stage 1 (eps 1e-7, torch's default decay 0.01); an explicit decay wins."""
+    if args.optimizer == "adamw":
+        decay = 0.01 if args.weight_decay is None else args.weight_decay
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=decay, eps=1e-7)
+    return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay or 0.0)
+
+
+def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> list[list[int]]:
+    """Shuffled index batches; drop_last as the papers' loaders (unless that would leave no batch)."""
+    perm = torch.randperm(n, generator=generator).tolist()
+    out = [perm[b:b + size] for b in range(0, n, size)]
+    if drop_last and len(out) > 1 and len(out[-1]) < size:
+        out.pop()
+    return [b for b in out if len(b) >= 2]
+
+
+def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TrainData, step, validate) -> tuple:
+    """The shared epoch loop: fresh items per epoch, best-on-val, resumable. Returns (best, history, ckpt)."""
+    torch.manual_seed(args.seed)
+    opt = _optimizer(args, params)
+    ckpt = Checkpointer(args, kind)
+    state = ckpt.load()
+    start, best, best_state, history = 0, None, None, []
+    if state:
+        module.load_state_dict(state["model"], strict=False)
+        opt.load_state_dict(state["opt"])
+        start, history, best_state = state["epoch"], state["history"], state["best_state"]
+        best = max(history, key=data.score) if history else None
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    for epoch in range(start, args.epochs):
+        items = data.epoch(epoch)
+        batches = _batches(len(items), args.batch, args.negatives == "batch",
+                           torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        module.train()
+        total, seen, t0 = 0.0, 0, time.time()
+        bar = tqdm(batches, desc=f"{kind} epoch {epoch + 1}/{args.epochs}", leave=False)
+        for ib in bar:
+            loss = step([items[i] for i in ib])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, seen = total + loss.item() * len(ib), seen + len(ib)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        module.eval()
+        with torch.no_grad():
+            metrics = validate()
+        row = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 4), "triplets": len(items),
+               "seconds": round(time.time() - t0, 1), **metrics}
+        history.append(row)
+        log.info("%s epoch %d: %s", kind, epoch + 1, row)
+        if best is None or data.score(row) > data.score(best):
+            best = row
+            best_state = _trainable_state(module, trainable)
+        ckpt.save({"epoch": epoch + 1, "model": _trainable_state(module, trainable),
+                   "opt": opt.state_dict(), "history": history, "best_state": best_state})
+    module.load_state_dict(best_state, strict=False)
+    module.eval()
+    return best, history, ckpt
+
+
+def _trainable_state(module: torch.nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone() for n, p in module.named_parameters() if n in names}
+
+
+def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.tensor([it.ref for it in batch], device=device),
+            torch.tensor([it.tgt for it in batch], device=device))
+
+
+def cmd_combiner(args) -> int:
+    device = get_device(args.device)
+    encoder = load(args.encoder, device, text=args.text_encoder)
+    resolve_defaults(args, "combiner", encoder.dim)
+    data = load_train_data(encoder, args)
+    texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
+    # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on; the text
+    # side as TextSide records it, so the server and evaluate.py pair it with the same side.
+    cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=args.projection_dim, hidden_dim=args.hidden_dim,
+                         dropout=args.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
+                         inputs="raw")
+    combiner = Combiner(cfg).to(device)
+    raw = data.train.raw_matrix().to(device)
+    unit = F.normalize(raw, dim=-1)
+
+    def step(batch: list[Item]) -> torch.Tensor:
+        refs, tgts = _rows(batch, device)
+        text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)
+        gallery = unit if args.negatives == "gallery" else unit[tgts]
+        return composed_loss(combiner(raw[refs], text, gallery), data, batch, tgts.cpu(), args.negatives)
+
+    t0 = time.time()
+    best, history, ckpt = _fit(args, "combiner", combiner, list(combiner.parameters()), data, step,
+                               lambda: _validate_on_cpu(data, texts, combiner, device))
+    combiner.cpu().save(args.out)
+    _finish(args, ckpt, best, history, time.time() - t0, {"config": asdict(cfg)})
+    return 0
+
+
+def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) -> dict:
+    """Validation runs where the indexes are (CPU); the module goes back to the training device after."""
+    try:
+        return data.validate(texts, "combiner", module.cpu())
+    finally:
+        module.to(device)
+
+
+def cmd_text(args) -> int:
+    device = get_device(args.device)
+    encoder = load(args.encoder, device)
+    resolve_defaults(args, "text", encoder.dim)
+    data = load_train_data(encoder, args)
+    prefixes = encoder.text_prefixes(args.layers)
+    encoder.requires_grad_(False)
+    params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
+    for p in params:
+        p.requires_grad_(True)
+    raw = data.train.raw_matrix().to(device)
+    unit = F.normalize(raw, dim=-1)
+
+    def step(batch: list[Item]) -> torch.Tensor:
+        refs, tgts = _rows(batch, device)
+        text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
+        q = element_wise_sum(raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
+        gallery = unit if args.negatives == "gallery" else unit[tgts]
+        return composed_loss(args.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), args.negatives)
+
+    t0 = time.time()
+    best, history, ckpt = _fit(args, "text", encoder, params, data, step,
+                               lambda: data.validate(TrainingTexts(encoder), "sum"))
+    encoder.cpu()
+    encoder.save_text(args.out, prefixes, {"best_val": best, "layers": args.layers, "dataset": args.dataset})
+    _finish(args, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
+    return 0
+
+
+def _finish(args, ckpt: Checkpointer, best: dict, history: list, seconds: float, extra: dict) -> None:
+    out = Path(args.out)
+    history_path = out.with_name(out.stem + ".train.json")
+    write_json(history_path,
+               {"args": {k: v for k, v in vars(args).items() if k != "func"}, "best": best, "history": history,
+                "seconds": round(seconds, 1), **extra})
+    log.info("wrote %s", plot_training(history_path, history, f"train.py {args.cmd} on {args.dataset}: {out.name}",
+                                          best))
+    ckpt.done()
+    print(json.dumps({"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}))
