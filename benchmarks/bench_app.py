@@ -16,28 +16,26 @@ import io
 import json
 import logging
 import os
-import platform
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig
-from cir.data import catalog_images, resolve_data_root
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import platform  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-pass  # noqa: E402
-pass  # noqa: E402
 from cir.cli.serve import ensure_catalog  # noqa: E402
-from cir.paths import REPO_DIR
+from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig  # noqa: E402
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
+from cir.paths import REPO_DIR  # noqa: E402
 from cir.serving.settings import Settings  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
-from cir.web.app import create_app
+from cir.web.app import create_app  # noqa: E402
 
 log = logging.getLogger("bench_app")
 COLOURS = ["red", "navy blue", "black", "white", "green", "yellow", "pink", "grey", "brown", "purple", "beige",

@@ -27,22 +27,19 @@ import sys
 import time
 from pathlib import Path
 
-from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-pass  # noqa: E402
-pass  # noqa: E402
+from cir import encoders  # noqa: E402
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
 from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records  # noqa: E402
 from cir.evaluation.protocols import image2image  # noqa: E402
 from cir.extraction.local import ensure_index  # noqa: E402
 from cir.index import FEATURES_FILE, search  # noqa: E402
-from cir.paths import WEIGHTS_DIR
+from cir.paths import WEIGHTS_DIR  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_classical")
@@ -115,7 +112,7 @@ def label_queries(encoder, train_idx, train_labels, idx, labels: np.ndarray) -> 
 
 def bench_encoder(name: str, root: Path, features: Path, train_images: int, speed_images: int,
                   thresholds: np.ndarray) -> dict:
-    encoder = load(name, "cpu")
+    encoder = encoders.load(name, "cpu")
     test = catalog_images(root, "test")
     train = sample_records(catalog_images(root, "train"), train_images)
     idx = ensure_index(test, encoder, index_folder(features, "test", name))

@@ -16,19 +16,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
-from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-pass  # noqa: E402
-pass  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from cir import encoders  # noqa: E402
 from cir.catalog import triplets  # noqa: E402
 from cir.combiner import load_method  # noqa: E402
-from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
+from cir.evaluation.metrics import attribute_match_at_k, recall_at_k  # noqa: E402
 from cir.evaluation.protocols import composed_catalog  # noqa: E402
 from cir.extraction.local import ensure_index, index_name  # noqa: E402
 from cir.index import search  # noqa: E402
@@ -85,7 +82,7 @@ def main() -> None:
     setup_logging()
     root = resolve_data_root("catalog")
     records = catalog_images(root, "test")
-    base = load("lite")
+    base = encoders.load("lite")
     sides = {"base": base, "stage1": base.with_text("stage1")}
     index = ensure_index(records, base, Path("features") / index_name("catalog", "test"),
                          info={"dataset": "catalog", "split": "test", "data_root": str(root)})

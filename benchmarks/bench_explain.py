@@ -14,15 +14,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data_utils  # noqa: E402
+
 import encoders  # noqa: E402
-import explain  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from colour import foreground  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import data_utils  # noqa: E402
+import explain  # noqa: E402
 from utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_explain")

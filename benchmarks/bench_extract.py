@@ -23,23 +23,22 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
-from cir.extraction.ray_engine import EncoderSpec, extract_index_ray, plan_actors, ray_session
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import platform  # noqa: E402
 
 import torch  # noqa: E402
 
-pass  # noqa: E402
+from cir import encoders  # noqa: E402
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
 from cir.extraction.job import iter_batches  # noqa: E402
 from cir.extraction.local import extract_index  # noqa: E402
+from cir.extraction.ray_engine import EncoderSpec, extract_index_ray, plan_actors, ray_session  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench.extract")
@@ -51,7 +50,7 @@ def bench_engines(args, recs: list) -> list[dict]:
     for engine in args.engines:
         t = time.perf_counter()
         if engine == "local":
-            enc = load("lite", args.device)
+            enc = encoders.load("lite", args.device)
             load_s = time.perf_counter() - t
             with tempfile.TemporaryDirectory() as tmp:
                 res = extract_index(recs, enc, Path(tmp) / "idx", batch_size=args.batch_size, workers=args.workers,

@@ -16,22 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import platform  # noqa: E402
 
 import torch  # noqa: E402
 
-pass  # noqa: E402
-pass  # noqa: E402
+from cir import encoders  # noqa: E402
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
 from cir.evaluation.protocols import image2image, text2image  # noqa: E402
 from cir.extraction.local import extract_index  # noqa: E402
 from cir.index import FeatureIndex, load_index  # noqa: E402
@@ -66,7 +64,7 @@ def main() -> int:
     args = p.parse_args()
     setup_logging()
     root = resolve_data_root("catalog", args.data_root)
-    enc = load("lite", args.device, heads=args.heads)
+    enc = encoders.load("lite", args.device, heads=args.heads)
     out = {"device": str(enc.device), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                      "machine": platform.machine()}
     with tempfile.TemporaryDirectory() as tmp:

@@ -15,20 +15,17 @@ import random
 import sys
 from pathlib import Path
 
-from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-pass  # noqa: E402
-pass  # noqa: E402
-from cir.evaluation.metrics import attribute_precision_at_k
+from cir import encoders  # noqa: E402
+from cir.data import catalog_images, resolve_data_root  # noqa: E402
+from cir.evaluation.metrics import attribute_precision_at_k  # noqa: E402
 from cir.evaluation.protocols import image2image  # noqa: E402
 from cir.index import FeatureIndex, search  # noqa: E402
-from cir.paths import WEIGHTS_DIR
+from cir.paths import WEIGHTS_DIR  # noqa: E402
 from cir.training.augment import augment  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 
@@ -52,7 +49,7 @@ def main() -> int:
     print("| heads | clean image->image P@10 | photo -> own clean image R@1 | photo P@10 same type+colour |")
     print("|---|---:|---:|---:|")
     for heads in args.heads:
-        enc = load("lite", "cpu", heads=heads)
+        enc = encoders.load("lite", "cpu", heads=heads)
         gallery = FeatureIndex(encode(enc, clean), [r.name for r in recs])
         queries = encode(enc, photos)
         own = torch.arange(len(recs))

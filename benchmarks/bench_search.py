@@ -21,12 +21,10 @@ sums over the same bytes. Prints markdown tables, the command, the load average,
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -34,12 +32,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import gc  # noqa: E402
+import platform  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cir import index as index_mod  # noqa: E402
 from cir.index import ann_recall, load_index, search  # noqa: E402
-from cir.paths import REPO_DIR
+from cir.paths import REPO_DIR  # noqa: E402
 from cir.utils import save_tensors, setup_logging, write_json  # noqa: E402
 
 log = logging.getLogger("bench_search")

@@ -24,21 +24,21 @@ import io
 import json
 import logging
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 import types
 from pathlib import Path
 
-from cir.encoders import load
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cir.paths import REPO_DIR
+import resource  # noqa: E402
+import tracemalloc  # noqa: E402
+
+from cir import encoders  # noqa: E402
+from cir.paths import REPO_DIR  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_uploads")
@@ -103,7 +103,7 @@ def _store_class(impl: str, before: str):
 
 def worker(image: Path, concurrent: int, impl: str, before: str) -> dict:
     """One measurement, in this (fresh) process."""
-    enc = load("lite", "cpu")
+    enc = encoders.load("lite", "cpu")
     lock = threading.Lock()
     with tempfile.TemporaryDirectory() as tmp:
         store = _store_class(impl, before)(Path(tmp), enc, lambda: lock)

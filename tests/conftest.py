@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cir.data import catalog_images, cirr_images
-from cir.encoders import load
+from cir import encoders
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CATALOG = SHARED / "fashion-catalog"
@@ -21,7 +21,7 @@ def catalog_root() -> Path:
 
 @pytest.fixture(scope="session")
 def lite_encoder():
-    return load("lite", "cpu")
+    return encoders.load("lite", "cpu")
 
 
 # ----------------------------------------------------------------------------------------------- web demo

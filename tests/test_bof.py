@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from cir.data import ImageRecord, catalog_images
-from cir.encoders import available_models, load
+from cir import encoders
+from cir.encoders import available_models
 from cir.encoders.bof import BofConfig, TextUnsupported, fit
 from cir.evaluation.label_retrieval import LabelClusters, label_precision
 from cir.extraction.local import ensure_index
@@ -35,7 +36,7 @@ def small_model(catalog_root, tmp_path_factory):
     assert summary["pca_images"] == 60 and summary["input_dim"] == 24 + 1764 + 128 + 18
     path = tmp_path_factory.mktemp("bof") / "bof.safetensors"
     model.save(path)
-    return load("bof", heads=path)
+    return encoders.load("bof", heads=path)
 
 
 def test_fit_save_load_round_trip(small_model, catalog_root):
@@ -75,7 +76,7 @@ def test_text_is_refused(small_model):
 
 
 def test_shipped_weights_load():
-    enc = load("bof")
+    enc = encoders.load("bof")
     meta = enc.describe()
     assert enc.dim == meta["dim"] == meta["config"]["dim"] and len(meta["image_weights"]) == 16
     assert (WEIGHTS_DIR / "bof.train.json").exists()  # how it was fitted, on which split
@@ -109,7 +110,7 @@ def test_demo_serves_bof_for_image_search_only(small_model, catalog_root, tmp_pa
 
 def test_missing_weights_say_how_to_fit(tmp_path):
     with pytest.raises(FileNotFoundError, match="bof.py fit"):
-        load("bof", heads=tmp_path / "none.safetensors")
+        encoders.load("bof", heads=tmp_path / "none.safetensors")
 
 
 # ----------------------------------------------------------------------------------------------- two-stage
@@ -138,7 +139,7 @@ def test_label_clusters_on_synthetic_blobs():
 
 def test_label_clusters_on_real_bof_features(catalog_root):
     """Stage 1 on shipped-bof features of 60 real train images, stage 2 on 24 test images: well above chance."""
-    enc = load("bof")
+    enc = encoders.load("bof")
     train, test = _records(catalog_root, "train", 20), _records(catalog_root, "test", 8)
 
     def feats(recs):
@@ -153,6 +154,6 @@ def test_label_clusters_on_real_bof_features(catalog_root):
 def test_registry_names_bof_and_refuses_its_misuse():
     assert "bof" in available_models()
     with pytest.raises(ValueError, match="own preprocessing"):
-        load("bof", preprocess="targetpad")
+        encoders.load("bof", preprocess="targetpad")
     with pytest.raises(TextUnsupported, match="image-only"):
-        load("bof", text="stage1")
+        encoders.load("bof", text="stage1")

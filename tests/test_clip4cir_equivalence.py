@@ -26,7 +26,7 @@ from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401
 from cir.cli.evaluate import main
 from cir.cli.extract import main
 from cir.combiner import Combiner, CombinerConfig
-from cir.encoders import load
+from cir import encoders
 from cir.web.app import AppConfig, create_app
 
 SIZES = [(40, 52), (90, 30), (32, 32), (64, 50), (30, 75), (100, 125), (52, 40), (45, 90), (70, 70),
@@ -162,7 +162,7 @@ def test_evaluate_ranks_as_the_papers(world, method, tmp_path):
 
 @pytest.mark.parametrize("method", ["combiner", "sum"])
 def test_the_server_ranks_as_the_papers(world, method, tmp_path):
-    enc = load(f"hf:{world['clip']}", "cpu")
+    enc = encoders.load(f"hf:{world['clip']}", "cpu")
     app = create_app(AppConfig(features_root=world["features"], encoder_obj=enc, combiners={"orig": str(world["ckpt"])},
                                text_checkpoints={}, upload_dir=tmp_path, data_root=str(world["root"])))
     client = app.test_client()

@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from cir.encoders import BASE_TEXT, OPENAI_MODELS, STAGE1_TEXT, TextSide, available_models, load
+from cir import encoders
+from cir.encoders import BASE_TEXT, OPENAI_MODELS, STAGE1_TEXT, TextSide, available_models
 from cir.encoders.colour import hsv_histogram as colour_descriptor
 from cir.encoders.preprocess import CLIP_MEAN, CLIP_STD
 
@@ -106,7 +107,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def hf_encoder(tiny_clip_dir):
-    return load("hf:" + str(tiny_clip_dir), "cpu")
+    return encoders.load("hf:" + str(tiny_clip_dir), "cpu")
 
 
 def test_hf_tokenizer_ids_fit_the_text_model(hf_encoder):
@@ -172,7 +173,7 @@ def test_hf_blank_text_is_refused(hf_encoder, texts):
 
 
 def test_hf_preprocess_override(tiny_clip_dir):
-    enc = load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
+    enc = encoders.load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
     assert enc.preprocess.mode == "squarepad"
     assert enc.encode_images([Image.new("RGB", (10, 40), WHITE)]).shape == (1, PROJ_DIM)
 
@@ -195,7 +196,7 @@ def test_openai_real_model():
     url = clip.clip._MODELS.get("RN50", "") if hasattr(clip, "clip") else ""
     if not url or not (cache / os.path.basename(url)).is_file():
         pytest.skip("RN50 weights are not cached and there is no internet")
-    enc = load("openai:RN50", "cpu")
+    enc = encoders.load("openai:RN50", "cpu")
     assert enc.dim == 1024 and enc.preprocess.size == 224
     assert unit_norm(enc.encode_images(sample_images()[:2]))
     assert unit_norm(enc.encode_texts(["a red dress"]))
@@ -203,7 +204,7 @@ def test_openai_real_model():
 
 def test_openai_unknown_model_name():
     with pytest.raises(ValueError) as e:
-        load("openai:NotAModel", "cpu")
+        encoders.load("openai:NotAModel", "cpu")
     msg = str(e.value)
     assert "NotAModel" in msg
     for name in OPENAI_MODELS:
@@ -213,7 +214,7 @@ def test_openai_unknown_model_name():
 def test_openai_without_clip_raises_helpful_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "clip", None)  # makes `import clip` raise ImportError
     with pytest.raises(ImportError, match="clip"):
-        load("openai:RN50", "cpu")
+        encoders.load("openai:RN50", "cpu")
 
 
 class _FakeClipModel(nn.Module):
@@ -251,7 +252,7 @@ def test_openai_encoder_wiring_with_stand_in_clip(monkeypatch):
         return torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)] for t in texts])
 
     monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(load=fake_load, tokenize=fake_tokenize))
-    enc = load("openai:RN50x4", "cpu")
+    enc = encoders.load("openai:RN50x4", "cpu")
     assert calls["load"] == ("RN50x4", torch.device("cpu"), False)
     assert enc.name == "openai:RN50x4" and enc.dim == 8
     assert enc.preprocess.size == 32 and enc.preprocess.mode == "targetpad"
@@ -268,7 +269,7 @@ def test_openai_encoder_wiring_with_stand_in_clip(monkeypatch):
 
 def test_unknown_encoder_name():
     with pytest.raises(ValueError) as e:
-        load("nope", "cpu")
+        encoders.load("nope", "cpu")
     msg = str(e.value)
     assert "lite" in msg and "openai:RN50x4" in msg and "hf:" in msg
 
@@ -276,12 +277,12 @@ def test_unknown_encoder_name():
 @pytest.mark.parametrize("name", ["hf:", "openai:", "", "LITE", "clip"])
 def test_malformed_encoder_names(name):
     with pytest.raises(ValueError, match="unknown encoder"):
-        load(name, "cpu")
+        encoders.load(name, "cpu")
 
 
 def test_unknown_preprocess_in_load():
     with pytest.raises(ValueError, match="targetpad"):
-        load("lite", "cpu", preprocess="crop")
+        encoders.load("lite", "cpu", preprocess="crop")
 
 
 def test_available_models():
@@ -338,7 +339,7 @@ def lite(lite_encoder):
 
 @pytest.fixture(scope="module")
 def lite_torch():
-    return load("lite", "cpu", runtime="torch")
+    return encoders.load("lite", "cpu", runtime="torch")
 
 
 def test_lite_basics(lite):
@@ -377,9 +378,9 @@ def test_lite_onnx_matches_torch(lite, lite_torch):
 
 def test_lite_bad_runtime_and_missing_heads(tmp_path):
     with pytest.raises(ValueError, match="runtime"):
-        load("lite", "cpu", runtime="tensorrt")
+        encoders.load("lite", "cpu", runtime="tensorrt")
     with pytest.raises(FileNotFoundError):
-        load("lite", "cpu", heads=tmp_path / "missing.safetensors")
+        encoders.load("lite", "cpu", heads=tmp_path / "missing.safetensors")
 
 
 def test_onnx_text_tower_equals_sentence_transformers(lite_encoder):
@@ -399,7 +400,7 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
         load=lambda name, device, jit: (_FakeClipModel(), None),
         tokenize=lambda texts, truncate: torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)]
                                                        for t in texts])))
-    enc = load("openai:RN50x4", "cpu")
+    enc = encoders.load("openai:RN50x4", "cpu")
     tuned = _FakeClipModel()
     with torch.no_grad():
         tuned.text_projection.mul_(-2.0)

@@ -36,8 +36,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from cir import encoders
 from cir.data import list_images, resolve_data_root
-from cir.encoders import load
 from cir.evaluation.protocols import image2image, text2image
 from cir.evaluation.runs import DEFAULT_SPLITS, composed_runs, write_plot
 from cir.evaluation.submission import (  # noqa: F401
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     root = resolve_data_root(args.dataset, args.data_root)
     records = list_images(args.dataset, root, args.split)
-    encoder = load(args.encoder, args.device, text=args.text_encoder)
+    encoder = encoders.load(args.encoder, args.device, text=args.text_encoder)
     index = ensure_index(records, encoder, Path(args.features) / index_name(args.dataset, args.split),
                          batch_size=args.batch_size, workers=args.workers,
                          info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})

@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from cir import encoders
 from cir.combiner import load_method
 from cir.data import DATASETS, ImageRecord, list_images, resolve_data_root
-from cir.encoders import load
 from cir.explain import Explainer, open_image, query_vector
 from cir.utils import atomic_write, run_cli, setup_logging, write_json
 
@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("give a query: --text, or --reference ID with --caption")
     if args.caption and not args.reference:
         raise SystemExit("--caption needs --reference (the image it modifies)")
-    encoder = load(args.encoder, "cpu")
+    encoder = encoders.load(args.encoder, "cpu")
     explainer = Explainer(encoder)
     def lookup(name: str) -> Path:
         return _record(args.dataset, args.data_root, name, args.split).path

@@ -26,8 +26,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from cir import encoders
 from cir.data import DATASETS, resolve_data_root
-from cir.encoders import load
 from cir.extraction.job import ExtractResult, check_not_held
 from cir.extraction.local import extract_index, plan_indexes
 from cir.extraction.ray_engine import EncoderSpec, extract_index_ray, import_ray, ray_session
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, _, _ in plans:
         check_not_held(Path(args.out) / name)  # a folder being written: say so now, not after loading the encoder
     if args.engine == "local":
-        encoder = load(args.encoder, args.device, preprocess=args.preprocess)
+        encoder = encoders.load(args.encoder, args.device, preprocess=args.preprocess)
         for name, records, info in plans:
             res = extract_index(records, encoder, Path(args.out) / name, batch_size=args.batch_size,
                                 workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,

@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from cir import encoders
 from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
 from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records
 from cir.extraction.local import ensure_index
 from cir.utils import run_cli, setup_logging
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.split == "train":
         raise ValueError("--split is the searched split; the train split names the clusters: use val or test")
     root = resolve_data_root("catalog", args.data_root)
-    encoder = load(args.encoder)
+    encoder = encoders.load(args.encoder)
     sets = {}
     for split, n in (("train", args.train_images), (args.split, None)):
         recs = sample_records(catalog_images(root, split), n)

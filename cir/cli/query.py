@@ -16,8 +16,8 @@ from typing import Sequence
 
 from PIL import Image
 
+from cir import encoders
 from cir.data import DATASETS, list_images, resolve_data_root
-from cir.encoders import load
 from cir.extraction.local import ensure_index, index_name
 from cir.index import search
 from cir.utils import run_cli, setup_logging
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = resolve_data_root(args.dataset, args.data_root)
     split = None if args.dataset == "folder" else args.split
     records = list_images(args.dataset, root, split)
-    enc = load(args.encoder, args.device)
+    enc = encoders.load(args.encoder, args.device)
     index = ensure_index(records, enc, Path(args.features) / index_name(args.dataset, split, None, root),
                          info={"dataset": args.dataset, "split": split, "data_root": str(root)})
     exclude = None

@@ -30,8 +30,8 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from cir import encoders
 from cir.data import catalog_images, resolve_data_root
-from cir.encoders import load
 from cir.extraction.local import ensure_index, index_name
 from cir.serving.settings import Settings
 from cir.utils import run_cli, setup_logging
@@ -44,7 +44,7 @@ log = logging.getLogger("app")
 def ensure_catalog(settings: Settings) -> None:
     """Extract the whole catalogue's features (features/catalog-all) unless they are up to date."""
     if settings.encoder_obj is None:
-        settings.encoder_obj = load(settings.encoder, settings.device)
+        settings.encoder_obj = encoders.load(settings.encoder, settings.device)
     root = resolve_data_root("catalog", settings.data_root)
     out = Path(settings.features_root) / index_name("catalog", "all")
     log.info("checking the catalogue index %s (extracting it takes about two minutes the first time)", out)

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cir import encoders
 from cir.catalog.triplets import generate
 from cir.combiner import Combiner, load_method
 from cir.data import list_images, load_triplets, resolve_data_root
-from cir.encoders import BASE_TEXT, Encoder, TextSide, load
+from cir.encoders import BASE_TEXT, Encoder, TextSide
 from cir.evaluation.plots import draw_eval, eval_plot_data
 from cir.evaluation.protocols import (
     ComposedResult,
@@ -105,7 +106,7 @@ def run_composed(args) -> tuple[dict, dict[str, list[float]]]:
             raise ValueError(f"no {args.dataset} {args.split} annotations under {root}")
 
     method, combiner = load_method(args.combiner)
-    encoder = load(args.encoder, args.device, text=load_text_side(combiner, args.text_encoder))
+    encoder = encoders.load(args.encoder, args.device, text=load_text_side(combiner, args.text_encoder))
     check_combiner(combiner, encoder)
     extract = {"batch_size": args.batch_size, "workers": args.workers}
     feats = Path(args.features)

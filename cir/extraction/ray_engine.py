@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cir import encoders
 from cir.data import ImageRecord
-from cir.encoders import Encoder, load
+from cir.encoders import Encoder
 from cir.extraction.job import ExtractJob, ExtractResult, ImageFiles, open_job
 from cir.paths import REPO_DIR
 
@@ -77,7 +78,7 @@ class EncoderSpec:
     runtime: str = "auto"
 
     def load(self, device: str = "auto") -> Encoder:
-        return load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime)
+        return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime)
 
 
 # ----------------------------------------------------------------------------------------------- the two stages

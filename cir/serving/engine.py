@@ -30,8 +30,9 @@ from typing import Any, Iterator, Mapping, NamedTuple
 import torch
 from PIL import Image, ImageOps
 
+from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, compose, load_method
-from cir.encoders import Encoder, TextSide, load
+from cir.encoders import Encoder, TextSide
 from cir.encoders.preprocess import to_rgb
 from cir.explain import Explainer, Explanation, open_image
 from cir.index import BackendUnavailable, parse_backend, search
@@ -199,7 +200,7 @@ class Engine:
     def load(cls, settings: Settings) -> "Engine":
         """Load the encoder, its text sides, the Combiners and every dataset once (a few seconds)."""
         t0 = time.perf_counter()
-        encoder = settings.encoder_obj or load(settings.encoder, settings.device)
+        encoder = settings.encoder_obj or encoders.load(settings.encoder, settings.device)
         text_sides = _load_text_sides(settings, encoder)
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
-from cir.encoders import load
 from cir.evaluation.plots import plot_training
 from cir.training.data import FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
 from cir.utils import atomic_write, content_key, get_device, write_json
@@ -155,7 +155,7 @@ def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cmd_combiner(args) -> int:
     device = get_device(args.device)
-    encoder = load(args.encoder, device, text=args.text_encoder)
+    encoder = encoders.load(args.encoder, device, text=args.text_encoder)
     resolve_defaults(args, "combiner", encoder.dim)
     data = load_train_data(encoder, args)
     texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
@@ -192,7 +192,7 @@ def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) ->
 
 def cmd_text(args) -> int:
     device = get_device(args.device)
-    encoder = load(args.encoder, device)
+    encoder = encoders.load(args.encoder, device)
     resolve_defaults(args, "text", encoder.dim)
     data = load_train_data(encoder, args)
     prefixes = encoder.text_prefixes(args.layers)
