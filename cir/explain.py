@@ -5,18 +5,18 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from cir.combiner import Combiner, compose
 from cir.encoders import Encoder, HFClipEncoder, LiteEncoder
-from cir.encoders.preprocess import Preprocess, crop_box, resized_size, to_rgb
+from cir.encoders.preprocess import Preprocess, crop_box, resized_size
+from cir.images import to_rgb
 
 log = logging.getLogger("explain")
 
@@ -191,9 +191,3 @@ def query_vector(encoder: Encoder, text: str | None = None, reference: Image.Ima
     ref = encoder.encode_images([reference], raw=True)
     return compose(encoder, ref, [caption], method, combiner)
 
-
-def open_image(path: Path) -> Image.Image:
-    """An image file as it is displayed (EXIF orientation applied), in RGB: what an overlay is drawn on, by
-    the CLI and by the server alike."""
-    with Image.open(path) as im:
-        return to_rgb(ImageOps.exif_transpose(im))

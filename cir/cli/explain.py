@@ -31,7 +31,8 @@ from typing import Sequence
 from cir import encoders
 from cir.combiner import load_method
 from cir.data import DATASETS, ImageRecord, list_images, resolve_data_root
-from cir.explain import Explainer, open_image, query_vector
+from cir.explain import Explainer, query_vector
+from cir.images import open_image
 from cir.utils import atomic_write, run_cli, setup_logging, write_json
 
 log = logging.getLogger("explain")

@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from PIL import Image
-
 from cir import encoders
 from cir.data import DATASETS, list_images, resolve_data_root
 from cir.extraction.local import ensure_index, index_name
+from cir.images import open_image
 from cir.index import search
 from cir.utils import run_cli, setup_logging
 
@@ -54,8 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         q = enc.encode_texts([args.text])
     elif args.image is not None:
         try:
-            with Image.open(args.image) as im:
-                q = enc.encode_images([im])
+            q = enc.encode_images([open_image(args.image)])
         except (OSError, ValueError) as e:
             print(f"error: cannot read image {args.image}: {e}", file=sys.stderr)
             return 2

@@ -35,7 +35,8 @@ from safetensors.torch import load_file
 from threadpoolctl import threadpool_limits
 
 from cir.data.common import ImageRecord
-from cir.encoders.preprocess import Preprocess, to_rgb
+from cir.encoders.preprocess import Preprocess
+from cir.images import open_image, to_rgb
 from cir.paths import WEIGHTS_DIR
 from cir.utils import config_from_dict, save_checkpoint
 
@@ -232,8 +233,7 @@ def load_bof(path: str | os.PathLike | None = None) -> BofEncoder:
 
 
 def _load_rgb(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(to_rgb(im).resize((size, size), Image.BICUBIC), np.uint8)
+    return np.asarray(open_image(path).resize((size, size), Image.BICUBIC), np.uint8)
 
 
 def fit(records: Sequence[ImageRecord], cfg: BofConfig | None = None, *, vocab_images: int = 800,

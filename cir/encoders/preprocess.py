@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cir.images import to_rgb
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels.
@@ -20,14 +22,6 @@ LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
 PREPROCESS_MODES = ("targetpad", "squarepad", "resize")
 
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB, with transparency composited on white (product cut-outs otherwise turn black)."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        img = img.convert("RGBA")
-        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        return Image.alpha_composite(bg, img).convert("RGB")
-    return img.convert("RGB")
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:

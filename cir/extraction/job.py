@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import socket
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cir.data import ImageRecord, check_images
+from cir.images import POLICY as DECODE_POLICY
+from cir.images import open_image
 from cir.index.files import CHECKSUMMED_FILES, FEATURES_FILE, MANIFEST_FILE, NAMES_FILE
 from cir.utils import save_tensors, sha256_file, write_json
 
@@ -52,34 +53,6 @@ Batch = tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]
 
 
 # ----------------------------------------------------------------------------------------------- reading files
-
-class NotRegularFileError(OSError):
-    """An image path that is a FIFO, a device, a socket or a directory: nothing to decode, maybe a hang."""
-
-
-_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-               (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"))
-
-
-def _regular_file_opener(path: str, flags: int) -> int:
-    """`open(..., opener=)` that refuses anything but a regular file, without blocking on a FIFO.
-
-    O_NONBLOCK makes opening a FIFO return at once (it has no effect on regular files); the check is on the
-    opened descriptor, so a file swapped for a FIFO after listing is refused too.
-    """
-    fd = os.open(path, flags | os.O_NONBLOCK | os.O_NOCTTY)
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return fd
-    os.close(fd)
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    raise NotRegularFileError(f"{path} is {kind}, not a regular file")
-
-
-def open_image_file(path: str | os.PathLike) -> IO[bytes]:
-    """Open an image file for reading; NotRegularFileError when it is not a regular file (symlinks followed)."""
-    return open(path, "rb", opener=_regular_file_opener)
-
 
 def display_path(path: str | os.PathLike) -> str:
     """A path as text that JSON and terminals can hold: bytes that are not UTF-8 shown as \\xNN escapes."""
@@ -107,9 +80,7 @@ class ImageFiles(torch.utils.data.Dataset):
         if self.problems[i]:
             return i, None, self.problems[i]
         try:
-            with open_image_file(self.paths[i]) as f, Image.open(f) as im:
-                im.load()  # decode now, so truncated files fail here and not later
-                return i, self.preprocess(im), ""
+            return i, self.preprocess(open_image(self.paths[i])), ""  # decoded now: a truncated file fails here
         except Exception as e:  # any decoder error means "skip this image", never "stop the run"
             return i, None, f"{type(e).__name__}: {e}"
 
@@ -214,7 +185,9 @@ class ExtractResult:
 
 def job_key(encoder_desc: dict, names: Sequence[str], shard_size: int, batch_size: int) -> str:
     """Identifies the work of a run: a resume is only valid for the very same inputs and settings."""
-    h = hashlib.sha256(json.dumps([encoder_desc, shard_size, batch_size, FORMAT_VERSION], sort_keys=True).encode())
+    # the decoding policy too: features of images read another way (e.g. unrotated) are never resumed or reused
+    h = hashlib.sha256(json.dumps([encoder_desc, shard_size, batch_size, FORMAT_VERSION, DECODE_POLICY],
+                                  sort_keys=True).encode())
     for n in names:
         # surrogatepass: a name that is not valid Unicode must not crash the run (valid names: same bytes)
         h.update(n.encode("utf-8", "surrogatepass") + b"\0")
@@ -310,7 +283,8 @@ class ExtractJob:
         checksums = {f: sha256_file(self.out_dir / f) for f in CHECKSUMMED_FILES}
         manifest = {**self.desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped),
                     "skipped": skipped, "dtype": "float16", "normalized": True, "norms": True,
-                    "format_version": FORMAT_VERSION, "job_key": self.key, "checksums": checksums}
+                    "format_version": FORMAT_VERSION, "decode": DECODE_POLICY, "job_key": self.key,
+                    "checksums": checksums}
         write_json(self.out_dir / MANIFEST_FILE, manifest)  # last: its presence means the folder is complete
         shutil.rmtree(self.partial, ignore_errors=True)
         secs = time.time() - t0

@@ -301,6 +301,9 @@ def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None
     if stale:
         raise ValueError(f"extracted with other {encoder.name} weights or settings ({', '.join(stale)}); "
                          "extract it again")
+    if "decode" not in source.manifest:
+        log.warning("%s was extracted before images were read as displayed (EXIF orientation, sRGB): extract it "
+                    "again if its photos carry an orientation tag", source.features)
     ds = load_dataset(source, data_root, index_backend)
     if ds.index.raw_error:  # composed and sum queries would be mis-scaled: refuse, never guess
         raise IndexLoadError(ds.index.raw_error)

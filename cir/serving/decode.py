@@ -7,8 +7,9 @@
 - Large JPEGs are decoded at reduced size (libjpeg's DCT scaling, 1/2 to 1/8: a 48 MP phone photo decodes
   at 1/4, 3 MP, about 9 MB instead of 144 MB). Other formats have no reduced decode, so they are shrunk
   right after decoding, before any full-size copy (mode conversion, rotation) is made.
-- EXIF orientation is applied, an embedded ICC profile is converted to sRGB, and the result is a new image
-  that carries no metadata at all (no EXIF, XMP, ICC, comments): re-encoding it can leak nothing.
+- It is then read as every image is (cir.images: EXIF orientation applied, an embedded ICC profile converted
+  to sRGB), and the result is a new image that carries no metadata at all (no EXIF, XMP, ICC, comments):
+  re-encoding it can leak nothing.
 """
 from __future__ import annotations
 
@@ -17,17 +18,14 @@ import logging
 import math
 import warnings
 
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image
 
-from cir.encoders.preprocess import to_rgb
+from cir.images import as_displayed
 from cir.serving.errors import ApiError, BadInput, TooLarge
 
 log = logging.getLogger("uploads")
 
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what PIL may sniff an upload as
-# Modes Image.thumbnail resizes directly (with a proper filter); others are converted to RGB first.
-_RESIZABLE = ("L", "LA", "RGB", "RGBA", "CMYK")
-_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -75,42 +73,14 @@ def decode_upload(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Im
 
 
 def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
-    """Decode `im` (just opened) as small as possible, then orient, colour-manage and strip it."""
-    icc = im.info.get("icc_profile")
+    """Decode `im` (just opened) as small as possible, then read it as displayed (cir.images) and strip it."""
     if im.format == "JPEG" and max(im.size) > max_side:
         # DCT scaling: the largest reduction (1/2, 1/4, 1/8) that still leaves the stored size or more.
         w, h = im.size
         scale = max_side / max(w, h)
         im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
     im.load()  # the decode: truncated or corrupt data fails here
-    if im.mode not in _RESIZABLE:
-        im = to_rgb(im) if im.mode != "P" else im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if max(im.size) > max_side:
-        im.thumbnail((max_side, max_side), Image.LANCZOS)  # shrinks first: every later step is on the small image
-    im = _oriented(im)
-    if icc:
-        im = _to_srgb(im, icc)
-    rgb = to_rgb(im)
+    rgb = as_displayed(im, max_side)   # shrunk first, then oriented and colour-managed: the images policy
     clean = Image.new("RGB", rgb.size)  # a fresh image: no info dict, so no EXIF / XMP / ICC / comment to save
     clean.paste(rgb)
     return clean
-
-
-def _oriented(im: Image.Image) -> Image.Image:
-    """EXIF orientation applied (on the already small image: its EXIF travels with it)."""
-    try:
-        return ImageOps.exif_transpose(im)
-    except Exception:  # noqa: BLE001 -- a damaged EXIF block only costs the orientation, not the upload
-        return im
-
-
-def _to_srgb(im: Image.Image, icc: bytes) -> Image.Image:
-    """Pixels converted from the embedded profile to sRGB (a Display P3 or Adobe RGB photo keeps its colours
-    once the profile is dropped); left as they are when the profile is unusable."""
-    mode = {"RGBA": "RGBA", "LA": "RGBA", "L": "RGB"}.get(im.mode, "RGB")
-    try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        return ImageCms.profileToProfile(im, src, _SRGB, outputMode=mode)
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as e:
-        log.info("ignored an unusable ICC profile in an upload: %s", e)
-        return im

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, compose, load_method
 from cir.encoders import Encoder, TextSide
-from cir.encoders.preprocess import to_rgb
-from cir.explain import Explainer, Explanation, open_image
+from cir.explain import Explainer, Explanation
+from cir.images import as_displayed, open_image
 from cir.index import BackendUnavailable, parse_backend, search
 from cir.serving.caching import LRU, Metrics, TimedTexts
 from cir.serving.datasets import (
@@ -394,7 +394,7 @@ class Engine:
             if im.format == "JPEG" and max(im.size) <= size:
                 data = raw  # catalogue photos are 224 px JPEGs already
             else:
-                im = to_rgb(ImageOps.exif_transpose(im))
+                im = as_displayed(im)
                 im.thumbnail((size, size), Image.BICUBIC)
                 buf = io.BytesIO()
                 im.save(buf, "JPEG", quality=85)

@@ -26,8 +26,8 @@ from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
-from PIL import Image
 
+from cir.images import open_image
 from cir.serving.caching import LRU
 from cir.serving.decode import UPLOAD_FORMATS, decode_upload  # noqa: F401 (UPLOAD_FORMATS: part of this API)
 from cir.serving.errors import InsufficientStorage, NotFound, ServiceUnavailable, TooLarge
@@ -146,8 +146,9 @@ class UploadStore:
             if feats is not None and feats.shape == (1, self.encoder.dim):
                 self.cache.put(uid, feats)
                 return feats
-        with Image.open(path) as im, self.guard():  # another encoder's upload: encode it once, keep it
-            feats = self.encoder.encode_images([im.convert("RGB")], raw=True)
+        image = open_image(path)
+        with self.guard():  # another encoder's upload: encode it once, keep it
+            feats = self.encoder.encode_images([image], raw=True)
         self.cache.put(uid, feats)
         try:
             self._save_features(uid, feats)
