@@ -115,8 +115,8 @@ def bench_encoder(name: str, root: Path, features: Path, train_images: int, spee
     encoder = encoders.load(name, "cpu")
     test = catalog_images(root, "test")
     train = sample_records(catalog_images(root, "train"), train_images)
-    idx = ensure_index(test, encoder, index_folder(features, "test", name))
-    train_idx = ensure_index(train, encoder, index_folder(features, "train", name, train_images))
+    idx = ensure_index(test, encoder, features / index_folder("test", name))
+    train_idx = ensure_index(train, encoder, features / index_folder("train", name, train_images))
     by_name = {r.name: r.attrs for r in test + train}
     labels = np.asarray([by_name[n]["articleType"] for n in idx.names])
     train_labels = [by_name[n]["articleType"] for n in train_idx.names]

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from cir.encoders import CaptionEncoder, TextSide
+from cir.encoders import CaptionEncoder, Encoder, TextSide
 from cir.paths import WEIGHTS_DIR
 from cir.utils import config_from_dict, save_checkpoint
 
@@ -67,6 +67,16 @@ class CombinerConfig:
 
 
 COMBINER_INPUTS = ("raw", "normalized")
+
+
+def check_compatible(cfg: CombinerConfig, encoder: Encoder) -> None:
+    """A Combiner only makes sense on the features it was trained on: ValueError saying which do not fit.
+    Callers decide what a misfit means (evaluation fails; the demo skips that checkpoint with a warning)."""
+    if cfg.encoder and cfg.encoder != encoder.name:
+        raise ValueError(f"the combiner was trained on {cfg.encoder!r} features, not {encoder.name!r}; use it with "
+                         f"--encoder {cfg.encoder}")
+    if cfg.feature_dim != encoder.dim:
+        raise ValueError(f"the combiner expects {cfg.feature_dim}-d features, {encoder.name} gives {encoder.dim}-d")
 
 
 class Combiner(nn.Module):

@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from cir.cli.common import add_data_root, add_verbose
 from cir.data import catalog_images, resolve_data_root
 from cir.encoders.bof import BOF_WEIGHTS, BofConfig, fit
 from cir.utils import run_cli, setup_logging, write_json
@@ -33,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the vocabulary and PCA on the catalogue's train split")
-    f.add_argument("--data-root", default=None, help="catalogue folder (default: ../shared/data/fashion-catalog)")
+    add_data_root(f)
     f.add_argument("--split", default="train", help="split to fit on (never test)")
     f.add_argument("--out", default=str(BOF_WEIGHTS), help="weights file to write (+ .json, .train.json)")
     f.add_argument("--words", type=int, default=BofConfig.words, help="visual vocabulary size")
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--per-image", type=int, default=64, help="SIFT descriptors sampled per vocabulary image")
     f.add_argument("--pca-images", type=int, default=2500, help="images the PCA is fitted on")
     f.add_argument("--seed", type=int, default=0, help="random seed (sampling, k-means, PCA)")
-    f.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(f)
     return p
 
 

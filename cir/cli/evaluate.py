@@ -9,7 +9,7 @@
 
 text2image: each product name queries the index of the split's images; R@1/5/10 (%) of its own photo.
 image2image: precision@10 (%) of results sharing the query's articleType and baseColour (query removed).
-composed: (reference image, relative caption) -> target, the query made by model.compose:
+composed: (reference image, relative caption) -> target, the query made by combiner.compose:
   catalog    triplets.generate over the split's images (seeded); R@1/10/50 of the target, reference removed,
              and attr@1/attr@10: the share (%) of the top K satisfying the triplet's condition (every wanted
              attribute, none of the unwanted ones), with attr@10_ceiling; per kind under "kinds".
@@ -25,45 +25,30 @@ composed: (reference image, relative caption) -> target, the query made by model
 --save-rankings writes the top-50 image names of every query, in annotation order. --plot FILE.png draws
 recall@K (K = 1..50) and the per-kind bars; --compare M... evaluates more composed methods into the same plot.
 Index features come from extracted files under --features when present, else are extracted (and kept).
-All ranking goes through index.search, by the backend of --index-backend (exact by default; faiss or milvus
+All ranking goes through cir.index.search, by the backend of --index-backend (exact by default; faiss or milvus
 measure an ANN index's effect on the metrics). The last printed line is one JSON object with the metrics.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import time
-from pathlib import Path
 from typing import Sequence
 
-from cir import encoders
-from cir.data import list_images, resolve_data_root
-from cir.evaluation.protocols import image2image, text2image
-from cir.evaluation.runs import DEFAULT_SPLITS, composed_runs, write_plot
-from cir.evaluation.submission import (  # noqa: F401
-    CIRR_SUBSET_TOP,
-    TOP,
-    cirr_submission,
-    submission_paths,
-    write_submission,
-)
-from cir.extraction.local import ensure_index, index_name
-from cir.index import parse_backend, with_backend
+from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose, index_store
+from cir.evaluation.runs import DEFAULT_SPLITS, TASKS, EvalConfig, evaluate
 from cir.utils import run_cli, setup_logging
 
 
 def parser() -> argparse.ArgumentParser:
     """The command line of evaluate.py (every flag with its help)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", required=True, choices=["text2image", "image2image", "composed"],
+    p.add_argument("--task", required=True, choices=TASKS,
                    help="what to measure: product name -> photo, photo -> similar photos, or composed "
                         "retrieval (reference image + relative caption -> target)")
-    p.add_argument("--dataset", default="catalog", choices=["catalog", "fashioniq", "cirr"],
+    p.add_argument("--dataset", default="catalog", choices=list(DEFAULT_SPLITS),
                    help="dataset: catalog (all tasks; composed uses generated triplets), fashioniq or cirr "
                         "(composed only, from their annotation files)")
-    p.add_argument("--data-root", default=None,
-                   help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
-                        "dataset's usual subfolder)")
+    add_data_root(p)
     p.add_argument("--split", default=None,
                    help="split whose images form the index and whose annotations are the queries "
                         "(default: test for catalog, val for fashioniq and cirr; cirr's test split is test1)")
@@ -92,17 +77,12 @@ def parser() -> argparse.ArgumentParser:
                    help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
                         "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
                         "(top 3 of the img_set); needed for test1, which has no targets")
-    p.add_argument("--encoder", default="lite",
-                   help="encoder name: lite, bof (image-only: image2image), hf:<id or dir>, openai:<model>")
-    p.add_argument("--features", default="features",
-                   help="features root: an index is read from <root>/<dataset>[-<category>]-<split> or "
-                        "extracted there")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch if extraction is needed")
-    p.add_argument("--workers", type=int, default=None, help="decoding workers if extraction is needed")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_encoder(p, note="; bof: image2image only")
+    add_features(p)
+    add_device(p)
     p.add_argument("--index-backend", default="exact", metavar="SPEC",
-                   help="how indexes are ranked (index/): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
-                        "milvus (milvus-lite beside the features, filled by `python3 -m index load`), "
+                   help="how indexes are ranked (cir.index): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
+                        "milvus (milvus-lite beside the features, filled by `python3 -m cir.index load`), "
                         "milvus:http://host:19530")
     p.add_argument("--plot", default=None, metavar="FILE.png",
                    help="text2image, composed: draw recall@K for K = 1..50 of every method evaluated, and bars of "
@@ -110,48 +90,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
                    help="composed: also evaluate these methods (as --combiner takes them), each printing its JSON "
                         "line before --combiner's, which stays last; --plot draws them all")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
+
+
+def config(args: argparse.Namespace) -> EvalConfig:
+    """The typed run the flags describe."""
+    return EvalConfig(task=args.task, dataset=args.dataset, split=args.split, data_root=args.data_root,
+                      categories=tuple(args.categories) if args.categories is not None else None,
+                      combiner=args.combiner, text_encoder=args.text_encoder, triplet_seed=args.triplet_seed,
+                      per_kind=args.per_kind, phrasings=args.phrasings, save_rankings=args.save_rankings,
+                      submission=args.submission, encoder=args.encoder, device=args.device, store=index_store(args),
+                      index_backend=args.index_backend, plot=args.plot, compare=tuple(args.compare))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    parse_backend(args.index_backend)  # a bad spec fails now, before models and data are loaded
+    cfg = config(args).resolved()   # a bad flag fails now, before logging is set up and models are loaded
     setup_logging(args.verbose)
-    args.split = args.split or DEFAULT_SPLITS[args.dataset]
-    if args.per_kind < 1:
-        raise ValueError("--per-kind must be at least 1")
-    if args.categories is not None and args.dataset != "fashioniq":
-        raise ValueError(f"--categories only applies to fashioniq, not {args.dataset}")
-
-    if args.plot is not None and (args.task == "image2image" or not args.plot.lower().endswith(".png")):
-        raise ValueError("--plot FILE.png draws recall curves: a .png path, with --task text2image or composed")
-    if args.compare and args.task != "composed":
-        raise ValueError("--compare evaluates other composed methods: use it with --task composed")
-    if args.task == "composed":
-        runs = composed_runs(args)
-        if args.plot:
-            write_plot(args.plot, runs)
-        print(json.dumps(runs[args.combiner][0]))
-        return 0
-    if args.dataset != "catalog":
-        raise ValueError(f"--task {args.task} needs the catalogue's attributes: use --dataset catalog")
-
-    root = resolve_data_root(args.dataset, args.data_root)
-    records = list_images(args.dataset, root, args.split)
-    encoder = encoders.load(args.encoder, args.device, text=args.text_encoder)
-    index = ensure_index(records, encoder, Path(args.features) / index_name(args.dataset, args.split),
-                         batch_size=args.batch_size, workers=args.workers,
-                         info={"dataset": args.dataset, "split": args.split, "data_root": str(root)})
-    index = with_backend(index, args.index_backend)
-    t0, curves = time.time(), {}
-    metrics = text2image(encoder, index, records, curves) if args.task == "text2image" else image2image(index, records)
-    metrics = {"task": args.task, "dataset": args.dataset, "split": args.split, "encoder": encoder.name,
-               "index_size": len(index), "index_backend": parse_backend(args.index_backend).public, **metrics,
-               "seconds": round(time.time() - t0, 2)}
-    if args.plot:
-        write_plot(args.plot, {encoder.name: (metrics, curves)})
-    print(json.dumps(metrics))
+    runs = evaluate(cfg, report=lambda metrics: print(json.dumps(metrics)))
+    main_run = runs[cfg.combiner if cfg.task == "composed" else cfg.encoder]
+    print(json.dumps(main_run[0]))
     return 0
 
 

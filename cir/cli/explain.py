@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
+from cir.cli.common import add_data_root, add_encoder, add_verbose
 from cir.combiner import load_method
 from cir.data import DATASETS, ImageRecord, list_images, resolve_data_root
 from cir.explain import Explainer, query_vector
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--image", help="the image to explain (a file); or --dataset and --id")
     p.add_argument("--dataset", choices=DATASETS, help="dataset layout the ids belong to")
-    p.add_argument("--data-root", help="the dataset's folder (default: the shared data folder)")
+    add_data_root(p)
     p.add_argument("--split", help="the dataset split to look the ids up in (default: all images)")
     p.add_argument("--id", help="the image to explain, by its id in --dataset")
     p.add_argument("--text", help="a text query (text -> image search)")
@@ -58,10 +59,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", help="the relative caption of a composed query")
     p.add_argument("--combiner", default="combiner",
                    help="fusion of a composed query: combiner, combiner-stage1, sum or a checkpoint path")
-    p.add_argument("--encoder", default="lite", help="encoder name (encoders.available_models())")
+    add_encoder(p, note="; lite and hf: ViTs are explained")
     p.add_argument("--out", help="write the overlay PNG here")
     p.add_argument("--json", help="write the raw map (grid, score) as JSON here")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
+from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose
 from cir.data import DATASETS, resolve_data_root
 from cir.extraction.job import ExtractResult, check_not_held
 from cir.extraction.local import extract_index, plan_indexes
@@ -40,25 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=DATASETS, default="catalog",
                    help="dataset layout: the catalogue (styles.csv + images/), FashionIQ, CIRR, or any image folder")
-    p.add_argument("--data-root", default=None,
-                   help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the "
-                        "dataset's usual subfolder)")
+    add_data_root(p)
     p.add_argument("--split", default=None,
                    help="split to index (catalog: train/val/test/all; fashioniq: train/val/test; "
                         "cirr: train/val/test1); "
                         "ignored for folder")
     p.add_argument("--categories", nargs="*", default=None,
                    help="FashionIQ categories (default: every category found); one index per category")
-    p.add_argument("--encoder", default="lite",
-                   help="encoder name: lite, bof (classical, image-only), hf:<id or dir>, openai:<model>")
+    add_encoder(p)
     p.add_argument("--preprocess", default=None, choices=["targetpad", "squarepad", "resize"],
                    help="override the encoder's preprocessing")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader decoding workers (default: min(4, cores))")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    add_device(p)
     p.add_argument("--shard-size", type=int, default=2048,
                    help="images per resumable shard (a killed run redoes at most one shard)")
-    p.add_argument("--out", default="features", help="features root; each index gets a subfolder")
+    add_features(p, flag="--out")
     p.add_argument("--overwrite", action="store_true", help="redo the index even if it is up to date")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process and its DataLoader workers (default); ray: Ray Data, decoding in Ray "
@@ -69,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
                         "default $RAY_ADDRESS, else a local Ray started with this machine's cores")
     p.add_argument("--ray-workers", type=int, default=None,
                    help="ray engine: encoder actors (default: one per GPU of the cluster, else one per CPU but one)")
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
 
 
@@ -99,10 +95,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     encoder = spec.load("cpu")
     with ray_session(args.ray_address):
         for name, records, info in plans:
-            res = extract_index_ray(records, encoder, spec, Path(args.out) / name,
-                                                batch_size=args.batch_size, shard_size=args.shard_size,
-                                                overwrite=args.overwrite, info={**info, "data_root": str(root)},
-                                                device=args.device, workers=args.ray_workers)
+            res = extract_index_ray(records, encoder, spec, Path(args.out) / name, batch_size=args.batch_size,
+                                    shard_size=args.shard_size, overwrite=args.overwrite,
+                                    info={**info, "data_root": str(root)}, device=args.device,
+                                    workers=args.ray_workers)
             _print_result(res)
     return 0
 

@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
+from cir.cli.common import add_data_root, add_encoder, add_features, add_verbose, index_store
 from cir.data import catalog_images, resolve_data_root
 from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records
-from cir.extraction.local import ensure_index
 from cir.utils import run_cli, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--encoder", default="bof", help="encoder whose features are clustered (bof, lite, hf:..)")
-    p.add_argument("--data-root", default=None, help="catalogue folder (default: ../shared/data/fashion-catalog)")
-    p.add_argument("--features", default="features", help="folder of the extracted indexes (made when missing)")
+    add_encoder(p, default="bof", note="; its features are clustered")
+    add_data_root(p)
+    add_features(p)
     p.add_argument("--label", default="articleType", help="styles.csv column used as the label")
     p.add_argument("--split", default="test", help="split searched by the label queries (train names clusters)")
     p.add_argument("--train-images", type=int, default=None,
@@ -37,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="results shown per query")
     p.add_argument("--evaluate", action="store_true", help="also print label-query precision over every label")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbose(p)
     return p
 
 
@@ -48,10 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("--split is the searched split; the train split names the clusters: use val or test")
     root = resolve_data_root("catalog", args.data_root)
     encoder = encoders.load(args.encoder)
-    sets = {}
+    sets, store = {}, index_store(args)
     for split, n in (("train", args.train_images), (args.split, None)):
         recs = sample_records(catalog_images(root, split), n)
-        idx = ensure_index(recs, encoder, index_folder(Path(args.features), split, args.encoder, n))
+        idx = store.open(recs, encoder, index_folder(split, args.encoder, n))
         by_name = {r.name: r.attrs.get(args.label, "") for r in recs}
         sets[split] = (idx.matrix().float().numpy(), [by_name[n] for n in idx.names], idx.names)
     feats, labels, _ = sets["train"]

@@ -11,44 +11,45 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
-from cir.data import DATASETS, list_images, resolve_data_root
-from cir.extraction.local import ensure_index, index_name
+from cir.cli.common import add_data_root, add_device, add_encoder, add_features, index_store
+from cir.data import DATASETS
+from cir.extraction import open_dataset_index
 from cir.images import open_image
 from cir.index import search
 from cir.utils import run_cli, setup_logging
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", default=None, help="a text query (omit when using --image or --ref)")
     p.add_argument("--image", default=None, help="path of a query image (any photo)")
     p.add_argument("--ref", default=None, help="name of an index image to query from (catalogue: the product id)")
     p.add_argument("--dataset", default="catalog", choices=DATASETS, help="dataset layout")
-    p.add_argument("--data-root", default=None, help="dataset folder (default: $CIR_DATA_ROOT or ../shared/data)")
+    add_data_root(p)
     p.add_argument("--split", default="all", help="split whose images form the index (catalog: all/train/val/test)")
-    p.add_argument("--encoder", default="lite", help="encoder name: lite, hf:<id or dir>, openai:<model>")
-    p.add_argument("--features", default="features", help="features root (an index is extracted there if missing)")
+    add_encoder(p, note="; bof answers --image and --ref only")
+    add_features(p)
     p.add_argument("-k", type=int, default=10, help="number of results")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
     args = p.parse_args(argv)
     setup_logging()
     if sum(x is not None for x in (args.text, args.image, args.ref)) != 1:
         p.error("give exactly one of: a text query, --image PATH, --ref NAME")
     if args.text is not None and not args.text.strip():
         p.error("the text query is empty")
-
-    root = resolve_data_root(args.dataset, args.data_root)
-    split = None if args.dataset == "folder" else args.split
-    records = list_images(args.dataset, root, split)
     enc = encoders.load(args.encoder, args.device)
-    index = ensure_index(records, enc, Path(args.features) / index_name(args.dataset, split, None, root),
-                         info={"dataset": args.dataset, "split": split, "data_root": str(root)})
-    exclude = None
+    split = None if args.dataset == "folder" else args.split
+    ds = open_dataset_index(enc, args.dataset, split, index_store(args), args.data_root)
+    index, exclude = ds.index, None
     if args.text is not None:
         q = enc.encode_texts([args.text])
     elif args.image is not None:
@@ -59,13 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     else:
         if args.ref not in index:
-            print(f"error: {args.ref!r} is not in the index {index_name(args.dataset, split, None, root)}",
-                  file=sys.stderr)
+            print(f"error: {args.ref!r} is not in the index {ds.name}", file=sys.stderr)
             return 2
         row = index.id_of(args.ref)
         q, exclude = index.features[row:row + 1], [row]
     scores, ids = search(q, index, args.k, exclude=exclude)
-    attrs = {r.name: r.attrs for r in records}
+    attrs = {r.name: r.attrs for r in ds.records}
     hits = [{"rank": i + 1, "name": index.names[j], "score": round(s, 4),
              "title": attrs.get(index.names[j], {}).get("productDisplayName", "")}
             for i, (s, j) in enumerate(zip(scores[0].tolist(), ids[0].tolist()))]

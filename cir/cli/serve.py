@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
-from cir.data import catalog_images, resolve_data_root
-from cir.extraction.local import ensure_index, index_name
+from cir.extraction import IndexStore, index_name, open_dataset_index
 from cir.serving.settings import Settings
 from cir.utils import run_cli, setup_logging
 from cir.web.app import create_app
@@ -45,11 +44,10 @@ def ensure_catalog(settings: Settings) -> None:
     """Extract the whole catalogue's features (features/catalog-all) unless they are up to date."""
     if settings.encoder_obj is None:
         settings.encoder_obj = encoders.load(settings.encoder, settings.device)
-    root = resolve_data_root("catalog", settings.data_root)
-    out = Path(settings.features_root) / index_name("catalog", "all")
-    log.info("checking the catalogue index %s (extracting it takes about two minutes the first time)", out)
-    ensure_index(catalog_images(root, "all"), settings.encoder_obj, out,
-                 info={"dataset": "catalog", "split": "all", "data_root": str(root)})
+    store = IndexStore(Path(settings.features_root))
+    log.info("checking the catalogue index %s (extracting it takes about two minutes the first time)",
+             store.root / index_name("catalog", "all"))
+    open_dataset_index(settings.encoder_obj, "catalog", "all", store, settings.data_root)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Sequence
 
@@ -114,18 +115,43 @@ def fashioniq_triplets(root: Path, split: str, categories: Sequence[str] | None 
     return triplets
 
 
+# ----------------------------------------------------------------------------------------------- captions
+# How an annotation's two relative captions become one text, as CLIP4Cir does: the one place for both the
+# evaluation's fixed join and training's four random views.
+
+def _cleaned(captions: Sequence[str]) -> list[str]:
+    """The captions with text, each stripped of spaces and of '.?, ' at its ends."""
+    cleaned = [c.strip().strip(".?, ") for c in captions]
+    return [c for c in cleaned if c]
+
+
 def fiq_caption(captions: Sequence[str]) -> str:
-    """FashionIQ's two relative captions as one query text, as CLIP4Cir joins them.
+    """FashionIQ's two relative captions as one query text, as CLIP4Cir's evaluation joins them.
 
     "<first, cleaned and capitalised> and <second, cleaned>", cleaning = strip('.?, '). The real files
     hold a few entries with one empty caption: the other one (cleaned) is used alone rather than
     " and <...>", and "" is returned when none has any text.
     """
-    cleaned = [c.strip().strip(".?, ") for c in captions]
-    cleaned = [c for c in cleaned if c]
+    cleaned = _cleaned(captions)
     if len(cleaned) >= 2:
         return f"{cleaned[0].capitalize()} and {cleaned[1]}"
     return cleaned[0] if cleaned else ""
+
+
+def randomized_fiq_caption(captions: Sequence[str], rng: random.Random) -> str:
+    """One of CLIP4Cir's four training views of FashionIQ's two captions, equally likely: "c1 and c2",
+    "c2 and c1", "c1", "c2" (each cleaned as fiq_caption cleans, the first letter capitalised). A triplet
+    with one empty caption uses the other."""
+    c = _cleaned(captions)
+    r = rng.random()   # drawn whatever the captions, so an epoch's draws do not depend on empty ones
+    if len(c) < 2:
+        return c[0].capitalize() if c else ""
+    a, b = c[:2]
+    if r < 0.25:
+        return f"{a.capitalize()} and {b}"
+    if r < 0.5:
+        return f"{b.capitalize()} and {a}"
+    return a.capitalize() if r < 0.75 else b.capitalize()
 
 
 def fashioniq_image_records(root: Path, names: Sequence[str]) -> list[ImageRecord]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -104,7 +103,7 @@ def sample_records(records: Sequence[ImageRecord], n: int | None,
     return [records[i] for i in sorted(np.random.default_rng(seed).permutation(len(records))[:n])]
 
 
-def index_folder(features: Path, split: str, encoder: str, n: int | None = None) -> Path:
-    """Where the cached index of a split (or of its n-record sample) for an encoder lives."""
+def index_folder(split: str, encoder: str, n: int | None = None) -> str:
+    """The folder name of the cached index of a catalogue split (or of its n-record sample) for an encoder."""
     tag = encoder.replace(":", "_").replace("/", "_")
-    return features / f"{index_name('catalog', split)}{n if n else ''}-{tag}"
+    return f"{index_name('catalog', split)}{n if n else ''}-{tag}"

@@ -3,10 +3,19 @@
     job         the job both engines share: image files, batches, resumable shards, the final files + checksums,
                 the output folder's lock
     local       the local engine (DataLoader workers + one encoder) and the API: extract_index, ensure_index,
-                index_name, plan_indexes
+                index_name, plan_indexes, and IndexStore / open_dataset_index (how everything opens an index)
     ray_engine  the Ray Data engine (`extract_features.py --engine ray`; Ray imported only when used)
 """
 from cir.extraction.job import ExtractResult
-from cir.extraction.local import ensure_index, extract_index, index_name, plan_indexes
+from cir.extraction.local import (
+    DatasetIndex,
+    IndexStore,
+    ensure_index,
+    extract_index,
+    index_name,
+    open_dataset_index,
+    plan_indexes,
+)
 
-__all__ = ["ExtractResult", "ensure_index", "extract_index", "index_name", "plan_indexes"]
+__all__ = ["DatasetIndex", "ExtractResult", "IndexStore", "ensure_index", "extract_index", "index_name",
+           "open_dataset_index", "plan_indexes"]

@@ -1,18 +1,20 @@
 """The local extraction engine and the public API: `extract_index` encodes a dataset's index images
 once into a feature folder (DataLoader workers decode, one encoder encodes), `ensure_index` loads it when up
 to date and extracts it first otherwise; `index_name` and `plan_indexes` name and list the indexes a
-command asks for. The folder's format and the job (files, shards, lock) are extraction.job's."""
+command asks for. `IndexStore` and `open_dataset_index` are the one way the commands, training and the demo
+open a dataset's index. The folder's format and the job (files, shards, lock) are extraction.job's."""
 from __future__ import annotations
 
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
-from cir.data import ImageRecord, fashioniq_categories, list_images
+from cir.data import ImageRecord, fashioniq_categories, list_images, resolve_data_root
 from cir.encoders import Encoder
 from cir.extraction.job import ExtractJob, ExtractResult, default_workers, iter_batches, open_job
 from cir.index import FeatureIndex, load_index
@@ -27,7 +29,7 @@ def extract_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str
     """Encode `records` with `encoder` into `out_dir` (features.safetensors, names.json, manifest.json).
 
     Resumable: finished shards live in out_dir/.partial/ until the final files are written. One run at a
-    time per folder (extract_job.OutputLockedError otherwise). `_stop_after_shards` simulates a kill (tests only).
+    time per folder (extraction.job.OutputLockedError otherwise). `_stop_after_shards` simulates a kill (tests only).
     """
     job = open_job(records, encoder.describe(), out_dir, batch_size=batch_size, shard_size=shard_size,
                    overwrite=overwrite)
@@ -93,3 +95,38 @@ def plan_indexes(dataset: str, root: Path, split: str | None,
     else:
         yield (index_name(dataset, split, None, root), list_images(dataset, root, split, categories),
                {"dataset": dataset, "split": split})
+
+
+@dataclass(frozen=True)
+class IndexStore:
+    """Where feature folders live and how a missing or stale one is extracted."""
+
+    root: Path = Path("features")       # the features root: one subfolder per index
+    batch_size: int = 64                # images per encoder batch, when an index must be extracted
+    workers: int | None = None          # decoding workers, when an index must be extracted (None: min(4, cores))
+
+    def open(self, records: Sequence[ImageRecord], encoder: Encoder, name: str, **info: Any) -> FeatureIndex:
+        """The index of `records` in the folder `name`: loaded when up to date, else extracted there first;
+        `info` (dataset, split, data_root ...) goes into its manifest."""
+        return ensure_index(records, encoder, Path(self.root) / name, batch_size=self.batch_size,
+                            workers=self.workers, info=info)
+
+
+@dataclass
+class DatasetIndex:
+    """A dataset split's index with the records it was built from."""
+
+    index: FeatureIndex
+    records: list[ImageRecord]          # the split's images, in the dataset's order (with their attributes)
+    root: Path                          # the dataset folder
+    name: str                           # the index folder's name (index_name)
+
+
+def open_dataset_index(encoder: Encoder, dataset: str, split: str | None, store: IndexStore,
+                       data_root: str | os.PathLike | None = None, category: str | None = None) -> DatasetIndex:
+    """The index of one split of a dataset (one FashionIQ category), extracted first when missing or stale."""
+    root = resolve_data_root(dataset, data_root)
+    records = list_images(dataset, root, split, [category] if category else None)
+    name = index_name(dataset, split, category, root)
+    info = {"dataset": dataset, "split": split, "data_root": str(root), **({"category": category} if category else {})}
+    return DatasetIndex(store.open(records, encoder, name, **info), records, root, name)

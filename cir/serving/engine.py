@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from cir import encoders
-from cir.combiner import SHIPPED_COMBINERS, Combiner, compose, load_method
+from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose, load_method
 from cir.encoders import Encoder, TextSide
 from cir.explain import Explainer, Explanation
 from cir.images import as_displayed, open_image
@@ -450,9 +450,10 @@ def _load_combiners(settings: Settings, encoder: Encoder, text_sides: dict[str, 
         except (FileNotFoundError, ValueError, OSError, RuntimeError) as e:
             log.warning("combiner %s unavailable: %s", name, e)
             continue
-        if comb.cfg.feature_dim != encoder.dim or comb.cfg.encoder not in ("", encoder.name):
-            log.warning("combiner %s was trained on %s features (dim %d), not %s (dim %d): skipped", name,
-                        comb.cfg.encoder or "unknown", comb.cfg.feature_dim, encoder.name, encoder.dim)
+        try:
+            check_compatible(comb.cfg, encoder)
+        except ValueError as e:
+            log.warning("combiner %s skipped: %s", name, e)
             continue
         side = _paired_side(comb.cfg.text_side, encoder, text_sides)
         if side is None:

@@ -35,6 +35,7 @@ from cir.evaluation.protocols import image2image
 from cir.extraction.job import default_workers, iter_batches
 from cir.index import FeatureIndex, search
 from cir.training.augment import Augmented
+from cir.training.config import AlignConfig, record
 from cir.utils import content_key, get_device, save_tensors, write_json
 
 log = logging.getLogger("train")
@@ -155,18 +156,18 @@ def _score(m: dict) -> float:
     return (m["R@1"] + m["R@10"]) / 2 + m["i2i_type_colour_P@10"]
 
 
-def _features(enc: LiteEncoder, root: Path, args) -> tuple[list[dict], list[dict], dict, list]:
+def _features(enc: LiteEncoder, root: Path, cfg: AlignConfig) -> tuple[list[dict], list[dict], dict, list]:
     """(train views, train attrs, val features, val records in feature order); every train view holds the same
     names in order."""
-    cache = Path(args.cache_dir)
+    cache = Path(cfg.cache_dir)
     recs = {s: catalog_images(root, s) for s in ("train", "val")}  # never test
-    views = [cached_image_backbone(enc, recs["train"], cache, "catalog-train", args.batch_size, args.workers, v,
-                                   args.seed) for v in range(args.augment_views + 1)]
+    views = [cached_image_backbone(enc, recs["train"], cache, "catalog-train", cfg.batch_size, cfg.workers, v,
+                                   cfg.seed) for v in range(cfg.augment_views + 1)]
     common = set.intersection(*(set(v["names"]) for v in views))
     for v in views:  # an image one view failed to decode is dropped from all
         keep = [i for i, n in enumerate(v["names"]) if n in common]
         v.update(names=[v["names"][i] for i in keep], pooled=v["pooled"][keep], colour=v["colour"][keep])
-    va = cached_image_backbone(enc, recs["val"], cache, "catalog-val", args.batch_size, args.workers)
+    va = cached_image_backbone(enc, recs["val"], cache, "catalog-val", cfg.batch_size, cfg.workers)
     by_name = {r.name: r for s in recs for r in recs[s]}
     return views, [by_name[n].attrs for n in views[0]["names"]], va, [by_name[n] for n in va["names"]]
 
@@ -182,10 +183,11 @@ class _TrainSet:
     same_key: torch.Tensor          # [N] id of (type, colour): the image-image loss's groups
 
 
-def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], args, device) -> tuple[_TrainSet, dict]:
+def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], cfg: AlignConfig,
+               device) -> tuple[_TrainSet, dict]:
     """The train set (captions fixed by the seed) and the attribute label lists."""
-    rng = random.Random(args.seed)
-    caps = [training_captions(a, rng, args.captions_per_image) for a in attrs]
+    rng = random.Random(cfg.seed)
+    caps = [training_captions(a, rng, cfg.captions_per_image) for a in attrs]
     vocab = sorted({c for cs in caps for c in cs})
     text_id = {t: i for i, t in enumerate(vocab)}
     labels, targets = attribute_targets(attrs)
@@ -194,7 +196,7 @@ def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], args, dev
         pooled=torch.stack([v["pooled"] for v in views]).to(device),
         colour=torch.stack([v["colour"] for v in views]).to(device),
         cap_ids=torch.tensor([[text_id[c] for c in cs] for cs in caps]),
-        text_feats=cached_text_backbone(enc, vocab, Path(args.cache_dir), "captions").to(device),
+        text_feats=cached_text_backbone(enc, vocab, Path(cfg.cache_dir), "captions").to(device),
         targets=targets,
         same_key=torch.tensor([groups.setdefault((a.get("articleType"), a.get("baseColour")), len(groups))
                                for a in attrs]))
@@ -202,20 +204,20 @@ def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], args, dev
 
 
 def _train_epoch(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, opt, sched, g: torch.Generator,
-                 args, device) -> float:
+                 cfg: AlignConfig, device) -> float:
     """One pass over the train images; returns the mean loss."""
     heads.train()
     n = data.pooled.shape[1]
     perm = torch.randperm(n, generator=g)
     # Column 0 is the product name (what people paste into a search box); the rest are phrasings.
-    pick = torch.where(torch.rand(n, generator=g) < args.name_prob, 0,
+    pick = torch.where(torch.rand(n, generator=g) < cfg.name_prob, 0,
                        torch.randint(1, data.cap_ids.shape[1], (n,), generator=g))
     views = data.pooled.shape[0]
-    view = torch.where(torch.rand(n, generator=g) < args.augment_p,
+    view = torch.where(torch.rand(n, generator=g) < cfg.augment_p,
                        torch.randint(1, views, (n,), generator=g) if views > 1 else 0, 0)
     total = 0.0
-    for b in range(0, n, args.batch):
-        idx = perm[b:b + args.batch]
+    for b in range(0, n, cfg.batch):
+        idx = perm[b:b + cfg.batch]
         v, tid, rows = view[idx].to(device), data.cap_ids[idx, pick[idx]], idx.to(device)
         img = heads.image(data.pooled[v, rows], data.colour[v, rows])
         txt = heads.text(data.text_feats[tid.to(device)])
@@ -224,9 +226,9 @@ def _train_epoch(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, o
         same = (tid[:, None] == tid[None, :]).float().to(device)
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        loss = loss + args.attr_weight * clf.loss(img, {a: t[idx].to(device) for a, t in data.targets.items()})
-        if args.i2i_weight:
-            loss = loss + args.i2i_weight * same_item_loss(img, data.same_key[idx].to(device), args.i2i_scale)
+        loss = loss + cfg.attr_weight * clf.loss(img, {a: t[idx].to(device) for a, t in data.targets.items()})
+        if cfg.i2i_weight:
+            loss = loss + cfg.i2i_weight * same_item_loss(img, data.same_key[idx].to(device), cfg.i2i_scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,32 +237,33 @@ def _train_epoch(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, o
     return total / n
 
 
-def run_align(args) -> int:
-    """`python train.py align`: train, pick the best epoch on val, save the heads (+ .train.json history)."""
-    torch.manual_seed(args.seed)
-    device = get_device(args.device)
-    root = resolve_data_root("catalog", args.data_root)
-    cfg = LiteConfig(embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, dropout=args.dropout, colour=args.colour,
-                     palette_size=args.palette_size)
-    heads = LiteHeads(cfg)
+def train_align(cfg: AlignConfig) -> dict:
+    """`python train.py align`: train, pick the best epoch on val, save the heads (+ .train.json history);
+    returns a summary."""
+    torch.manual_seed(cfg.seed)
+    device = get_device(cfg.device)
+    root = resolve_data_root("catalog", cfg.data_root)
+    lite_cfg = LiteConfig(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout, colour=cfg.colour,
+                          palette_size=cfg.palette_size)
+    heads = LiteHeads(lite_cfg)
     enc = LiteEncoder(heads, device)  # towers are frozen; only `heads` learns
-    if cfg.colour == "lab":
-        heads.palette.copy_(fit_palette(enc, catalog_images(root, "train"), cfg.palette_size, args.seed,
-                                        workers=args.workers))
-    views, tr_attrs, va, va_recs = _features(enc, root, args)
-    data, labels = _train_set(enc, views, tr_attrs, args, device)
+    if lite_cfg.colour == "lab":
+        heads.palette.copy_(fit_palette(enc, catalog_images(root, "train"), lite_cfg.palette_size, cfg.seed,
+                                        workers=cfg.workers))
+    views, tr_attrs, va, va_recs = _features(enc, root, cfg)
+    data, labels = _train_set(enc, views, tr_attrs, cfg, device)
     va_names = [r.attrs["productDisplayName"] for r in va_recs]
-    va_text = cached_text_backbone(enc, va_names, Path(args.cache_dir), "val-names")
-    clf = AttributeClassifiers(cfg.embed_dim, labels).to(device)
+    va_text = cached_text_backbone(enc, va_names, Path(cfg.cache_dir), "val-names")
+    clf = AttributeClassifiers(lite_cfg.embed_dim, labels).to(device)
     heads.to(device).train()
-    opt = torch.optim.AdamW(list(heads.parameters()) + list(clf.parameters()), lr=args.lr,
-                            weight_decay=args.weight_decay)
-    steps = args.epochs * ((len(tr_attrs) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(list(heads.parameters()) + list(clf.parameters()), lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * ((len(tr_attrs) + cfg.batch - 1) // cfg.batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     best, best_state, history = None, None, []
-    g = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        loss = _train_epoch(heads, clf, data, opt, sched, g, args, device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(cfg.epochs):
+        loss = _train_epoch(heads, clf, data, opt, sched, g, cfg, device)
         heads.eval()
         metrics = _val_metrics(heads, va, va_text, va_recs, device)
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), **metrics})
@@ -269,11 +272,9 @@ def run_align(args) -> int:
             best, best_state = history[-1], {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}
     heads.load_state_dict(best_state)
     heads.cpu().eval()
-    out = Path(args.out)
+    out = Path(cfg.out)
     heads.save(out)
     history_path = out.with_name(out.stem + ".train.json")
-    write_json(history_path, {"args": {k: v for k, v in vars(args).items() if k != "func"}, "config": asdict(cfg),
-                              "best": best, "history": history})
+    write_json(history_path, {"args": record(cfg), "config": asdict(lite_cfg), "best": best, "history": history})
     log.info("wrote %s", plot_training(history_path, history, f"train.py align: {out.name}", best))
-    print(json.dumps({"saved": str(out), "best_val": best}))
-    return 0
+    return {"saved": str(out), "best_val": best}

@@ -6,7 +6,7 @@
                validation: the FashionIQ protocol on val (R@10 / R@50 per category and their average)
     cirr       the train split's triplets (cap.rc2.train.json); validation: the CIRR protocol on val
 
-Every split's images are extracted once into a feature folder (extract_features.ensure_index) by the encoder
+Every split's images are extracted once into a feature folder (IndexStore.open) by the encoder
 being trained, and read raw (FeatureIndex.raw_matrix): what the Combiner and sum fusion take. The test splits
 are never read here.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,16 +30,18 @@ from cir.data import (
     fashioniq_images,
     fashioniq_triplets,
     list_images,
+    randomized_fiq_caption,
     resolve_data_root,
 )
 from cir.data.fashioniq import fashioniq_image_records
+from cir.encoders import Encoder
 from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
 from cir.evaluation.protocols import compose_queries, composed_cirr, composed_fashioniq, fashioniq_indexes
-from cir.extraction.local import ensure_index, index_name
+from cir.extraction import index_name
 from cir.index import FeatureIndex, search
+from cir.training.config import TRAIN_DATASETS, ComposedConfig
 
 log = logging.getLogger("train")
-TRAIN_DATASETS = ("catalog", "fashioniq", "cirr")
 
 
 @dataclass
@@ -52,21 +53,6 @@ class Item:
     wanted: tuple | None = None     # catalogue: triplets.condition_key; every item satisfying it is a positive
 
 
-def randomized_fiq_caption(captions: Sequence[str], rng: random.Random) -> str:
-    """One of CLIP4Cir's four training views of FashionIQ's two captions, equally likely: "c1 and c2",
-    "c2 and c1", "c1", "c2" (each cleaned of '.?, ' at its ends, the first letter capitalised). A triplet
-    with one empty caption uses the other."""
-    c = [x.strip().strip(".?, ") for x in captions]
-    c = [x for x in c if x]
-    r = rng.random()
-    if len(c) < 2:
-        return c[0].capitalize() if c else ""
-    a, b = c[:2]
-    text = f"{a.capitalize()} and {b}" if r < 0.25 else f"{b.capitalize()} and {a}" if r < 0.5 else \
-        a.capitalize() if r < 0.75 else b.capitalize()
-    return text
-
-
 class TrainData:
     """The shared interface: the train index, each epoch's items, soft targets, validation."""
 
@@ -74,16 +60,14 @@ class TrainData:
     score_keys: tuple[str, ...]     # validation metrics whose sum picks the best epoch
     train: FeatureIndex
 
-    def __init__(self, encoder, args):
-        self.encoder, self.args = encoder, args
-        self.root = resolve_data_root(self.dataset, args.data_root)
+    def __init__(self, encoder: Encoder, cfg: ComposedConfig):
+        self.encoder, self.cfg = encoder, cfg
+        self.root = resolve_data_root(self.dataset, cfg.data_root)
         self._epochs: dict[int, list[Item]] = {}
 
     def index(self, records: Sequence[ImageRecord], name: str, **info: Any) -> FeatureIndex:
         """The feature folder of `records` under --features: extracted by the encoder once, then loaded."""
-        return ensure_index(records, self.encoder, Path(self.args.features) / name, batch_size=self.args.batch_size,
-                            workers=self.args.workers,
-                            info={"dataset": self.dataset, "data_root": str(self.root), **info})
+        return self.cfg.store.open(records, self.encoder, name, dataset=self.dataset, data_root=str(self.root), **info)
 
     def epoch(self, epoch: int) -> list[Item]:
         """The train items of `epoch` (made once, then kept: a resumed run sees the same ones)."""
@@ -114,8 +98,8 @@ class CatalogData(TrainData):
 
     dataset, score_keys = "catalog", ("R@10", "attr@10")
 
-    def __init__(self, encoder, args):
-        super().__init__(encoder, args)
+    def __init__(self, encoder: Encoder, cfg: ComposedConfig):
+        super().__init__(encoder, cfg)
         self.records, self.indexes, self.attrs = {}, {}, {}
         for split in ("train", "val"):  # never test
             recs = catalog_images(self.root, split)
@@ -124,13 +108,13 @@ class CatalogData(TrainData):
             by_name = {r.name: r.attrs for r in recs}
             self.attrs[split] = [by_name.get(n, {}) for n in idx.names]  # per index row
         self.train = self.indexes["train"]
-        val = triplets.generate(self.records["val"], seed=0, per_kind=args.val_per_kind)
+        val = triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind)
         self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
         self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
 
     def _make_epoch(self, epoch: int) -> list[Item]:
-        trips = triplets.generate(self.records["train"], seed=self.args.seed * 1000 + epoch,
-                                  per_kind=self.args.per_kind, phrasings=self.args.phrasings)
+        trips = triplets.generate(self.records["train"], seed=self.cfg.seed * 1000 + epoch,
+                                  per_kind=self.cfg.per_kind, phrasings=self.cfg.phrasings)
         idx = self.train
         return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption, triplets.condition_key(t))
                 for t in trips if t.reference in idx and t.target in idx]
@@ -160,9 +144,9 @@ class FashionIQData(TrainData):
 
     dataset, score_keys = "fashioniq", ("average_R@10", "average_R@50")
 
-    def __init__(self, encoder, args):
-        super().__init__(encoder, args)
-        self.categories = list(args.categories or fashioniq_categories(self.root))
+    def __init__(self, encoder: Encoder, cfg: ComposedConfig):
+        super().__init__(encoder, cfg)
+        self.categories = list(cfg.categories or fashioniq_categories(self.root))
         self.triplets = [t for t in fashioniq_triplets(self.root, "train", self.categories)
                          if t.target is not None and any(c.strip() for c in t.captions)]
         # The train index: every train image of the categories, and every reference and target.
@@ -179,7 +163,7 @@ class FashionIQData(TrainData):
                                                                                            **info))
 
     def _make_epoch(self, epoch: int) -> list[Item]:
-        rng = random.Random(self.args.seed * 1000 + epoch)
+        rng = random.Random(self.cfg.seed * 1000 + epoch)
         return [Item(self.train.id_of(t.reference), self.train.id_of(t.target), randomized_fiq_caption(t.captions, rng))
                 for t in self.triplets]
 
@@ -192,8 +176,8 @@ class CIRRData(TrainData):
 
     dataset, score_keys = "cirr", ("R@5", "Rsubset@1")
 
-    def __init__(self, encoder, args):
-        super().__init__(encoder, args)
+    def __init__(self, encoder: Encoder, cfg: ComposedConfig):
+        super().__init__(encoder, cfg)
         captions = cirr_file(self.root, "captions", "train")
         if not captions.is_file():
             raise FileNotFoundError(f"CIRR training needs the train captions {captions}, which are absent under "
@@ -214,16 +198,16 @@ class CIRRData(TrainData):
         return composed_cirr(texts, self.val_index, self.val, method, combiner).metrics
 
 
-def load_train_data(encoder, args) -> TrainData:
+def load_train_data(encoder: Encoder, cfg: ComposedConfig) -> TrainData:
     """The training data of --dataset."""
     kinds = {"catalog": CatalogData, "fashioniq": FashionIQData, "cirr": CIRRData}
-    if args.dataset not in kinds:
-        raise ValueError(f"unknown training dataset {args.dataset!r}; valid: {', '.join(TRAIN_DATASETS)}")
-    data = kinds[args.dataset](encoder, args)
-    log.info("%s: %d train images, %d train triplets per epoch, %d val queries", args.dataset, len(data.train),
+    if cfg.dataset not in kinds:
+        raise ValueError(f"unknown training dataset {cfg.dataset!r}; valid: {', '.join(TRAIN_DATASETS)}")
+    data = kinds[cfg.dataset](encoder, cfg)
+    log.info("%s: %d train images, %d train triplets per epoch, %d val queries", cfg.dataset, len(data.train),
              len(data.epoch(0)), len(data.val))
     if not data.epoch(0):
-        raise ValueError(f"no usable {args.dataset} train triplets under {data.root}")
+        raise ValueError(f"no usable {cfg.dataset} train triplets under {data.root}")
     return data
 
 

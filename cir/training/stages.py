@@ -3,7 +3,6 @@ stage 2 trains the Combiner on frozen, cached features; the shared epoch loop (f
 best epoch on val, resumable) and the losses."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -16,37 +15,11 @@ from tqdm import tqdm
 from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
 from cir.evaluation.plots import plot_training
+from cir.training.config import CombinerStageConfig, ComposedConfig, TextStageConfig, record
 from cir.training.data import FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
-from cir.utils import atomic_write, content_key, get_device, write_json
+from cir.utils import atomic_write, get_device, write_json
 
 log = logging.getLogger("train")
-
-
-# Stage defaults: this project's (tuned on the catalogue's val split) and the original CLIP4Cir scripts'.
-# Combiner sizes may be multiples of the encoder's feature size (RN50x4: 640 -> 2560 / 5120).
-PRESETS: dict[str, dict[str, dict]] = {
-    "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
-                "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
-                             "hidden_dim": 1024, "dropout": 0.2}},
-    "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
-                 "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
-                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch"}},
-}
-
-
-# The loss where the user and the preset say nothing: the gallery objective wins on the catalogue's val split
-# (README); elsewhere, without attributes to spread the target over, the papers' batch classification.
-DEFAULT_NEGATIVES = {"catalog": "gallery", "fashioniq": "batch", "cirr": "batch"}
-
-
-def resolve_defaults(args, stage: str, feature_dim: int) -> None:
-    """Fill the options left unset (None) from --preset, in place; "4x" means 4 x the feature size."""
-    for key, value in PRESETS[args.preset][stage].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, feature_dim * int(value[:-1]) if isinstance(value, str) and value.endswith("x")
-                    else value)
-    if args.negatives is None:
-        args.negatives = DEFAULT_NEGATIVES[args.dataset]
 
 
 def composed_loss(logits: torch.Tensor, data: TrainData, batch: list[Item], tgts: torch.Tensor,
@@ -61,11 +34,9 @@ def composed_loss(logits: torch.Tensor, data: TrainData, batch: list[Item], tgts
 class Checkpointer:
     """Per-epoch training state under the cache dir, so an interrupted run resumes where it stopped."""
 
-    def __init__(self, args, kind: str):
-        skip = {"restart", "verbose", "workers", "epochs", "func", "cmd", "out"}
-        key = content_key(kind, {k: v for k, v in sorted(vars(args).items()) if k not in skip})
-        self.path = Path(args.cache_dir) / f"{kind}-{key}.resume.pt"
-        if args.restart and self.path.exists():
+    def __init__(self, cfg: ComposedConfig):
+        self.path = cfg.resume_file()
+        if cfg.restart and self.path.exists():
             self.path.unlink()
 
     def load(self) -> dict | None:
@@ -83,12 +54,12 @@ class Checkpointer:
         self.path.unlink(missing_ok=True)
 
 
-def _optimizer(args, params: list) -> torch.optim.Optimizer:
+def _optimizer(cfg: ComposedConfig, params: list) -> torch.optim.Optimizer:
     """Adam, or AdamW as CLIP4Cir's stage 1 (eps 1e-7, torch's default decay 0.01); an explicit decay wins."""
-    if args.optimizer == "adamw":
-        decay = 0.01 if args.weight_decay is None else args.weight_decay
-        return torch.optim.AdamW(params, lr=args.lr, weight_decay=decay, eps=1e-7)
-    return torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay or 0.0)
+    if cfg.optimizer == "adamw":
+        decay = 0.01 if cfg.weight_decay is None else cfg.weight_decay
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=decay, eps=1e-7)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
 
 
 def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> list[list[int]]:
@@ -100,11 +71,12 @@ def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> 
     return [b for b in out if len(b) >= 2]
 
 
-def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TrainData, step, validate) -> tuple:
+def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: TrainData, step, validate) -> tuple:
     """The shared epoch loop: fresh items per epoch, best-on-val, resumable. Returns (best, history, ckpt)."""
-    torch.manual_seed(args.seed)
-    opt = _optimizer(args, params)
-    ckpt = Checkpointer(args, kind)
+    torch.manual_seed(cfg.seed)
+    opt = _optimizer(cfg, params)
+    ckpt = Checkpointer(cfg)
+    kind = cfg.cmd
     state = ckpt.load()
     start, best, best_state, history = 0, None, None, []
     if state:
@@ -113,13 +85,13 @@ def _fit(args, kind: str, module: torch.nn.Module, params: list, data: TrainData
         start, history, best_state = state["epoch"], state["history"], state["best_state"]
         best = max(history, key=data.score) if history else None
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    for epoch in range(start, args.epochs):
+    for epoch in range(start, cfg.epochs):
         items = data.epoch(epoch)
-        batches = _batches(len(items), args.batch, args.negatives == "batch",
-                           torch.Generator().manual_seed(args.seed * 1000 + epoch))
+        batches = _batches(len(items), cfg.batch, cfg.negatives == "batch",
+                           torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
         module.train()
         total, seen, t0 = 0.0, 0, time.time()
-        bar = tqdm(batches, desc=f"{kind} epoch {epoch + 1}/{args.epochs}", leave=False)
+        bar = tqdm(batches, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for ib in bar:
             loss = step([items[i] for i in ib])
             opt.zero_grad(set_to_none=True)
@@ -153,33 +125,33 @@ def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
             torch.tensor([it.tgt for it in batch], device=device))
 
 
-def cmd_combiner(args) -> int:
-    device = get_device(args.device)
-    encoder = encoders.load(args.encoder, device, text=args.text_encoder)
-    resolve_defaults(args, "combiner", encoder.dim)
-    data = load_train_data(encoder, args)
+def train_combiner(cfg: CombinerStageConfig) -> dict:
+    """Stage 2: the Combiner on frozen features, the best epoch on val, saved to cfg.out; returns a summary."""
+    device = get_device(cfg.device)
+    encoder = encoders.load(cfg.encoder, device, text=cfg.text_encoder)
+    cfg = cfg.with_preset(encoder.dim)
+    data = load_train_data(encoder, cfg)
     texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
     # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on; the text
     # side as TextSide records it, so the server and evaluate.py pair it with the same side.
-    cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=args.projection_dim, hidden_dim=args.hidden_dim,
-                         dropout=args.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
-                         inputs="raw")
-    combiner = Combiner(cfg).to(device)
+    model_cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
+                               dropout=cfg.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
+                               inputs="raw")
+    combiner = Combiner(model_cfg).to(device)
     raw = data.train.raw_matrix().to(device)
     unit = F.normalize(raw, dim=-1)
 
     def step(batch: list[Item]) -> torch.Tensor:
         refs, tgts = _rows(batch, device)
         text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)
-        gallery = unit if args.negatives == "gallery" else unit[tgts]
-        return composed_loss(combiner(raw[refs], text, gallery), data, batch, tgts.cpu(), args.negatives)
+        gallery = unit if cfg.negatives == "gallery" else unit[tgts]
+        return composed_loss(combiner(raw[refs], text, gallery), data, batch, tgts.cpu(), cfg.negatives)
 
     t0 = time.time()
-    best, history, ckpt = _fit(args, "combiner", combiner, list(combiner.parameters()), data, step,
+    best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), data, step,
                                lambda: _validate_on_cpu(data, texts, combiner, device))
-    combiner.cpu().save(args.out)
-    _finish(args, ckpt, best, history, time.time() - t0, {"config": asdict(cfg)})
-    return 0
+    combiner.cpu().save(cfg.out)
+    return _finish(cfg, ckpt, best, history, time.time() - t0, {"config": asdict(model_cfg)})
 
 
 def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) -> dict:
@@ -190,12 +162,14 @@ def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) ->
         module.to(device)
 
 
-def cmd_text(args) -> int:
-    device = get_device(args.device)
-    encoder = encoders.load(args.encoder, device)
-    resolve_defaults(args, "text", encoder.dim)
-    data = load_train_data(encoder, args)
-    prefixes = encoder.text_prefixes(args.layers)
+def train_text(cfg: TextStageConfig) -> dict:
+    """Stage 1: the text side fine-tuned with sum fusion, the best epoch on val, saved to cfg.out; returns a
+    summary."""
+    device = get_device(cfg.device)
+    encoder = encoders.load(cfg.encoder, device)
+    cfg = cfg.with_preset(encoder.dim)
+    data = load_train_data(encoder, cfg)
+    prefixes = encoder.text_prefixes(cfg.layers)
     encoder.requires_grad_(False)
     params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
     for p in params:
@@ -207,25 +181,25 @@ def cmd_text(args) -> int:
         refs, tgts = _rows(batch, device)
         text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
         q = element_wise_sum(raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
-        gallery = unit if args.negatives == "gallery" else unit[tgts]
-        return composed_loss(args.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), args.negatives)
+        gallery = unit if cfg.negatives == "gallery" else unit[tgts]
+        return composed_loss(cfg.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), cfg.negatives)
 
     t0 = time.time()
-    best, history, ckpt = _fit(args, "text", encoder, params, data, step,
+    best, history, ckpt = _fit(cfg, encoder, params, data, step,
                                lambda: data.validate(TrainingTexts(encoder), "sum"))
     encoder.cpu()
-    encoder.save_text(args.out, prefixes, {"best_val": best, "layers": args.layers, "dataset": args.dataset})
-    _finish(args, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
-    return 0
+    encoder.save_text(cfg.out, prefixes, {"best_val": best, "layers": cfg.layers, "dataset": cfg.dataset})
+    return _finish(cfg, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
 
 
-def _finish(args, ckpt: Checkpointer, best: dict, history: list, seconds: float, extra: dict) -> None:
-    out = Path(args.out)
+def _finish(cfg: ComposedConfig, ckpt: Checkpointer, best: dict, history: list, seconds: float,
+            extra: dict) -> dict:
+    """The .train.json history (with the config as it ran) and its curve beside the checkpoint; the summary."""
+    out = Path(cfg.out)
     history_path = out.with_name(out.stem + ".train.json")
-    write_json(history_path,
-               {"args": {k: v for k, v in vars(args).items() if k != "func"}, "best": best, "history": history,
-                "seconds": round(seconds, 1), **extra})
-    log.info("wrote %s", plot_training(history_path, history, f"train.py {args.cmd} on {args.dataset}: {out.name}",
+    write_json(history_path, {"args": record(cfg), "best": best, "history": history, "seconds": round(seconds, 1),
+                              **extra})
+    log.info("wrote %s", plot_training(history_path, history, f"train.py {cfg.cmd} on {cfg.dataset}: {out.name}",
                                           best))
     ckpt.done()
-    print(json.dumps({"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}))
+    return {"saved": str(out), "best_val": best, "seconds": round(seconds, 1)}

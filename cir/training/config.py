@@ -1,0 +1,147 @@
+"""Typed configs of the three training commands, one per stage; each field is the flag of the same name
+(`python3 train.py <stage> --help` says more). A run records its config, as it ran (presets resolved), under
+"args" in the checkpoint's .train.json, and keys its resume state on it.
+
+    AlignConfig          train.py align     the lite encoder's projection heads
+    TextStageConfig      train.py text      stage 1: the text side, sum fusion
+    CombinerStageConfig  train.py combiner  stage 2: the Combiner on frozen features
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cir.extraction import IndexStore
+from cir.paths import WEIGHTS_DIR
+from cir.utils import content_key
+
+# Stage defaults: this project's (tuned on the catalogue's val split) and the original CLIP4Cir scripts'.
+# Combiner sizes may be multiples of the encoder's feature size (RN50x4: 640 -> 2560 / 5120).
+PRESETS: dict[str, dict[str, dict]] = {
+    "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
+                "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
+                             "hidden_dim": 1024, "dropout": 0.2}},
+    "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
+                 "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
+                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch"}},
+}
+# The loss where the user and the preset say nothing: the gallery objective wins on the catalogue's val split
+# (docs/benchmarks.md); elsewhere, without attributes to spread the target over, the papers' batch loss.
+DEFAULT_NEGATIVES = {"catalog": "gallery", "fashioniq": "batch", "cirr": "batch"}
+TRAIN_DATASETS = ("catalog", "fashioniq", "cirr")
+# Fields that do not change what a run computes: a resumed run may differ in them.
+_NOT_IN_RESUME_KEY = {"restart", "verbose", "workers", "epochs", "cmd", "out"}
+
+C = TypeVar("C")
+
+
+def record(cfg: Any) -> dict:
+    """The config as .train.json records it under "args"."""
+    return asdict(cfg)
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """`train.py align`: the lite encoder's heads on the catalogue's train split, the best epoch picked on val."""
+
+    cmd: str = field(default="align", init=False)
+    data_root: str | None = None        # catalogue folder (None: $CIR_DATA_ROOT or ../shared/data)
+    out: str = str(WEIGHTS_DIR / "lite.safetensors")   # the heads (+ .json config beside them)
+    cache_dir: str = ".cache/train"     # cache of frozen-tower features
+    epochs: int = 40                    # passes over the train images
+    batch: int = 512                    # contrastive batch size (more in-batch negatives)
+    lr: float = 2e-3                    # peak learning rate (one-cycle schedule)
+    weight_decay: float = 0.05          # AdamW weight decay
+    embed_dim: int = 256                # shared space size
+    hidden_dim: int = 1024              # hidden width of the heads
+    dropout: float = 0.3                # dropout in the heads
+    captions_per_image: int = 8         # texts per image (product name + attribute descriptions), one per epoch
+    name_prob: float = 0.7              # probability that an image's text in an epoch is its product name
+    colour: str = "lab"                 # colour descriptor: lab (CIELAB palette + HSV histogram) or hsv
+    palette_size: int = 64              # lab: colours in the palette learned from train pixels
+    augment_views: int = 2              # colour-preserving augmented views of each train image
+    augment_p: float = 0.5              # probability an image is seen in an augmented view
+    attr_weight: float = 0.5            # weight of the attribute losses on the image embedding
+    i2i_weight: float = 0.1             # weight of the image-image loss (same type and colour are positives)
+    i2i_scale: float = 10.0             # similarity scale of the image-image loss
+    batch_size: int = 64                # images per tower batch when caching features
+    workers: int | None = None          # decoding workers (None: min(4, cores))
+    device: str = "auto"                # auto (CUDA when present), cpu, cuda
+    seed: int = 0                       # seed for texts, shuffling and init
+    verbose: bool = False               # debug logging
+
+
+@dataclass(frozen=True)
+class ComposedConfig:
+    """What both composed stages share. Fields left None come from `preset` (see with_preset)."""
+
+    cmd: str = field(default="", init=False)
+    dataset: str = "catalog"            # catalog (generated triplets), fashioniq or cirr: train split, val split
+    data_root: str | None = None        # dataset folder (None: $CIR_DATA_ROOT or ../shared/data)
+    categories: tuple[str, ...] | None = None   # FashionIQ categories (None: every one found)
+    encoder: str = "lite"               # encoder name (encoders.available_models())
+    features: str = "features"          # features root: train/val indexes are read from (or extracted into) it
+    out: str = ""                       # checkpoint path (.safetensors; .json beside it)
+    cache_dir: str = ".cache/train"     # where per-epoch resume state is kept
+    preset: str = "project"             # defaults of the None fields: project or clip4cir (PRESETS)
+    epochs: int = 10                    # passes over the train triplets
+    lr: float | None = None             # learning rate
+    optimizer: str | None = None        # adam or adamw
+    weight_decay: float | None = None   # None: 0 for adam, 0.01 for adamw (torch's AdamW)
+    batch: int | None = None            # triplets per batch
+    negatives: str | None = None        # batch (the papers' loss) or gallery (this project's); None: by dataset
+    per_kind: int = 1500                # catalog: train triplets of each kind drawn per epoch
+    val_per_kind: int = 500             # catalog: val triplets of each kind (fixed seed 0)
+    phrasings: str = "train"            # catalog: caption templates trained on (train keeps every 4th unseen)
+    batch_size: int = 64                # images per batch if features must be extracted
+    workers: int | None = None          # decoding workers if features must be extracted
+    device: str = "auto"                # auto (CUDA when present), cpu, cuda
+    seed: int = 0                       # seed for triplets, caption draws, shuffling and init
+    restart: bool = False               # ignore saved resume state and start over
+    verbose: bool = False               # debug logging
+
+    @property
+    def store(self) -> IndexStore:
+        """Where the train and val indexes are, and how a missing one is extracted."""
+        return IndexStore(Path(self.features), self.batch_size, self.workers)
+
+    def with_preset(self: C, feature_dim: int) -> C:
+        """This config with the None fields filled from its preset; "4x" means 4 x the feature size."""
+        filled: dict[str, Any] = {}
+        for key, value in PRESETS[self.preset][self.cmd].items():
+            if getattr(self, key, None) is None:
+                filled[key] = (feature_dim * int(value[:-1]) if isinstance(value, str) and value.endswith("x")
+                               else value)
+        if self.negatives is None and "negatives" not in filled:
+            filled["negatives"] = DEFAULT_NEGATIVES[self.dataset]
+        return replace(self, **filled)
+
+    def resume_file(self) -> Path:
+        """The resume state of this very run (its settings, not the epochs asked for or the output path)."""
+        key = content_key(self.cmd, {k: v for k, v in sorted(asdict(self).items()) if k not in _NOT_IN_RESUME_KEY})
+        return Path(self.cache_dir) / f"{self.cmd}-{key}.resume.pt"
+
+
+@dataclass(frozen=True)
+class TextStageConfig(ComposedConfig):
+    """`train.py text`: stage 1 of CLIP4Cir (TOMM 2023), the text side fine-tuned with sum fusion."""
+
+    cmd: str = field(default="text", init=False)
+    out: str = str(WEIGHTS_DIR / "lite-text.safetensors")
+    epochs: int = 10
+    layers: int = 0                     # lite: top MiniLM layers also fine-tuned (0: the head only); hf: top layers
+    logit_scale: float = 100.0          # similarity scale of the classification loss
+
+
+@dataclass(frozen=True)
+class CombinerStageConfig(ComposedConfig):
+    """`train.py combiner`: stage 2, the Combiner on frozen, cached features."""
+
+    cmd: str = field(default="combiner", init=False)
+    out: str = str(WEIGHTS_DIR / "combiner.safetensors")
+    epochs: int = 40
+    text_encoder: str = "base"          # the text side trained on: base, stage1 or a checkpoint path
+    projection_dim: int | None = None   # Combiner projection size (preset: 512, or 4x the feature size)
+    hidden_dim: int | None = None       # fused / λ branch hidden size (preset: 1024, or 8x)
+    dropout: float | None = None        # Combiner dropout (preset)
