@@ -1,5 +1,5 @@
 """How well the explanations localise, and what they cost: on catalogue test images, the share of the map's
-heat on the product (its non-white pixels, colour.foreground) against a uniform map's share (the product's
+heat on the product (its non-white pixels, cir.encoders.colour.foreground) against a uniform map's share (the product's
 area), for text queries of the product's own colour and type ("a navy blue shirt"); and ms per explanation
 on this machine (torch and ONNX Runtime limited to --threads). Optionally a picture of a few explanations.
 
@@ -16,15 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import encoders  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from colour import foreground  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import data_utils  # noqa: E402
-import explain  # noqa: E402
-from utils import setup_logging  # noqa: E402
+from cir import encoders  # noqa: E402
+from cir.data import catalog_images, known, resolve_data_root  # noqa: E402
+from cir.encoders.colour import foreground  # noqa: E402
+from cir.explain import Explainer, query_vector, to_image_frame  # noqa: E402
+from cir.images import open_image  # noqa: E402
+from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_explain")
 
@@ -44,14 +45,14 @@ def main() -> None:
     setup_logging()
     torch.set_num_threads(args.threads)
     enc = encoders.load("lite", "cpu")
-    ex = explain.Explainer(enc)
-    records = [r for r in data_utils.catalog_images(data_utils.resolve_data_root("catalog", args.data_root), "test")
-               if r.attrs.get("baseColour") not in ("", "NA", None) and r.attrs.get("articleType")][:args.n]
+    ex = Explainer(enc)
+    records = [r for r in catalog_images(resolve_data_root("catalog", args.data_root), "test")
+               if known(r.attrs.get("baseColour")) and r.attrs.get("articleType")][:args.n]
     shares, uniform, cnn_shares, times, strip = [], [], [], [], []
     for r in records:
-        im = explain._open(r.path)
+        im = open_image(r.path)
         text = f"a {r.attrs['baseColour'].lower()} {r.attrs['articleType'].lower()}"
-        q = explain.query_vector(enc, text)
+        q = query_vector(enc, text)
         t0 = time.perf_counter()
         e = ex.explain(im, q)
         times.append((time.perf_counter() - t0) * 1000)
@@ -59,7 +60,7 @@ def main() -> None:
         if not 0.02 < mask.mean() < 0.98:
             continue  # no studio background found: no product mask to score against
         shares.append(float(e.heat[mask].sum() / max(e.heat.sum(), 1e-9)))
-        cnn = explain.to_image_frame(torch.from_numpy(e.cnn), enc.preprocess, im.width, im.height)
+        cnn = to_image_frame(torch.from_numpy(e.cnn), enc.preprocess, im.width, im.height)
         cnn_shares.append(float(cnn[mask].sum() / max(cnn.sum(), 1e-9)))
         uniform.append(float(mask.mean()))
         if len(strip) < 6:

@@ -29,7 +29,7 @@ import platform  # noqa: E402
 import torch  # noqa: E402
 
 from cir import encoders  # noqa: E402
-from cir.data import catalog_images, resolve_data_root  # noqa: E402
+from cir.data import catalog_images, known, resolve_data_root  # noqa: E402
 from cir.evaluation.protocols import image2image, text2image  # noqa: E402
 from cir.extraction.local import extract_index  # noqa: E402
 from cir.index import FeatureIndex, load_index  # noqa: E402
@@ -45,8 +45,8 @@ def probes(index: FeatureIndex, train: list, test: list) -> dict[str, float]:
     mat = index.matrix().numpy()
     out = {}
     for attr in ("baseColour", "gender", "articleType", "usage", "pattern"):
-        tr = [(row[r.name], r.attrs[attr]) for r in train if r.name in row and r.attrs.get(attr, "") not in ("", "NA")]
-        te = [(row[r.name], r.attrs[attr]) for r in test if r.name in row and r.attrs.get(attr, "") not in ("", "NA")]
+        tr = [(row[r.name], r.attrs[attr]) for r in train if r.name in row and known(r.attrs.get(attr))]
+        te = [(row[r.name], r.attrs[attr]) for r in test if r.name in row and known(r.attrs.get(attr))]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         clf.fit(mat[[i for i, _ in tr]], [v for _, v in tr])
         out[attr] = round(100 * float((clf.predict(mat[[i for i, _ in te]]) == [v for _, v in te]).mean()), 1)

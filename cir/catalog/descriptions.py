@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 from typing import Mapping
 
+from cir.data import known
+
 # articleType -> (singular, plural) as a shopper says it. Types missing here fall back to lower case.
 ARTICLE_NAMES: dict[str, tuple[str, str]] = {
     "Tshirts": ("t-shirt", "t-shirts"), "Shirts": ("shirt", "shirts"), "Casual Shoes": ("casual shoe", "casual shoes"),
@@ -48,9 +50,9 @@ PLURAL_ONLY = {"Sunglasses", "Jeans", "Shorts", "Trousers", "Track Pants", "Capr
 GENDER_PHRASES = {"Men": ("men", "men's"), "Women": ("women", "women's"), "Boys": ("boys", "boys'"),
                   "Girls": ("girls", "girls'"), "Unisex": ("anyone", "unisex")}
 COLOUR_PHRASES = {"Multi": "multicoloured", "Navy Blue": "navy blue", "Off White": "off-white",
-                  "Grey Melange": "grey melange", "NA": ""}
+                  "Grey Melange": "grey melange"}
 USAGE_PHRASES = {"Casual": "casual", "Formal": "formal", "Sports": "sporty", "Ethnic": "ethnic",
-                 "Smart Casual": "smart casual", "Travel": "travel", "NA": ""}
+                 "Smart Casual": "smart casual", "Travel": "travel"}
 
 
 def article_phrase(article_type: str, plural: bool = False) -> str:
@@ -68,11 +70,13 @@ def article_with_a(article_type: str) -> str:
 
 
 def colour_phrase(colour: str) -> str:
-    return COLOUR_PHRASES.get(colour, colour.lower())
+    """'Navy Blue' -> 'navy blue'; a missing colour has no phrase ('')."""
+    return COLOUR_PHRASES.get(colour, colour.lower()) if known(colour) else ""
 
 
 def usage_phrase(usage: str) -> str:
-    return USAGE_PHRASES.get(usage, usage.lower())
+    """'Sports' -> 'sporty'; a missing usage has no phrase ('')."""
+    return USAGE_PHRASES.get(usage, usage.lower()) if known(usage) else ""
 
 
 def with_a(phrase: str) -> str:

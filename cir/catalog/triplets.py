@@ -37,7 +37,7 @@ from cir.catalog.conditions import (  # noqa: F401 (public here)
     make_key,
     satisfies,
 )
-from cir.data import PATTERNS
+from cir.data import PATTERNS, known
 
 WANTED_KEYS = ("gender", "articleType", "baseColour", "usage")
 CONDITION_KEYS = WANTED_KEYS + ("pattern", "subCategory")   # every attribute a condition may name
@@ -54,7 +54,6 @@ KEPT = {"colour": WANTED_KEYS, "type": WANTED_KEYS, "usage": WANTED_KEYS,
         "gender": ("gender", "articleType", "baseColour"), "pattern": ("gender", "articleType", "pattern")}
 GENDER_SWAPS = {"Men": ("Women", "Boys"), "Women": ("Men", "Girls"), "Boys": ("Girls", "Men"),
                 "Girls": ("Boys", "Women")}
-MISSING = ("", "NA")
 
 # matching: caption noun, whether it is plural (no article), and the category condition.
 MATCH_TARGETS: dict[str, tuple[str, bool, dict]] = {
@@ -107,8 +106,7 @@ class _Catalog:
 
     def __init__(self, records: Sequence):
         items = sorted(records, key=lambda r: r.name)
-        self.records = [r for r in items if r.attrs.get("baseColour") not in MISSING
-                        and r.attrs.get("usage") not in MISSING]
+        self.records = [r for r in items if known(r.attrs.get("baseColour")) and known(r.attrs.get("usage"))]
         self.names = [r.name for r in self.records]
         self.attrs = [{k: r.attrs.get(k, "") for k in CONDITION_KEYS} for r in self.records]
         self.masks = ConditionMasks(self.attrs)
@@ -168,7 +166,7 @@ class _Catalog:
             return value in GENDER_SWAPS.get(old, ())
         if attr == "pattern":
             return old != "" and value not in ("", old)
-        return value != old and value not in MISSING
+        return value != old and known(value)
 
 
 # ----------------------------------------------------------------------------------------------- change kinds

@@ -48,16 +48,16 @@ from cir.data.fashioniq import (
     randomized_fiq_caption,
 )
 from cir.data.folders import folder_images
-from cir.data.products import PATTERNS, catalog_images, pattern_of
+from cir.data.products import MISSING_VALUES, PATTERNS, catalog_images, known, pattern_of
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AnnotationError", "CIRR_SPLITS", "DATASETS", "DATA_ROOT_ENV", "DEFAULT_SUBDIRS", "FASHIONIQ_EXTENSIONS",
-    "FASHIONIQ_SPLITS", "IMAGE_EXTENSIONS", "ImageRecord", "MissingImageError", "PATTERNS", "Triplet",
+    "FASHIONIQ_SPLITS", "IMAGE_EXTENSIONS", "ImageRecord", "MISSING_VALUES", "MissingImageError", "PATTERNS", "Triplet",
     "catalog_images", "check_dataset", "check_images", "check_split", "cirr_file", "cirr_images",
     "cirr_triplets", "dataset_folder", "fashioniq_categories", "fashioniq_image_records", "fashioniq_images",
-    "fashioniq_triplets", "fiq_caption", "folder_images", "list_images", "load_json", "load_triplets",
+    "fashioniq_triplets", "fiq_caption", "folder_images", "known", "list_images", "load_json", "load_triplets",
     "pattern_of", "randomized_fiq_caption", "resolve_data_root",
 ]
 

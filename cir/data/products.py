@@ -12,6 +12,15 @@ from cir.data.common import AnnotationError, ImageRecord, check_split
 logger = logging.getLogger(__name__)
 
 
+# What styles.csv holds where an attribute is unknown: such a value is never a tag, a condition, a label or a phrase.
+MISSING_VALUES = ("", "NA")
+
+
+def known(value: str | None) -> bool:
+    """Whether a catalogue attribute value says something (not missing, not "NA")."""
+    return value is not None and value not in MISSING_VALUES
+
+
 # Pattern words of product names, checked in this order: the few names matching several ("Printed Stripe
 # Shirts", "Stripes Solid Sweaters", "Stripe Look Checks Shirts") get the first, the most specific pattern.
 PATTERN_WORDS = (

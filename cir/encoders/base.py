@@ -81,7 +81,7 @@ BASE_TEXT = TextSide(None)
 
 
 class CaptionEncoder(Protocol):
-    """What turns captions into features: an Encoder, or the server's cached and timed TimedTexts."""
+    """What turns captions into features: an Encoder, or one behind the cache of encoders.texts.CachedTexts."""
 
     dim: int
 

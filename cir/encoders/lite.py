@@ -21,6 +21,7 @@ from cir.encoders import towers
 from cir.encoders.base import BaseEncoder
 from cir.encoders.colour import LAB_EXTRA, hsv_histogram, lab_descriptor
 from cir.encoders.preprocess import LITE_MEAN, LITE_STD, Preprocess
+from cir.encoders.texts import Memo, encode_once
 from cir.utils import config_from_dict, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,8 @@ class LiteEncoder(BaseEncoder):
             feats = {k: v.to(self._device) for k, v in feats.items()}
             x = self.text_model(feats)["sentence_embedding"]
         else:  # frozen tower: a constant per text, worth memoising across training epochs
-            memo = self.__dict__.setdefault("_frozen_text_memo", {})
-            missing = [t for t in dict.fromkeys(texts) if t not in memo]
-            if missing:
-                memo.update(zip(missing, self.text_backbone(missing).clone()))  # clone leaves inference mode
-            x = torch.stack([memo[t] for t in texts]).to(self._device)
+            memo = self.__dict__.setdefault("_frozen_text_memo", Memo())
+            # clone: rows out of inference mode, so the head's gradient can flow from them
+            rows, _ = encode_once(list(texts), lambda chunk: self.text_backbone(chunk).clone(), memo, batch=None)
+            x = torch.stack(rows).to(self._device)
         return self.heads.text(x)

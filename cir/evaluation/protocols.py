@@ -27,7 +27,7 @@ from cir.evaluation.submission import (  # noqa: F401
     write_submission,
 )
 from cir.extraction.local import index_name
-from cir.index import FeatureIndex, search
+from cir.index import FeatureIndex, rank_subset, search
 
 log = logging.getLogger("evaluate")
 
@@ -203,18 +203,10 @@ def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureInd
 
 def group_rankings(queries: torch.Tensor, index: FeatureIndex, references: Sequence[str],
                    groups: Sequence[Sequence[str]], k: int = CIRR_SUBSET_TOP) -> list[list[str]]:
-    """Per query, its group members ranked by index.search over a sub-index of just those rows; the
-    reference (and any member without features) is left out."""
-    out = []
-    for q, ref, group in zip(queries, references, groups):
-        members = [m for m in dict.fromkeys(group) if m != ref and m in index]
-        if not members:
-            out.append([])
-            continue
-        rows = torch.tensor([index.id_of(m) for m in members])
-        _, ids = search(q[None], index.features[rows], k)
-        out.append([members[j] for j in ids[0].tolist()])
-    return out
+    """Per query, the top k of its group members (index.rank_subset: the index's backend, as the demo's group
+    row); the reference, and any member without features, is left out."""
+    return [[name for name, _ in rank_subset(q, index, [m for m in group if m != ref], k)]
+            for q, ref, group in zip(queries, references, groups)]
 
 
 def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequence[Triplet], method: str,

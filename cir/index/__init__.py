@@ -31,7 +31,7 @@ from .backends.exact import ExactBackend
 from .backends.faiss import FaissBackend
 from .backends.milvus import MilvusBackend, collection_name, load_into_milvus, milvus_client
 from .errors import BackendUnavailable, IndexLoadError, StaleIndexError
-from .feature_index import FeatureIndex, load_index, open_backend_or_placeholder, with_backend
+from .feature_index import FeatureIndex, load_index, open_backend_or_placeholder, rank_subset, with_backend
 from .files import FEATURES_FILE, features_fingerprint, map_features, read_norms, verify_checksums
 from .registry import BACKENDS, open_backend, parse_backend
 from .search import Plan, exact_search, make_plan, search
@@ -42,5 +42,6 @@ __all__ = [
     "FeatureIndex", "IndexLoadError", "MilvusBackend", "Plan", "StaleIndexError", "UnavailableBackend",
     "ann_recall", "collection_name", "exact_search", "features_fingerprint", "load_index", "load_into_milvus",
     "make_plan", "map_features", "mask_credentials", "milvus_client", "open_backend",
-    "open_backend_or_placeholder", "parse_backend", "read_norms", "search", "verify_checksums", "with_backend",
+    "open_backend_or_placeholder", "parse_backend", "rank_subset", "read_norms", "search", "verify_checksums",
+    "with_backend",
 ]

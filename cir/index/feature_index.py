@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from .files import (
     verify_checksums,
 )
 from .registry import open_backend, parse_backend
+from .search import search
 from .specs import BackendSpec
 
 log = logging.getLogger("index")
@@ -218,3 +219,17 @@ def open_backend_or_placeholder(index: FeatureIndex, backend: "str | BackendSpec
         log.error("index backend %s of %s: %s", backend_spec.public, index.path, e)
         index.backend = UnavailableBackend(index, backend_spec, e, reopen=lambda: open_backend(index, backend_spec))
         return index
+
+
+def rank_subset(query: torch.Tensor, index: FeatureIndex, names: Sequence[str],
+                k: int | None = None) -> list[tuple[str, float]]:
+    """Some images of the index, by name, ranked by one query [d] or [1, d]: (name, score) best first, at most
+    k. Names without features are left out. Ranked by index.search restricted to their rows (`subset`), so by
+    the index's backend like every other ranking: CIRR's subset setting, in evaluation and in the demo alike.
+    """
+    members = [m for m in dict.fromkeys(names) if m in index]
+    if not members:
+        return []
+    rows = [index.id_of(m) for m in members]
+    scores, ids = search(query.reshape(1, -1), index, len(rows) if k is None else k, subset=rows)
+    return [(index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())]

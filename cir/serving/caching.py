@@ -1,4 +1,5 @@
-"""Small thread-safe caches and counters of the demo server: an LRU map, cached timed text encoding, metrics."""
+"""Small thread-safe caches and counters of the demo server: an LRU map (also the demo's cache of caption
+features, encoders.texts.CachedTexts) and per-app metrics."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,6 @@ from collections import Counter, OrderedDict, deque
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 
 class LRU:
@@ -86,31 +86,3 @@ class Metrics:
 
 def _round(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(x, nd)
-
-
-class TimedTexts:
-    """The part of an Encoder that model.compose uses (encode_texts), behind an LRU cache and a stopwatch.
-
-    One is made per query, so the measured time belongs to that query even with concurrent requests.
-    """
-
-    def __init__(self, encoder, cache: LRU, key: str):
-        self.encoder, self.cache, self.key = encoder, cache, key
-        self.ms = 0.0
-        self.cached = True
-
-    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
-        """Raw features are cached; normalised ones are derived from them (as Encoder.encode_texts)."""
-        t0 = time.perf_counter()
-        texts = [t.strip() if isinstance(t, str) else t for t in texts]
-        found = [self.cache.get((self.key, t)) for t in texts]
-        missing = list(dict.fromkeys(t for t, f in zip(texts, found) if f is None))
-        if missing:
-            self.cached = False
-            new = dict(zip(missing, self.encoder.encode_texts(missing, raw=True)))  # ValueError on empty
-            for t, f in new.items():
-                self.cache.put((self.key, t), f)
-            found = [f if f is not None else new[t] for t, f in zip(texts, found)]
-        out = torch.stack(found) if found else torch.zeros(0, self.encoder.dim)
-        self.ms += (time.perf_counter() - t0) * 1000
-        return out if raw else torch.nn.functional.normalize(out, dim=-1)

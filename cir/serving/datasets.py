@@ -15,16 +15,25 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from cir.catalog.descriptions import GENDER_PHRASES, PLURAL_ONLY, article_phrase, colour_phrase, usage_phrase, with_a
-from cir.data import CIRR_SPLITS, DATASETS, ImageRecord, folder_images, list_images, load_triplets, resolve_data_root
+from cir.data import (
+    CIRR_SPLITS,
+    DATASETS,
+    MISSING_VALUES,
+    ImageRecord,
+    folder_images,
+    known,
+    list_images,
+    load_triplets,
+    resolve_data_root,
+)
 from cir.encoders import Encoder
-from cir.index import FeatureIndex, IndexLoadError, load_index, open_backend_or_placeholder, search
+from cir.index import FeatureIndex, IndexLoadError, load_index, open_backend_or_placeholder, rank_subset
 from cir.serving.annotations import Annotations, annotations_for
 from cir.serving.errors import BadInput, NotFound
 
 log = logging.getLogger("datasets")
 
 TAG_KEYS = ("gender", "articleType", "baseColour", "usage")   # the chips offered in tags mode
-MISSING_VALUES = ("", "NA")                                     # catalogue placeholders, never offered as tags
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # dataset names appear in URLs
 
 
@@ -159,7 +168,7 @@ class Dataset:
         self.vocabulary: dict[str, list[tuple[str, int]]] = {}
         for key in TAG_KEYS:
             counts = Counter(r.attrs.get(key, "") for r in self.records.values())
-            for v in MISSING_VALUES:
+            for v in MISSING_VALUES:   # never offered as tags
                 counts.pop(v, None)
             if counts:
                 self.vocabulary[key] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -188,7 +197,7 @@ class Dataset:
         title = attrs.get("productDisplayName") or name
         return {"id": name, "title": title, "attrs": {k: attrs[k] for k in ("gender", "articleType", "baseColour",
                                                                            "usage", "season", "year")
-                                                      if attrs.get(k) not in (None, *MISSING_VALUES)}}
+                                                      if known(attrs.get(k))}}
 
     def browse(self, q: str = "", page: int = 1, per_page: int = 24) -> tuple[list[str], int]:
         """Image ids of one page of the (filtered) index, and how many match in all."""
@@ -311,16 +320,9 @@ def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None
 
 
 def rank_group(query: torch.Tensor, ds: Dataset, reference: str | None) -> list[tuple[str, float]]:
-    """CIRR's subset setting: the reference's img_set members (reference excluded), ranked by the query.
-
-    The members' rows are ranked by index.search like everything else, restricted to them (`subset`).
-    """
-    members = list(dict.fromkeys(m for m in ds.groups.get(reference or "", ()) if m != reference))
-    if not members:
-        return []
-    rows = [ds.index.id_of(m) for m in members]
-    scores, ids = search(query, ds.index, len(rows), subset=rows)
-    return [(ds.index.names[j], float(s)) for s, j in zip(scores[0].tolist(), ids[0].tolist())]
+    """CIRR's subset setting: the reference's img_set members (reference excluded), ranked by the query
+    (index.rank_subset, as evaluation ranks them)."""
+    return rank_subset(query, ds.index, [m for m in ds.groups.get(reference or "", ()) if m != reference])
 
 
 def stale_encoder_fields(manifest: dict, encoder: Encoder) -> list[str]:

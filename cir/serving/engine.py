@@ -33,10 +33,11 @@ from PIL import Image
 from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose, load_method
 from cir.encoders import Encoder, TextSide
+from cir.encoders.texts import CachedTexts
 from cir.explain import Explainer, Explanation
 from cir.images import as_displayed, open_image
 from cir.index import BackendUnavailable, parse_backend, search
-from cir.serving.caching import LRU, Metrics, TimedTexts
+from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import (
     DamagedDataset,
     Dataset,
@@ -308,7 +309,7 @@ class Engine:
         q = self._query_inputs(req, ds)
         method, ref_feats, exclude, combiner = q.method, q.ref_feats, q.exclude, q.combiner
         comb_name, text_name, warning = q.comb_name, q.text_name, q.warning
-        texts = TimedTexts(self.text_sides[text_name or "base"], self.text_cache, text_name or "base")
+        texts = CachedTexts(self.text_sides[text_name or "base"], self.text_cache, text_name or "base")
         t1 = time.perf_counter()
         with self.model_calls():
             t_locked = time.perf_counter()
@@ -366,7 +367,7 @@ class Engine:
             raise BadInput("give `result`: the id of the result image to explain")
         rec = ds.record(result)
         q = self._query_inputs(req, ds)
-        texts = TimedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
+        texts = CachedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
         try:
             image = open_image(rec.path)
         except FileNotFoundError:

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from cir.catalog.descriptions import training_captions
-from cir.data import ImageRecord, catalog_images, resolve_data_root
+from cir.data import ImageRecord, catalog_images, known, resolve_data_root
 from cir.encoders import LiteConfig, LiteEncoder, LiteHeads
 from cir.encoders.colour import learn_palette
 from cir.evaluation.metrics import recall_at_k
@@ -117,7 +117,7 @@ def attribute_targets(attrs: Sequence[dict],
         counts: dict[str, int] = {}
         for x in attrs:
             v = x.get(a, "")
-            if v not in ("", "NA"):
+            if known(v):
                 counts[v] = counts.get(v, 0) + 1
         values = sorted(v for v, c in counts.items() if c >= min_count)
         if len(values) < 2:  # nothing to classify (e.g. a catalogue without the attribute)

@@ -211,23 +211,6 @@ def load_train_data(encoder: Encoder, cfg: ComposedConfig) -> TrainData:
     return data
 
 
-class FrozenTexts:
-    """A frozen text side as model.compose uses it: raw features of each distinct caption, encoded once."""
-
-    def __init__(self, encoder, batch: int = 512):
-        self.encoder, self.batch, self.memo = encoder, batch, {}
-
-    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
-        missing = [t for t in dict.fromkeys(t.strip() for t in texts) if t not in self.memo]
-        for lo in range(0, len(missing), self.batch):
-            chunk = missing[lo:lo + self.batch]
-            self.memo.update(zip(chunk, self.encoder.encode_texts(chunk, raw=True)))
-        if not texts:
-            return torch.zeros(0, self.encoder.dim)
-        out = torch.stack([self.memo[t.strip()] for t in texts])
-        return out if raw else torch.nn.functional.normalize(out, dim=-1)
-
-
 class TrainingTexts:
     """The text side being fine-tuned (stage 1), as model.compose uses it: its current weights, no gradient."""
 

@@ -14,9 +14,10 @@ from tqdm import tqdm
 
 from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
+from cir.encoders.texts import CachedTexts
 from cir.evaluation.plots import plot_training
 from cir.training.config import CombinerStageConfig, ComposedConfig, TextStageConfig, record
-from cir.training.data import FrozenTexts, Item, TrainData, TrainingTexts, load_train_data
+from cir.training.data import Item, TrainData, TrainingTexts, load_train_data
 from cir.utils import atomic_write, get_device, write_json
 
 log = logging.getLogger("train")
@@ -131,7 +132,7 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     encoder = encoders.load(cfg.encoder, device, text=cfg.text_encoder)
     cfg = cfg.with_preset(encoder.dim)
     data = load_train_data(encoder, cfg)
-    texts = FrozenTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
+    texts = CachedTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
     # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on; the text
     # side as TextSide records it, so the server and evaluate.py pair it with the same side.
     model_cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
