@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cir.data import catalog_images, cirr_images
 from cir import encoders
+from cir.data import catalog_images, cirr_images
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CATALOG = SHARED / "fashion-catalog"
@@ -60,7 +60,7 @@ def demo_world(tmp_path_factory, catalog_root, lite_encoder):
     """Everything a small demo app needs, built once: feature indexes (60 catalogue test images, a tiny
     CIRR val set), two tiny random Combiners (one paired with a stage-1 text checkpoint) and that checkpoint.
 
-    Returns the keyword arguments of app.AppConfig, except upload_dir (each app gets its own).
+    Returns the keyword arguments of app.Settings, except upload_dir (each app gets its own).
     """
     import torch
 

@@ -24,7 +24,7 @@ from cir.serving.engine import Hit, ModelChoice, SearchResult
 from cir.serving.errors import BadInput
 from cir.serving.inputs import MAX_CAPTION_CHARS, validate_text
 from cir.serving.settings import Settings
-from cir.web.app import AppConfig, create_app
+from cir.web.app import create_app
 
 
 @pytest.fixture(scope="module")
@@ -577,7 +577,6 @@ def test_settings_from_env(tmp_path):
     assert cfg.warm_up is False and cfg.max_k == 50
     default = Settings.from_env({"CIR_DATA_ROOT": "", "CIR_FEATURES": ""})  # empty: unset, except name=path lists
     assert default == Settings() and default.combiners is None  # None: the shipped checkpoints that exist
-    assert AppConfig is Settings  # the name app.py's settings had before
     for env, words in [({"CIR_DEFAULT_K": "many"}, "CIR_DEFAULT_K"), ({"CIR_WARM_UP": "maybe"}, "CIR_WARM_UP"),
                        ({"CIR_MAX_UPLOAD_MB": "x"}, "CIR_MAX_UPLOAD_MB"), ({"CIR_DEFAULT_K": "500"}, "default_k"),
                        ({"CIR_MAX_PIXELS": "0"}, "max_image_pixels")]:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cir.data import ImageRecord, catalog_images
 from cir import encoders
+from cir.data import ImageRecord, catalog_images
 from cir.encoders import available_models
 from cir.encoders.bof import BofConfig, TextUnsupported, fit
 from cir.evaluation.label_retrieval import LabelClusters, label_precision

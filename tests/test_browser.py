@@ -34,7 +34,8 @@ if not CHROMIUM.exists():
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 pass  # noqa: E402
-from cir.web.app import AppConfig, create_app  # noqa: E402
+from cir.serving.settings import Settings
+from cir.web.app import create_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
@@ -57,7 +58,7 @@ def _serve(app):
 
 @pytest.fixture(scope="module")
 def server(demo_world, tmp_path_factory):
-    app = create_app(AppConfig(**demo_world, upload_dir=tmp_path_factory.mktemp("browser-uploads")))
+    app = create_app(Settings(**demo_world, upload_dir=tmp_path_factory.mktemp("browser-uploads")))
     base, stop = _serve(app)
     yield base, app
     stop()
@@ -145,7 +146,7 @@ def test_page_is_styled_offline_under_its_csp(server, page):
 def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, browser):
     """bootstrap=cdn: the CDN link with its integrity hash passes the cdn CSP (the CDN answered here by the
     packaged file, byte-identical to the CDN's)."""
-    app = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "uploads", bootstrap="cdn", warm_up=False))
+    app = create_app(Settings(**demo_world, upload_dir=tmp_path / "uploads", bootstrap="cdn", warm_up=False))
     base, stop = _serve(app)
     css = bootstrap_dir() / CSS_FILE
 
@@ -363,7 +364,7 @@ def _catalog_server(tmp_path_factory, catalog_root, encoder, split: str, feature
     records = catalog_images(catalog_root, split)
     ensure_index(records, encoder, features / f"catalog-{split}",
                  info={"dataset": "catalog", "split": split, "data_root": str(catalog_root)})
-    app = create_app(AppConfig(features_root=features, encoder_obj=encoder, default_dataset=f"catalog-{split}",
+    app = create_app(Settings(features_root=features, encoder_obj=encoder, default_dataset=f"catalog-{split}",
                                upload_dir=tmp_path_factory.mktemp("shopper-uploads"), data_root=None))
     base, stop = _serve(app)
     return base, stop, {r.name: r.attrs for r in records}

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
+from cir import encoders
 from cir.cli.evaluate import main
 from cir.cli.extract import main
 from cir.combiner import Combiner, CombinerConfig
-from cir import encoders
-from cir.web.app import AppConfig, create_app
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 
 SIZES = [(40, 52), (90, 30), (32, 32), (64, 50), (30, 75), (100, 125), (52, 40), (45, 90), (70, 70),
          (120, 40), (36, 48), (80, 64)]
@@ -163,7 +164,7 @@ def test_evaluate_ranks_as_the_papers(world, method, tmp_path):
 @pytest.mark.parametrize("method", ["combiner", "sum"])
 def test_the_server_ranks_as_the_papers(world, method, tmp_path):
     enc = encoders.load(f"hf:{world['clip']}", "cpu")
-    app = create_app(AppConfig(features_root=world["features"], encoder_obj=enc, combiners={"orig": str(world["ckpt"])},
+    app = create_app(Settings(features_root=world["features"], encoder_obj=enc, combiners={"orig": str(world["ckpt"])},
                                text_checkpoints={}, upload_dir=tmp_path, data_root=str(world["root"])))
     client = app.test_client()
     for t, want in zip(world["trips"], ref_rankings(world, method)):

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from cir.catalog.descriptions import article_phrase, article_with_a, describe, training_captions
+from cir.catalog.descriptions import article_phrase, article_with_a, describe, training_descriptions
 from cir.data import ImageRecord
 from cir.evaluation.metrics import attribute_precision_at_k, recall_at_k
 from cir.evaluation.protocols import image2image
@@ -40,8 +40,8 @@ def test_image2image_excludes_the_query():
 def test_captions_are_deterministic_and_varied():
     attrs = {"articleType": "Tshirts", "baseColour": "Navy Blue", "usage": "Casual", "gender": "Men",
              "productDisplayName": "Nike Men Navy Blue T-shirt"}
-    a = training_captions(attrs, random.Random(1), 8)
-    assert a == training_captions(attrs, random.Random(1), 8)
+    a = training_descriptions(attrs, random.Random(1), 8)
+    assert a == training_descriptions(attrs, random.Random(1), 8)
     assert a[0] == "Nike Men Navy Blue T-shirt" and len(a) == 8
     many = {describe(attrs, random.Random(s)) for s in range(50)}
     assert len(many) > 8 and all(m.strip() for m in many)

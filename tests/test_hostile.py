@@ -19,7 +19,8 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from cir.serving import uploads as uploads_module
-from cir.web.app import AppConfig, create_app
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 from cir.web.assets import CDN_ORIGIN, content_security_policy
 from cir.web.guards import MAX_BODY_BYTES, QuietRequestHandler
 
@@ -28,7 +29,7 @@ TTL_S = 1800
 
 @pytest.fixture(scope="module")
 def app(demo_world, tmp_path_factory):
-    return create_app(AppConfig(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), upload_ttl_s=TTL_S,
+    return create_app(Settings(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), upload_ttl_s=TTL_S,
                                 warm_up=False))
 
 

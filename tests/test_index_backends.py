@@ -333,13 +333,14 @@ def test_milvus_missing_package_or_collection_is_clear(folder, tmp_path):
 
 def test_app_health_reports_backends(demo_world, tmp_path):
     pytest.importorskip("pymilvus")
-    from cir.web.app import AppConfig, create_app
-    ok = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "u1", warm_up=False))
+    from cir.serving.settings import Settings
+from cir.web.app import create_app
+    ok = create_app(Settings(**demo_world, upload_dir=tmp_path / "u1", warm_up=False))
     h = ok.test_client().get("/api/health").get_json()
     assert h["status"] == "ok" and h["backends"]["catalog-test"]["backend"] == "exact"
     assert h["backends"]["catalog-test"]["ok"] and h["backends"]["catalog-test"]["mapped"]
 
-    bad = create_app(AppConfig(**demo_world, upload_dir=tmp_path / "u2", index_backend="milvus:http://127.0.0.1:1"))
+    bad = create_app(Settings(**demo_world, upload_dir=tmp_path / "u2", index_backend="milvus:http://127.0.0.1:1"))
     client = bad.test_client()
     h = client.get("/api/health").get_json()
     assert h["status"] == "degraded" and set(h["datasets"]) == {"catalog-test", "cirr-val"}

@@ -12,7 +12,8 @@ from html.parser import HTMLParser
 import pytest
 
 from cir.cli.serve import main
-from cir.web.app import AppConfig, create_app
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 from cir.web.assets import BOOTSTRAP_VERSION, CDN_CSS, CDN_CSS_SRI, CSS_FILE, bootstrap_dir, content_security_policy
 
 CSS_URL = "/vendor/bootstrap/css/bootstrap.min.css"
@@ -20,7 +21,7 @@ CSS_URL = "/vendor/bootstrap/css/bootstrap.min.css"
 
 @pytest.fixture(scope="module")
 def app(demo_world, tmp_path_factory):
-    return create_app(AppConfig(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), warm_up=False))
+    return create_app(Settings(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads"), warm_up=False))
 
 
 class _Inline(HTMLParser):
@@ -81,7 +82,7 @@ def test_cdn_integrity_matches_the_packaged_file():
 
 
 def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path):
-    app = create_app(AppConfig(**demo_world, upload_dir=tmp_path, bootstrap="cdn", warm_up=False))
+    app = create_app(Settings(**demo_world, upload_dir=tmp_path, bootstrap="cdn", warm_up=False))
     resp = app.test_client().get("/")
     page = _parse(resp.get_data(as_text=True))
     assert page.found == []
@@ -101,18 +102,18 @@ def test_csp_strings():
 
 
 def test_bootstrap_setting(monkeypatch):
-    assert AppConfig().bootstrap == "local"
-    assert AppConfig.from_env({"CIR_BOOTSTRAP": "cdn"}).bootstrap == "cdn"
+    assert Settings().bootstrap == "local"
+    assert Settings.from_env({"CIR_BOOTSTRAP": "cdn"}).bootstrap == "cdn"
     with pytest.raises(ValueError, match=r"\$CIR_BOOTSTRAP='CDN '.*local, cdn"):
-        AppConfig.from_env({"CIR_BOOTSTRAP": "CDN "})
+        Settings.from_env({"CIR_BOOTSTRAP": "CDN "})
     with pytest.raises(SystemExit) as e:
         main(["--bootstrap", "nowhere", "--no-extract"])
     assert e.value.code == 2
     with pytest.raises(ValueError, match="bootstrap must be one of"):
-        create_app(AppConfig(bootstrap="inline"))
+        create_app(Settings(bootstrap="inline"))
 
 
 def test_missing_package_is_a_clear_start_up_error(monkeypatch):
     monkeypatch.setattr(page_assets, "BOOTSTRAP_PACKAGE", "no_such_bootstrap_package")
     with pytest.raises(FileNotFoundError, match=r"pip install bootstrap-flask==2\.6\.0.*--bootstrap cdn"):
-        create_app(AppConfig())  # fails before loading anything
+        create_app(Settings())  # fails before loading anything

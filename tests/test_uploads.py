@@ -21,7 +21,6 @@ from cir.serving.errors import BadInput, InsufficientStorage, NotFound, ServiceU
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore, default_upload_dir
 from cir.utils import atomic_write
-from cir.web.app import AppConfig
 
 
 def _jpeg(size=(64, 48), colour=(200, 30, 30), **save) -> bytes:
@@ -106,16 +105,16 @@ def test_the_default_folder_is_outside_the_source_tree(tmp_path):
     assert default_upload_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "cir-demo" / "uploads"
     home = default_upload_dir({})
     assert home == default_upload_dir({"XDG_CACHE_HOME": ""}) and REPO_DIR not in home.parents
-    assert AppConfig().upload_dir == default_upload_dir()
-    assert AppConfig.from_env({"CIR_UPLOAD_DIR": str(tmp_path)}).upload_dir == tmp_path
+    assert Settings().upload_dir == default_upload_dir()
+    assert Settings.from_env({"CIR_UPLOAD_DIR": str(tmp_path)}).upload_dir == tmp_path
 
 
 def test_the_limits_agree_and_come_from_the_settings(tmp_path):
-    cfg = AppConfig.from_env({"CIR_UPLOAD_QUOTA_MB": "1.5", "CIR_UPLOAD_QUOTA_COUNT": "7",
+    cfg = Settings.from_env({"CIR_UPLOAD_QUOTA_MB": "1.5", "CIR_UPLOAD_QUOTA_COUNT": "7",
                                          "CIR_UPLOAD_TTL_S": "90", "CIR_UPLOAD_DECODES": "3"})
     lim = UploadLimits.of(cfg)
     assert (lim.quota_bytes, lim.quota_count, lim.ttl_s, lim.decodes) == (int(1.5 * 2**20), 7, 90, 3)
-    defaults = UploadLimits.of(AppConfig())
+    defaults = UploadLimits.of(Settings())
     assert defaults == UploadLimits.of(Settings(features_root=tmp_path, upload_dir=tmp_path)) == UploadLimits()
     assert defaults.max_pixels == 25_000_000 and defaults.ttl_s == 3600
 

@@ -1,9 +1,11 @@
-"""Natural-language phrasings of catalogue attributes.
+"""Descriptions of catalogue items: an item's attributes as the text people type about it.
 
-The catalogue has attributes but no captions. These functions turn a product's attributes into the
-phrases people type ("a red casual t-shirt for men", "black formal shoes"), used to train the lite
-encoder's heads and, in triplet generation, to word what should change. Phrasing is deterministic given a
-`random.Random`, so training data is reproducible from a seed.
+The catalogue has attributes but no text about them. These functions turn a product's attributes into the
+phrases people type ("a red casual t-shirt for men", "black formal shoes"): descriptions of one item, used
+to train the lite encoder's heads (with the product names), as the text of the demo's tags mode, and, in the
+relative captions of triplets (phrasings.py), to word what should change. In this project a "caption" is
+always a relative caption (how the wanted item differs from the reference); a "description" says what one
+item is. Wording is deterministic given a `random.Random`, so training data is reproducible from a seed.
 """
 from __future__ import annotations
 
@@ -85,7 +87,7 @@ def with_a(phrase: str) -> str:
 
 
 def describe(attrs: Mapping[str, str], rng: random.Random) -> str:
-    """One attribute phrasing of a catalogue item, picked at random from many shapes."""
+    """One description of a catalogue item from its attributes, in a shape picked at random from many."""
     art_type = attrs.get("articleType", "")
     plural_only = art_type in PLURAL_ONLY
     art = article_phrase(art_type)
@@ -113,8 +115,8 @@ def describe(attrs: Mapping[str, str], rng: random.Random) -> str:
     return text if text.strip() else art
 
 
-def training_captions(attrs: Mapping[str, str], rng: random.Random, n: int) -> list[str]:
-    """Captions for image/text alignment: the product name once, then attribute phrasings."""
+def training_descriptions(attrs: Mapping[str, str], rng: random.Random, n: int) -> list[str]:
+    """The texts an item's image is aligned with (train.py align): its product name once, then descriptions."""
     out = []
     name = attrs.get("productDisplayName", "").strip()
     if name:

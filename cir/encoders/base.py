@@ -55,9 +55,6 @@ class TextSide:
             path = Path(text).expanduser()
         return cls(path.resolve())
 
-    @property
-    def is_base(self) -> bool:
-        return self.path is None
 
     @property
     def name(self) -> str:
@@ -163,10 +160,6 @@ class BaseEncoder(nn.Module):
 
     text_side: TextSide = TextSide(None)   # which text side is loaded, resolved once (with_text sets it)
 
-    @property
-    def text_checkpoint(self) -> str:
-        """"base", or the loaded stage-1 checkpoint's resolved path."""
-        return "base" if self.text_side.path is None else str(self.text_side.path)
 
     def text_prefixes(self, layers: int = 0) -> list[str]:
         """State-dict prefixes of what stage 1 fine-tunes: the text head / encoder (+ its top `layers`)."""

@@ -1,11 +1,11 @@
 """Training of the lite encoder's projection heads (`python train.py align`): locked towers, trained heads.
 
-On the catalogue's train split: a contrastive loss between each image and one of its captions (the product
-name or an attribute phrasing, captions.py), plus attribute losses on the image embedding (a linear
-classifier each for gender, type, colour, usage and pattern), so what shoppers ask for is linearly
-readable from the embedding. The image side sees each item's frozen EfficientNet-Lite0 features and its
-colour descriptor (colour.py; the CIELAB palette is learned here from train pixels and shipped with the
-heads). Train images also come in colour-preserving augmented views (augment.py: other backgrounds, crops,
+On the catalogue's train split: a contrastive loss between each image and one of its texts (the product
+name or a description of its attributes, cir.catalog.descriptions), plus attribute losses on the image
+embedding (a linear classifier each for gender, type, colour, usage and pattern), so what shoppers ask for
+is linearly readable from the embedding. The image side sees each item's frozen EfficientNet-Lite0 features and its
+colour descriptor (cir.encoders.colour; the CIELAB palette is learned here from train pixels and shipped with the
+heads). Train images also come in colour-preserving augmented views (cir.training.augment: other backgrounds, crops,
 flips), so photos that are not studio shots land near their items. Frozen-tower features of every view are
 computed once and cached. The epoch is picked on val: text->image R@1 and R@10 and image->image P@10 of
 the same type and colour. The test split is never read here.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from cir.catalog.descriptions import training_captions
+from cir.catalog.descriptions import training_descriptions
 from cir.data import ImageRecord, catalog_images, known, resolve_data_root
 from cir.encoders import LiteConfig, LiteEncoder, LiteHeads
 from cir.encoders.colour import learn_palette
@@ -177,26 +177,26 @@ class _TrainSet:
     """Everything an epoch draws from, on the training device."""
     pooled: torch.Tensor            # [views, N, 1280] frozen-tower features
     colour: torch.Tensor            # [views, N, colour_dim] colour descriptors
-    cap_ids: torch.Tensor           # [N, captions]: ids into text_feats; column 0 is the product name
-    text_feats: torch.Tensor        # [vocabulary, 384] frozen MiniLM embeddings of every caption
+    text_ids: torch.Tensor          # [N, texts]: ids into text_feats; column 0 is the product name
+    text_feats: torch.Tensor        # [vocabulary, 384] frozen MiniLM embeddings of every text
     targets: dict[str, torch.Tensor]  # attribute -> class per item (-1: unknown)
     same_key: torch.Tensor          # [N] id of (type, colour): the image-image loss's groups
 
 
 def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], cfg: AlignConfig,
                device) -> tuple[_TrainSet, dict]:
-    """The train set (captions fixed by the seed) and the attribute label lists."""
+    """The train set (texts fixed by the seed) and the attribute label lists."""
     rng = random.Random(cfg.seed)
-    caps = [training_captions(a, rng, cfg.captions_per_image) for a in attrs]
-    vocab = sorted({c for cs in caps for c in cs})
+    texts = [training_descriptions(a, rng, cfg.captions_per_image) for a in attrs]
+    vocab = sorted({t for ts in texts for t in ts})
     text_id = {t: i for i, t in enumerate(vocab)}
     labels, targets = attribute_targets(attrs)
     groups: dict[tuple, int] = {}
     data = _TrainSet(
         pooled=torch.stack([v["pooled"] for v in views]).to(device),
         colour=torch.stack([v["colour"] for v in views]).to(device),
-        cap_ids=torch.tensor([[text_id[c] for c in cs] for cs in caps]),
-        text_feats=cached_text_backbone(enc, vocab, Path(cfg.cache_dir), "captions").to(device),
+        text_ids=torch.tensor([[text_id[t] for t in ts] for ts in texts]),
+        text_feats=cached_text_backbone(enc, vocab, Path(cfg.cache_dir), "texts").to(device),
         targets=targets,
         same_key=torch.tensor([groups.setdefault((a.get("articleType"), a.get("baseColour")), len(groups))
                                for a in attrs]))
@@ -211,18 +211,18 @@ def _train_epoch(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, o
     perm = torch.randperm(n, generator=g)
     # Column 0 is the product name (what people paste into a search box); the rest are phrasings.
     pick = torch.where(torch.rand(n, generator=g) < cfg.name_prob, 0,
-                       torch.randint(1, data.cap_ids.shape[1], (n,), generator=g))
+                       torch.randint(1, data.text_ids.shape[1], (n,), generator=g))
     views = data.pooled.shape[0]
     view = torch.where(torch.rand(n, generator=g) < cfg.augment_p,
                        torch.randint(1, views, (n,), generator=g) if views > 1 else 0, 0)
     total = 0.0
     for b in range(0, n, cfg.batch):
         idx = perm[b:b + cfg.batch]
-        v, tid, rows = view[idx].to(device), data.cap_ids[idx, pick[idx]], idx.to(device)
+        v, tid, rows = view[idx].to(device), data.text_ids[idx, pick[idx]], idx.to(device)
         img = heads.image(data.pooled[v, rows], data.colour[v, rows])
         txt = heads.text(data.text_feats[tid.to(device)])
         logits = heads.logit_scale.exp().clamp(max=100) * img @ txt.T
-        # Identical captions in a batch ("black t-shirt") are all correct: soft multi-positive targets.
+        # Identical texts in a batch ("black t-shirt") are all correct: soft multi-positive targets.
         same = (tid[:, None] == tid[None, :]).float().to(device)
         target = same / same.sum(1, keepdim=True)
         loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

@@ -29,9 +29,6 @@ ATTRIBUTION = ("Product photos: “Fashion Product Images (Small)” (Myntra cat
                "FashionIQ annotations: CDLA licence. CIRR annotations: MIT licence.")
 
 
-# The name this module's settings had before service.settings.Settings held them all; kept so existing
-# callers (`AppConfig(features_root=...)`, `AppConfig.from_env()`) go on working. The same class.
-AppConfig = Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
