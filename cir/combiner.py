@@ -32,7 +32,7 @@ from cir.utils import config_from_dict, save_checkpoint
 
 COMBINE_METHODS = ("combiner", "sum", "image", "text")
 # Shipped checkpoints, by the short names the CLIs and the server accept.
-# The first is the demo's default composed mode: the best on the catalogue's val triplets (README).
+# The first is the demo's default composed mode: the best on the catalogue's val triplets (docs/benchmarks.md).
 SHIPPED_COMBINERS = {"combiner": WEIGHTS_DIR / "combiner.safetensors",
                      "combiner-stage1": WEIGHTS_DIR / "combiner-stage1.safetensors"}
 

@@ -3,7 +3,7 @@
     python layouts.py fashioniq --out layouts/fashionIQ_dataset
     python layouts.py cirr --out layouts/cirr_dataset --splits val
 
-so the FashionIQ and CIRR code paths (data_utils loaders, extract_features.py, evaluate.py, train.py) run on
+so the FashionIQ and CIRR code paths (cir.data loaders, extract_features.py, evaluate.py, train.py) run on
 real images. Images are never copied: each is a symlink (a hard link where no symlink can be made) to
 ``<catalogue>/images/<id>.jpg``, named by its catalogue id with its true ``.jpg`` extension, which both
 loaders accept. Only the catalogue's train and val splits are written; its test split is refused.

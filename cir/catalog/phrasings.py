@@ -148,7 +148,7 @@ def _to_pattern(new: str, old: str) -> list[str]:
 
 
 def pattern_caption(rng: random.Random, new: str, old: str, phrasings: str = "all") -> str:
-    """'with stripes', 'make it checked', 'plain please' (new, old: data_utils.PATTERNS values)."""
+    """'with stripes', 'make it checked', 'plain please' (new, old: cir.data.PATTERNS values)."""
     return pick(rng, _to_pattern(new, old), phrasings)
 
 

@@ -9,7 +9,7 @@ is the one rule deciding that, for evaluation, ceilings, training positives and 
   type                 another type of the same family (topwear, shoes, ...), colour, gender and usage kept
   usage                another usage (casual/formal/sports/ethnic), same gender, type and colour
   gender               men <-> women, boys <-> girls, adult <-> kid: same type and colour (usage may differ)
-  pattern              striped / checked / printed / plain instead (data_utils.pattern_of): same type, gender
+  pattern              striped / checked / printed / plain instead (cir.data.pattern_of): same type, gender
   matching             an item of another category in the reference's colour ("shoes to match")
   negation             not the reference's colour, usage or pattern, the rest of "the same item" kept
   same_but_different   another item of the same type, gender and colour ("show me more like this")

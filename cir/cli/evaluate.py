@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--triplet-seed", type=int, default=0,
                    help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
     p.add_argument("--per-kind", type=int, default=500,
-                   help="composed, catalog: at most this many triplets of each kind (triplets.py kinds)")
+                   help="composed, catalog: at most this many triplets of each kind (cir.catalog.triplets kinds)")
     p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
                    help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
                         "`train.py --phrasings train` never trains on")

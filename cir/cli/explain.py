@@ -5,14 +5,14 @@
     python3 explain.py --dataset catalog --id 15970 --reference 10184 --caption "is blue" --out heat.png
 
 The score explained is the one the search ranks by: the cosine between the image's embedding and the query
-(a text, or a reference + caption composed by model.compose). Its gradient with respect to the last
+(a text, or a reference + caption composed by combiner.compose). Its gradient with respect to the last
 convolutional feature map A of the image tower weighs each channel (alpha_k = mean of dS/dA_k over the grid),
 and the map is relu(sum_k alpha_k A_k), upsampled to the image and scaled to 0..1 (Selvaraju et al., 2017).
 
 What it means and what it does not:
   * bright = the grid cells whose features push this image's score for this query up; it is a rough
     localisation (lite: a 7x7 grid on the 224-px view), not a segmentation.
-  * The lite image embedding also takes a colour descriptor computed from the pixels (colour.py); that part
+  * The lite image embedding also takes a colour descriptor computed from the pixels (cir.encoders.colour); that part
     of the score has no feature map and is not in the picture. The map shows the EfficientNet side.
   * A map is scaled to its own maximum: compare where heat is within one map, not heat between maps. The
     score itself (in --json / the API's JSON) says how well the image matches.

@@ -13,9 +13,9 @@ Images are decoded by DataLoader workers and encoded in batches (GPU with autoca
 A corrupt or unreadable image, a FIFO or device named like one, or a file name that is not UTF-8 is skipped,
 counted and listed, never fatal. Work is written in shards as it goes: killed mid-run, the same command
 resumes and produces the same files as an uninterrupted run. One run at a time per index folder: a second
-one fails at once saying which process holds it. The job itself (files, shards, lock) is extract_job.py's.
+one fails at once saying which process holds it. The job itself (files, shards, lock) is cir.extraction.job's.
 
-`--engine ray` runs the same job through Ray Data (ray_extract.py; `pip install -r requirements-ray.txt`),
+`--engine ray` runs the same job through Ray Data (cir.extraction.ray_engine; `pip install -r requirements-ray.txt`),
 locally or on a cluster (`--ray-address` or $RAY_ADDRESS), and writes the same files.
 """
 from __future__ import annotations

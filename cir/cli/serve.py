@@ -1,11 +1,11 @@
-"""The web demo: a Flask app over the JSON API in front of service.Engine, plus its one-page front end.
+"""The web demo: a Flask app over the JSON API in front of serving.Engine, plus its one-page front end.
 
     python3 app.py                                        # extracts the catalogue once if needed, then serves
     python3 app.py --prepare-only && gunicorn -c gunicorn.conf.py 'app:create_app()'   # production (gevent)
 
 `create_app(settings)` loads the encoder, the Combiner checkpoints and every dataset's features once and
-keeps them in `app.extensions["cir"]` (a service.Engine); nothing lives at module level. `create_app()` with
-no argument reads its settings from the CIR_* environment variables (service.settings.Settings.from_env),
+keeps them in `app.extensions["cir"]` (a serving.Engine); nothing lives at module level. `create_app()` with
+no argument reads its settings from the CIR_* environment variables (serving.settings.Settings.from_env),
 which is how gunicorn starts it; the flags below are generated from the same declarations. Routes:
 
     GET  /                                   the page (templates/index.html + static/app.js)
@@ -21,7 +21,7 @@ which is how gunicorn starts it; the flags below are generated from the same dec
     POST /api/explain                        the /api/search fields + `result`: a Grad-CAM PNG (?format=json: the map)
     POST /api/upload                         multipart field "file" (or the raw image as the body)
     GET  /img/<name>/<id>, /thumb/<name>/<id>, /uploads/<id>, /uploads/<id>/thumb    images, by id only
-    GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (page_assets.py)
+    GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (cir.web.assets)
 """
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ def randomized_fiq_caption(captions: Sequence[str], rng: random.Random) -> str:
 
 
 def fashioniq_image_records(root: Path, names: Sequence[str]) -> list[ImageRecord]:
-    """Records for FashionIQ images by name (images/<name>.png|.jpg|.jpeg, as data_utils looks them up)."""
+    """Records for FashionIQ images by name (images/<name>.png|.jpg|.jpeg, as cir.data looks them up)."""
     folder = Path(root) / "images"
     records = []
     for n in dict.fromkeys(names):

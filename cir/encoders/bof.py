@@ -184,7 +184,7 @@ class BofEncoder:
     """The image-only classical encoder behind the project's Encoder interface (extraction, search, demo).
 
     It implements the image half of the protocol itself rather than subclassing encoders.BaseEncoder (a torch
-    module with a text side), so that encoders.py can import this module without an import cycle; it has no
+    module with a text side), so that the encoders package can import this module without an import cycle; it has no
     `text_side`: nothing that needs one (Combiner training, composed evaluation) can run on it.
     """
 

@@ -38,7 +38,7 @@ FASHIONIQ_METRICS = ("R@10", "R@50")    # per category
 
 
 def recall_curve(ranked: torch.Tensor, targets: torch.Tensor, top: int = CURVE_TOP) -> list[float]:
-    """R@K in % for K = 1..top, rounded as evaluate.recall_at_k rounds (curve[k - 1] == its R@k).
+    """R@K in % for K = 1..top, rounded as metrics.recall_at_k rounds (curve[k - 1] == its R@k).
 
     A ranking shorter than `top` (a small index) keeps its last value: K past the ranking finds nothing new.
     A target row of -1 (no features) never matches, so it is a miss at every K.

@@ -73,7 +73,7 @@ class ComposedResult:
 
 def reference_features(names: Sequence[str], index: FeatureIndex,
                        extra: FeatureIndex | None = None) -> torch.Tensor:
-    """Raw float32 features [B,d] of the reference images (what model.compose takes): from `index`, else
+    """Raw float32 features [B,d] of the reference images (what combiner.compose takes): from `index`, else
     from `extra` (references outside the index, e.g. FashionIQ references not in the category's split)."""
     missing = [n for n in names if n not in index and (extra is None or n not in extra)]
     if missing:
@@ -91,7 +91,7 @@ def reference_features(names: Sequence[str], index: FeatureIndex,
 
 def compose_queries(encoder: CaptionEncoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
                     combiner=None, batch: int = 256) -> tuple[torch.Tensor, int]:
-    """Query features [B,d] via model.compose, in caption batches; returns (queries, empty captions).
+    """Query features [B,d] via combiner.compose, in caption batches; returns (queries, empty captions).
 
     A query with an empty caption has nothing to compose: it becomes its reference image alone.
     """

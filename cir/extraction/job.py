@@ -1,18 +1,18 @@
 """The extraction job shared by both engines: image files, batches, shards, the output folder and its lock.
 
 As clip-retrieval splits reader / mapper / writer / distributor, extraction is split in three:
-  extract_job.py       (this module) the reader and the writer: decoding image files (ImageFiles,
+  extraction/job.py    (this module) the reader and the writer: decoding image files (ImageFiles,
                        iter_batches), one index's job (open_job -> ExtractJob: its rows, the resumable shards
                        under .partial/, the final files, the folder's lock) and its ExtractResult;
   extract_features.py  the local engine (DataLoader workers + one encoder), the CLI and the public API
                        (extract_index, ensure_index, index_name, plan_indexes);
-  ray_extract.py       the Ray Data engine (decode tasks + encoder actors).
+  ray_engine.py        the Ray Data engine (decode tasks + encoder actors).
 Both engines write shards and final files through ExtractJob, so they write the same files and a run killed
-under one engine resumes under either. Training (train_align.py) decodes its images with iter_batches too.
+under one engine resumes under either. Training (cir.training.align) decodes its images with iter_batches too.
 
 Only regular files are decoded (a symlink to one is fine: the FashionIQ and CIRR layouts are symlinks); a FIFO,
 a device or a socket named like an image is skipped with its reason, never opened for reading (a FIFO would
-block forever). A record whose name cannot be stored (data_utils.ImageRecord.problem, e.g. a file name
+block forever). A record whose name cannot be stored (cir.data.ImageRecord.problem, e.g. a file name
 that is not UTF-8) is skipped with its reason too, never decoded.
 
 One extraction at a time per index folder: open_job takes an exclusive, non-blocking flock on

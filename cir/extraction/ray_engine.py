@@ -18,7 +18,7 @@ local engine's: same names, order and skipped list, features equal within float1
 On a cluster, every node must read the image paths the driver lists (a shared filesystem) and have the
 requirements installed; the repository's code and weights are shipped to the workers by Ray.
 Ray is imported only here and only when used (import_ray), so the default engine does not need it; the job
-(shards, final files, the folder's lock) is extract_job.py's, as for the local engine.
+(shards, final files, the folder's lock) is cir.extraction.job's, as for the local engine.
 
 Limits: each index (e.g. each FashionIQ category) starts its own actor pool, so the encoder loads again per
 index (~10 s for lite); decoded pixels travel as float32 through Ray's object store (600 kB per 224 px
@@ -86,7 +86,7 @@ class EncoderSpec:
 def decode_batch(batch: dict[str, np.ndarray], preprocess) -> dict[str, np.ndarray]:
     """Ray task: (row, path, problem) -> (row, pixels [B,3,S,S] float32, error; "" when decoded).
 
-    Decoding goes through extract_job.ImageFiles, so pixels and error messages are exactly the local
+    Decoding goes through extraction.job.ImageFiles, so pixels and error messages are exactly the local
     engine's. A failed image gets zero pixels (the column must stay one tensor) and its error; a row with a
     problem known from its listing fails with it unopened. Paths come as bytes (file names need not be UTF-8).
     """
@@ -193,7 +193,7 @@ def extract_index_ray(records: Sequence[ImageRecord], encoder: Encoder, spec: En
                       workers: int | None = None, decode_cpus: float = 0.5,
                       _stop_after_shards: int | None = None) -> ExtractResult:
     """Like extract_features.extract_index, through Ray Data (see the module docstring); same output files,
-    same lock (extract_job.OutputLockedError when another run holds out_dir).
+    same lock (extraction.job.OutputLockedError when another run holds out_dir).
 
     `encoder` is the driver's copy (its description, preprocessing and dim; it encodes nothing); `spec`
     loads the same encoder in each actor. Needs a connected Ray (`ray_session`). `decode_cpus` is what a

@@ -91,7 +91,7 @@ class FeatureIndex:
         return self._f32
 
     def raw(self, rows: Any) -> torch.Tensor:
-        """float32 raw encoder features [len(rows), d] of some rows: what composition (model.compose) takes.
+        """float32 raw encoder features [len(rows), d] of some rows: what composition (combiner.compose) takes.
 
         Gathers only those rows from the (memory-mapped) float16 features; raises IndexLoadError for a folder
         that cannot give them (extracted before norms were stored, by an encoder whose outputs are not unit).

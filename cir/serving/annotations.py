@@ -1,6 +1,6 @@
 """The annotated relative captions of a demo dataset, by reference: what the original demo offers to pick.
 
-FashionIQ and CIRR read theirs from the dataset's real annotation files (data_utils.load_triplets); the
+FashionIQ and CIRR read theirs from the dataset's real annotation files (cir.data.load_triplets); the
 catalogue's are the generated triplets of its split (triplets.generate with evaluate.py's defaults: seed 0,
 500 per kind, all phrasings, over the split's images that have features, in the catalogue's order), so
 the demo offers exactly the queries evaluate.py scores. Each caption carries its annotated target when that
@@ -71,7 +71,7 @@ class Annotations:
                     self._by_ref = by_ref
                     log.info("%s: %d annotated captions of %d references", self._what,
                              sum(map(len, by_ref.values())), len(by_ref))
-                except (OSError, ValueError) as e:   # data_utils.AnnotationError is a ValueError
+                except (OSError, ValueError) as e:   # cir.data.AnnotationError is a ValueError
                     log.warning("%s: annotations cannot be loaded: %s", self._what, e)
                     self._error = str(e)
         if self._error:

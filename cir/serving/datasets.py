@@ -155,7 +155,7 @@ def _manifest_or_empty(path: Path) -> dict:
 
 class Dataset:
     """One searchable dataset: its feature index, image records, tag vocabulary, CIRR groups and annotated
-    captions (service.annotations: none unless given)."""
+    captions (serving.annotations: none unless given)."""
 
     def __init__(self, source: DatasetSource, index: FeatureIndex, records: Iterable[ImageRecord],
                  groups: Mapping[str, Sequence[str]] | None = None, annotations: Annotations | None = None):

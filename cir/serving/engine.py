@@ -4,11 +4,11 @@ app.py turns requests into calls here and the results into JSON; everything in t
 tested without Flask. `Engine.load(settings)` loads the encoder, its text sides, the Combiner checkpoints and
 every dataset's feature index once; a query then goes
 
-    reference features (index row or stored upload) + caption  --model.compose-->  query vector
+    reference features (index row or stored upload) + caption  --combiner.compose-->  query vector
     query vector  --index.search-->  ranked ids
 
 so the demo ranks with exactly the code evaluation uses. Every dataset is ranked by the index backend of
-`Settings.index_backend` (exact, faiss, milvus: see index.py); one that cannot be reached (a Milvus server
+`Settings.index_backend` (exact, faiss, milvus: see cir.index); one that cannot be reached (a Milvus server
 that is down) leaves its dataset listed but degraded: `Engine.health()` says why and its searches answer 503.
 A dataset that was found but cannot be loaded (corrupt features, unreadable manifest, missing images) is kept
 in `Engine.damaged` and reported as degraded too. `Engine.run` answers a `SearchResult` (dataclasses), which
@@ -55,7 +55,7 @@ from cir.serving.uploads import UploadLimits, UploadStore
 
 log = logging.getLogger("engine")
 
-# Search modes of the API -> fusion method of model.compose. Tags become a text query.
+# Search modes of the API -> fusion method of combiner.compose. Tags become a text query.
 MODES: dict[str, str] = {"composed": "combiner", "sum": "sum", "image": "image", "text": "text", "tags": "text"}
 MODE_LABELS = {"composed": "Composed (Combiner)", "sum": "Composed (sum baseline)", "image": "Image → image",
                "text": "Text → image", "tags": "Tags → image"}
@@ -140,7 +140,7 @@ class PairedCombiner(NamedTuple):
 
 
 class _QueryInputs(NamedTuple):
-    method: str                         # model.compose's fusion method
+    method: str                         # combiner.compose's fusion method
     ref_feats: torch.Tensor | None      # the reference's raw features (None without a reference)
     exclude: list[list[int]] | None     # index rows never returned (the reference itself)
     combiner: Combiner | None
@@ -335,7 +335,7 @@ class Engine:
             warning=warning, target=target)
 
     def _query_inputs(self, req: SearchRequest, ds: Dataset) -> "_QueryInputs":
-        """What model.compose needs for `req`: the reference's raw features, the fusion, its text side."""
+        """What combiner.compose needs for `req`: the reference's raw features, the fusion, its text side."""
         method = MODES[req.mode]
         ref_feats, exclude = None, None
         if req.mode in NEEDS_REFERENCE:

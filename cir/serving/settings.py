@@ -24,7 +24,7 @@ from cir.paths import REPO_DIR
 from cir.serving.uploads import default_upload_dir
 
 MB = 1024 * 1024
-BOOTSTRAP_MODES = ("local", "cdn")   # where the page's Bootstrap comes from (page_assets.py)
+BOOTSTRAP_MODES = ("local", "cdn")   # where the page's Bootstrap comes from (cir.web.assets)
 
 
 # ----------------------------------------------------------------------------------------------- parsers
@@ -168,7 +168,7 @@ class Settings:
     thumb_cache_size: int = option(2048, "thumbnail JPEGs kept in memory")
     query_threads: int | None = option(
         1, "torch threads of each server process, set once at start-up (0: torch's own choice); one per "
-        "worker, see service.engine.set_worker_threads", env="CIR_QUERY_THREADS", flag="--query-threads",
+        "worker, see serving.engine.set_worker_threads", env="CIR_QUERY_THREADS", flag="--query-threads",
         parse=integer, metavar="N")
     index_backend: str = option(
         "exact", "how every dataset is ranked (index/): exact (scan of the memory-mapped features), faiss "

@@ -1,4 +1,4 @@
-"""User uploads: decoded safely (service.decode), re-encoded under a generated id, their image features computed
+"""User uploads: decoded safely (serving.decode), re-encoded under a generated id, their image features computed
 once, and kept within a quota (total bytes and count, oldest evicted first) and a time-to-live.
 
 Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy beside it (the raw image features); an upload's

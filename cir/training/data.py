@@ -1,6 +1,6 @@
 """What the composed training stages (`train.py text`, `train.py combiner`) learn from and are validated on.
 
-    catalog    triplets generated from the catalogue's train split, fresh ones each epoch (triplets.py); val
+    catalog    triplets generated from the catalogue's train split, fresh ones each epoch (catalog.triplets); val
                triplets fixed; every item satisfying a triplet's condition is a positive of the gallery objective
     fashioniq  the annotation files' train triplets, the two captions randomised each epoch as CLIP4Cir does;
                validation: the FashionIQ protocol on val (R@10 / R@50 per category and their average)
@@ -85,7 +85,7 @@ class TrainData:
         return pos
 
     def validate(self, texts, method: str, combiner=None) -> dict:
-        """Val metrics of queries composed by model.compose from raw val features and `texts` (anything with
+        """Val metrics of queries composed by combiner.compose from raw val features and `texts` (anything with
         encode_texts(texts, raw=True): the frozen or the training text side)."""
         raise NotImplementedError
 
@@ -94,7 +94,7 @@ class TrainData:
 
 
 class CatalogData(TrainData):
-    """Catalogue triplets (triplets.py) over the train and val splits."""
+    """Catalogue triplets (catalog.triplets) over the train and val splits."""
 
     dataset, score_keys = "catalog", ("R@10", "attr@10")
 
@@ -212,7 +212,7 @@ def load_train_data(encoder: Encoder, cfg: ComposedConfig) -> TrainData:
 
 
 class TrainingTexts:
-    """The text side being fine-tuned (stage 1), as model.compose uses it: its current weights, no gradient."""
+    """The text side being fine-tuned (stage 1), as combiner.compose uses it: its current weights, no gradient."""
 
     def __init__(self, encoder, batch: int = 512):
         self.encoder, self.batch = encoder, batch

@@ -199,7 +199,7 @@ def random_images(name: str) -> Response:
 
 @bp.get("/api/datasets/<name>/captions")
 def captions(name: str) -> Response:
-    """The annotated relative captions of a reference (service.annotations), each with its target."""
+    """The annotated relative captions of a reference (serving.annotations), each with its target."""
     ds = _engine().dataset(name)
     ref = optional_name(request.args.get("reference"), "reference")
     if ref is None:
@@ -227,7 +227,7 @@ def _hits_json(ds: Dataset, hits: list[Hit]) -> list[dict]:
 
 
 def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str, Any]:
-    """The /api/search answer (README documents it): the result with URLs, plus flat ids/scores/urls."""
+    """The /api/search answer (docs/api.md documents it): the result with URLs, plus flat ids/scores/urls."""
     results = _hits_json(ds, res.results)
     reference = (_upload_json(req.upload) if req.upload else
                  {**_image_json(ds, req.reference), "kind": "dataset"} if req.reference else None)

@@ -6,7 +6,7 @@
     safe JSON          parse_json_object(): UTF-8 only, an object at the top, at most MAX_JSON_DEPTH levels,
                        no NaN / Infinity, no numbers of more than MAX_NUMBER_DIGITS digits; each a 400 that
                        names the cause.
-    security headers   nosniff, no referrer, the page's Content-Security-Policy (page_assets.py decides it:
+    security headers   nosniff, no referrer, the page's Content-Security-Policy (web.assets decides it:
                        plus the CDN origin when Bootstrap comes from the CDN), no framing, Cache-Control: private
                        for user uploads (they are a user's photos, not public content).
     no version banner  QuietRequestHandler: the development server says "cir-demo", not its version.
@@ -93,7 +93,7 @@ def install_guards(app: Flask, *, max_upload_bytes: int, upload_max_age_s: float
     """Install the body caps, the 413 answer and the security headers on `app`.
 
     upload_max_age_s: how long browsers may keep an upload (its time-to-live); csp: the page's
-    Content-Security-Policy (page_assets.content_security_policy).
+    Content-Security-Policy (web.assets.content_security_policy).
     """
     guards = Guards(max_upload_bytes, int(upload_max_age_s), csp, max_body_bytes, upload_routes,
                     private_prefix)
