@@ -1,17 +1,19 @@
-"""Explanations (explain.py): the map's shape and range, that it follows the query, that a colour query heats
-that colour's pixels, the CLI, and POST /api/explain over the demo world of tests/conftest.py."""
+"""Explanations (cir.explain, explain.py): the map's shape and range, that it follows the query, that a colour
+query heats that colour's pixels, the CLI, and POST /api/explain over the demo world of tests/conftest.py."""
 from __future__ import annotations
 
 import io
 import json
 
-import explain
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from service.settings import Settings
-from test_encoders import hf_encoder, tiny_clip_dir  # noqa: F401 (fixtures: a tiny random hf: CLIP)
+
+from cir import encoders, explain
+from cir.cli import explain as explain_cli
+from cir.serving.settings import Settings
+from cir.web.app import create_app
 
 RED, BLUE = (200, 20, 20), (20, 40, 200)
 
@@ -103,22 +105,21 @@ def test_image_frame_inverts_the_padding(lite_encoder):
 
 
 def test_cli_writes_png_and_json(tmp_path, monkeypatch, lite_encoder, catalog_root):
-    monkeypatch.setattr(explain.encoders, "load", lambda *a, **k: lite_encoder)
+    monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder)
     path = next((catalog_root / "images").glob("*.jpg"))
-    rc = explain.main(["--image", str(path), "--text", "a red shirt", "--out", str(tmp_path / "h.png"),
+    rc = explain_cli.main(["--image", str(path), "--text", "a red shirt", "--out", str(tmp_path / "h.png"),
                        "--json", str(tmp_path / "h.json")])
     assert rc == 0
     assert Image.open(tmp_path / "h.png").size == Image.open(path).size
     assert len(json.loads((tmp_path / "h.json").read_text())["grid"]) == explain.GRID[0]
     with pytest.raises(SystemExit):
-        explain.main(["--image", str(path), "--out", str(tmp_path / "x.png")])   # no query
+        explain_cli.main(["--image", str(path), "--out", str(tmp_path / "x.png")])   # no query
 
 
 # ----------------------------------------------------------------------------------------------- the API
 
 @pytest.fixture(scope="module")
 def client(demo_world, tmp_path_factory):
-    from app import create_app
     threads = torch.get_num_threads()
     app = create_app(Settings(**demo_world, upload_dir=tmp_path_factory.mktemp("uploads")))
     yield app.test_client()

@@ -2,15 +2,14 @@
 by path, the error for an unknown name, and the entry point through torch.hub.load(source="local")."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import hubconf
 from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig
+from cir.paths import REPO_DIR
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR
 TINY = CombinerConfig(feature_dim=8, projection_dim=12, hidden_dim=16)
 
 
@@ -64,3 +63,9 @@ def test_torch_hub_load_local(tmp_path):
     path = tmp_path / "orig.pt"
     torch.save({"Combiner": Combiner(TINY).state_dict()}, path)
     assert torch.hub.load(str(REPO), "combiner", name=str(path), source="local").cfg.projection_dim == 12
+
+
+def test_hub_entry_point_lists_names_on_error():
+    assert "lite" in hubconf.available_models()
+    with pytest.raises(ValueError, match="valid names"):
+        hubconf.encoder("no-such-model")

@@ -133,7 +133,7 @@ class FeatureIndex:
         return self._fingerprint
 
     def summary(self) -> dict:
-        """What `python3 -m index check` prints: size, layout, encoder, fingerprint, verification."""
+        """What `python3 -m cir.index check` prints: size, layout, encoder, fingerprint, verification."""
         out = {"features": str(self.path) if self.path else None, "rows": len(self), "dim": self.dim,
                "dtype": str(self.features.dtype), "memory_mapped": self.mapped is not None,
                "encoder": self.manifest.get("encoder"), "verified": self.verified, "fingerprint": self.fingerprint}

@@ -173,7 +173,7 @@ class Settings:
     index_backend: str = option(
         "exact", "how every dataset is ranked (index/): exact (scan of the memory-mapped features), faiss "
         "(HNSW or IVF-PQ by size, built and saved beside the features), faiss:hnsw?efSearch=128, milvus "
-        "(milvus-lite file beside the features, filled by `python3 -m index load`), milvus:http://host:19530",
+        "(milvus-lite file beside the features, filled by `python3 -m cir.index load`), milvus:http://host:19530",
         env="CIR_INDEX_BACKEND", flag="--index-backend", metavar="SPEC")
     warm_up: bool = option(True, "run one query per text encoder and dataset at start-up", env="CIR_WARM_UP",
                            flag="--warm-up", parse=boolean)

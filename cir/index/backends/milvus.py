@@ -35,7 +35,7 @@ if TYPE_CHECKING:   # type hints only: the index module imports the backends
 log = logging.getLogger("index")
 
 MILVUS_FINGERPRINT = "cir.fingerprint"     # collection properties: the features it holds ...
-MILVUS_COMPLETE = "cir.complete"           # ... and whether `python3 -m index load` finished
+MILVUS_COMPLETE = "cir.complete"           # ... and whether `python3 -m cir.index load` finished
 _quiet = threading.local()
 
 
@@ -151,7 +151,7 @@ def _row_count(client, name: str) -> int:
 class MilvusBackend(Backend):
     """Milvus through pymilvus: milvus-lite (a local file, no server) or a Milvus server / cluster.
 
-    The collection (one per index folder, see collection_name) is filled by `python3 -m index load`; it
+    The collection (one per index folder, see collection_name) is filled by `python3 -m cir.index load`; it
     holds row ids (primary key) and float32 vectors, and records the features' fingerprint, so an index
     folder re-extracted since is detected as stale. exclude / subset become filter expressions.
     """
@@ -177,7 +177,7 @@ class MilvusBackend(Backend):
     def _check_collection(self) -> None:
         """The collection exists, holds this folder's features and was loaded completely; else say the fix."""
         target = self.backend_spec.target
-        fix = (f"run `python3 -m index load --features {self.index.path or 'DIR'} "
+        fix = (f"run `python3 -m cir.index load --features {self.index.path or 'DIR'} "
                f"--to {mask_credentials(f'milvus:{target}' if target else 'milvus')}`")
         where = f"at {mask_credentials(self.uri)}"
         with _milvus_calls(self.uri):

@@ -1,26 +1,22 @@
 """Both training stages through the FashionIQ and CIRR code paths, on real images: the catalogue's own
-triplets written into those layouts (layouts.py; train from train, val from val), with the lite encoder and a
-tiny random CLIP, from the command line with the issue's flags."""
+triplets written into those layouts (catalog.layouts; train from train, val from val), with the lite encoder
+and a tiny random CLIP, from the command line. Fast checks of the paths: that a Combiner trained on a layout
+beats sum there is a quality margin, measured by benchmarks/bench_layouts.py (docs/benchmarks.md)."""
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 
 import pytest
-from test_encoders import tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
+from cir import encoders
+from cir.catalog import layouts
 from cir.catalog.layouts import write_cirr, write_fashioniq
-from cir.cli.evaluate import main
-from cir.cli.train import main
+from cir.cli.evaluate import main as evaluate_main
+from cir.cli.train import main as train_main
 from cir.combiner import Combiner
 from cir.data import catalog_images
-
-
-@pytest.fixture(scope="module")
-def shirts(tmp_path_factory, catalog_root):
-    """FashionIQ layout of the catalogue's shirts (train and val), and a features folder for it."""
-    base = tmp_path_factory.mktemp("fiq-shirts")
-    write_fashioniq(catalog_root, base / "fiq", categories=["shirt"], per_kind=400)
-    return base / "fiq", base / "features"
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +26,7 @@ def small_layouts(tmp_path_factory, catalog_root):
     mp = pytest.MonkeyPatch()
     full = catalog_images
     sizes = {"train": 300, "val": 120}
-    mp.setattr(data_utils, "catalog_images", lambda root, split=None: full(root, split)[:sizes.get(split, 120)])
+    mp.setattr(layouts, "catalog_images", lambda root, split=None: full(root, split)[:sizes.get(split, 120)])
     try:
         write_fashioniq(catalog_root, base / "fiq", categories=["toptee"], per_kind=40)
         write_cirr(catalog_root, base / "cirr", per_kind=25)
@@ -48,71 +44,68 @@ def _common(tmp_path, features, *extra: str) -> list[str]:
             *extra]
 
 
-def test_lite_combiner_trained_on_the_fashioniq_layout_beats_sum(shirts, lite_encoder, tmp_path, capsys, monkeypatch):
-    root, features = shirts
+def test_lite_combiner_on_the_fashioniq_layout_is_evaluated_as_validated(small_layouts, lite_encoder, tmp_path,
+                                                                          capsys, monkeypatch):
+    """Stage 2 on a FashionIQ layout: the batch loss by default there, raw inputs recorded, and evaluate.py on
+    the saved checkpoint gives exactly the validation of its best epoch (validation is the evaluation protocol)."""
+    root, features = small_layouts / "fiq", small_layouts / "features"
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder.with_text(k.get("text")))
     out = tmp_path / "c.safetensors"
-    assert main(["combiner", "--dataset", "fashioniq", "--data-root", str(root), "--categories", "shirt",
-                       *_common(tmp_path, features, "--epochs", "6", "--out", str(out))]) == 0
+    assert train_main(["combiner", "--dataset", "fashioniq", "--data-root", str(root), "--categories", "toptee",
+                       *_common(tmp_path, features, "--epochs", "2", "--out", str(out))]) == 0
     best = _last_json(capsys)["best_val"]
     assert Combiner.load(out).cfg.inputs == "raw"
     report = json.loads(out.with_name("c.train.json").read_text())
     assert report["args"]["negatives"] == "batch" and report["args"]["preset"] == "project"
-    ev = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
-          "--features", str(features), "--workers", "0", "--device", "cpu"]
-    assert main([*ev, "--combiner", "sum"]) == 0
-    summed = _last_json(capsys)
-    assert main([*ev, "--combiner", str(out)]) == 0
+    assert report["args"]["cmd"] == "combiner" and len(report["history"]) == 2
+    assert evaluate_main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
+                          "--features", str(features), "--workers", "0", "--device", "cpu",
+                          "--combiner", str(out)]) == 0
     combined = _last_json(capsys)
-    assert combined["average_R@10"] == best["average_R@10"]  # validation is the evaluation protocol
-    assert combined["average"] > summed["average"] + 2, (combined, summed)
+    assert combined["average_R@10"] == best["average_R@10"] and combined["average_R@50"] == best["average_R@50"]
 
 
 def test_lite_stage1_on_the_cirr_layout_with_the_papers_preset(small_layouts, lite_encoder, tmp_path, capsys,
                                                               monkeypatch):
-    import copy
     private = copy.copy(lite_encoder)  # stage 1 fine-tunes the encoder it loads: give it a private head
     private._modules = dict(lite_encoder._modules)
     private._modules["heads"] = copy.deepcopy(lite_encoder.heads)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: private)
     out = tmp_path / "text.safetensors"
-    assert main(["text", "--dataset", "cirr", "--data-root", str(small_layouts / "cirr"), "--preset", "clip4cir",
+    assert train_main(["text", "--dataset", "cirr", "--data-root", str(small_layouts / "cirr"), "--preset", "clip4cir",
                        "--lr", "1e-4", "--batch", "32",
                        *_common(tmp_path, small_layouts / "features", "--epochs", "2", "--out", str(out))]) == 0
     best = _last_json(capsys)["best_val"]
     assert {"R@1", "R@5", "Rsubset@1", "avg"} <= set(best)
     args = json.loads(out.with_name("text.train.json").read_text())["args"]
     assert (args["optimizer"], args["negatives"], args["batch"]) == ("adamw", "batch", 32)
-    assert lite_encoder.with_text(out).text_checkpoint == str(out)
+    assert lite_encoder.with_text(out).text_side.path == out.resolve()
 
 
-def test_cirr_training_without_train_captions_says_so(tmp_path, lite_encoder, monkeypatch):
-    import shutil
-
-    from conftest import CIRR_FORMATS
+def test_cirr_training_without_train_captions_says_so(tmp_path, lite_encoder, monkeypatch, cirr_formats):
     root = tmp_path / "cirr"
-    shutil.copytree(CIRR_FORMATS, root)
+    shutil.copytree(cirr_formats, root)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder)
     with pytest.raises(FileNotFoundError, match="cap.rc2.train.json"):
-        main(["combiner", "--dataset", "cirr", "--data-root", str(root), *_common(tmp_path, tmp_path / "f")])
+        train_main(["combiner", "--dataset", "cirr", "--data-root", str(root), *_common(tmp_path, tmp_path / "f")])
 
 
 @pytest.mark.parametrize("dataset", ["fashioniq", "cirr"])
-def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp_path, capsys):  # noqa: F811
+def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp_path, capsys):
     root = small_layouts / {"fashioniq": "fiq", "cirr": "cirr"}[dataset]
     enc = f"hf:{tiny_clip_dir}"
     features = tmp_path / "features"
     text = tmp_path / "text.safetensors"
-    assert main(["text", "--dataset", dataset, "--data-root", str(root), "--encoder", enc, "--batch", "16",
+    assert train_main(["text", "--dataset", dataset, "--data-root", str(root), "--encoder", enc, "--batch", "16",
                        *_common(tmp_path, features, "--epochs", "1", "--out", str(text))]) == 0
     comb = tmp_path / "comb.safetensors"
-    assert main(["combiner", "--dataset", dataset, "--data-root", str(root), "--encoder", enc,
+    assert train_main(["combiner", "--dataset", dataset, "--data-root", str(root), "--encoder", enc,
                        "--text-encoder", str(text), "--preset", "clip4cir", "--batch", "16",
                        *_common(tmp_path, features, "--epochs", "2", "--out", str(comb))]) == 0
     cfg = Combiner.load(comb).cfg
     assert (cfg.encoder, cfg.text_encoder, cfg.inputs) == (enc, str(text), "raw")
     assert (cfg.projection_dim, cfg.hidden_dim, cfg.dropout) == (4 * cfg.feature_dim, 8 * cfg.feature_dim, 0.5)
-    assert main(["--task", "composed", "--dataset", dataset, "--data-root", str(root), "--split", "val",
+    assert evaluate_main(["--task", "composed", "--dataset", dataset, "--data-root", str(root), "--split", "val",
                           "--encoder", enc, "--combiner", str(comb), "--features", str(features), "--workers", "0",
                           "--device", "cpu"]) == 0
     metrics = _last_json(capsys)

@@ -101,7 +101,7 @@ def test_ray_engine_without_ray_is_one_clear_line(folder, tmp_path, monkeypatch,
 
 
 def test_local_engine_never_imports_ray():
-    code = ("import sys; sys.modules['ray'] = None; import extract_features, ray_extract; "
+    code = ("import sys; sys.modules['ray'] = None; import extract_features, cir.extraction.ray_engine; "
             "assert 'ray.data' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,6 +1,7 @@
-"""evaluate.py --task composed: metrics on hand-computed rankings, the FashionIQ / CIRR / catalogue protocols
-on the real annotation files (random features and a stand-in text encoder: no images needed), the CIRR
-submission files, --save-rankings, and one end-to-end catalogue run with the real lite encoder."""
+"""evaluation.protocols and `evaluate.py --task composed`: metrics on hand-computed rankings, the FashionIQ /
+CIRR / catalogue protocols on the real annotation files (random features and a stand-in text encoder: no
+images needed), the CIRR submission files, --save-rankings, --index-backend, and one end-to-end catalogue run
+with the real lite encoder."""
 from __future__ import annotations
 
 import csv
@@ -13,11 +14,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from cir import encoders
 from cir.cli.evaluate import main
-from cir.combiner import compose
+from cir.combiner import Combiner, CombinerConfig, compose
 from cir.data import ImageRecord, Triplet, catalog_images, list_images, load_triplets
 from cir.data.fashioniq import fiq_caption
-from cir.encoders import BASE_TEXT
+from cir.encoders import BASE_TEXT, TextSide
+from cir.evaluation import runs
 from cir.evaluation.metrics import attribute_match_at_k, recall_at_k, recall_subset_at_k
 from cir.evaluation.plots import draw_eval
 from cir.evaluation.protocols import (
@@ -29,10 +32,12 @@ from cir.evaluation.protocols import (
 )
 from cir.evaluation.runs import load_text_side
 from cir.evaluation.submission import cirr_submission, submission_paths
+from cir.extraction import local as extraction_local
 from cir.index import FeatureIndex, search
+from cir.paths import DEFAULT_DATA_ROOT
 from cir.utils import run_cli
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = DEFAULT_DATA_ROOT
 FORMATS = SHARED / "formats"
 FIQ = FORMATS / "fashionIQ_dataset"
 CIRR = FORMATS / "cirr_dataset"
@@ -290,7 +295,7 @@ def stand_in_cli(monkeypatch):
         return built[Path(out_dir).name]
 
     monkeypatch.setattr(encoders, "load", lambda *a, **k: StandInEncoder())
-    monkeypatch.setattr(evaluate, "ensure_index", ensure_index)
+    monkeypatch.setattr(extraction_local, "ensure_index", ensure_index)   # what IndexStore.open calls
     return built
 
 
@@ -322,7 +327,7 @@ def test_cirr_test1_submission_files(stand_in_cli, tmp_path, capsys):
 def test_plot_draws_every_compared_method(stand_in_cli, tmp_path, capsys, monkeypatch):
     """--plot with --compare: one JSON line per method (--combiner's last), one PNG whose data are the metrics."""
     drawn = []
-    monkeypatch.setattr(evaluate, "draw_eval", lambda plot, path: drawn.append(plot) or draw_eval(plot, path))
+    monkeypatch.setattr(runs, "draw_eval", lambda plot, path: drawn.append(plot) or draw_eval(plot, path))
     png = tmp_path / "fiq.png"
     argv = ["--task", "composed", "--dataset", "fashioniq", "--data-root", str(FORMATS), "--split", "val",
             "--categories", "dress", "shirt", "--combiner", "sum", "--compare", "image", "--plot", str(png)]
@@ -430,8 +435,6 @@ def test_catalog_end_to_end(catalog_root, lite_encoder, tmp_path, monkeypatch, c
 
 def test_load_text_side_pairs_by_identity(caplog):
     """--text-encoder stage1 with a Combiner that recorded the shipped file's name is the same side: no warning."""
-    from cir.combiner import Combiner, CombinerConfig
-    from cir.encoders import TextSide
     comb = Combiner(CombinerConfig(feature_dim=8, projection_dim=4, hidden_dim=4, text_encoder="lite-text.safetensors"))
     assert load_text_side(comb, None) == TextSide.of("stage1") == comb.cfg.text_side
     assert load_text_side(None, None) == BASE_TEXT
@@ -440,3 +443,22 @@ def test_load_text_side_pairs_by_identity(caplog):
         assert "differs" not in caplog.text
         assert load_text_side(comb, "base") == BASE_TEXT
         assert "differs from the text side the combiner was trained with (lite-text.safetensors)" in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------- --index-backend
+
+@needs_formats
+def test_evaluate_index_backend_flag(stand_in_cli, capsys):
+    """--index-backend reaches the indexes evaluate.py searches: an ANN index gives (nearly) exact metrics."""
+    pytest.importorskip("faiss")
+    argv = ["--task", "composed", "--dataset", "cirr", "--data-root", str(FORMATS), "--split", "val",
+            "--combiner", "sum"]
+    runs = {}
+    for spec in ("exact", "faiss:hnsw?efSearch=128"):
+        assert main(argv + ["--index-backend", spec]) == 0
+        runs[spec] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    exact, ann = runs["exact"], runs["faiss:hnsw?efSearch=128"]
+    assert exact["index_backend"] == "exact" and ann["index_backend"].startswith("faiss:hnsw")
+    for key in ("R@1", "R@10", "R@50", "Rsubset@1"):
+        assert abs(exact[key] - ann[key]) <= 2.0, key
+    assert run_cli(lambda: main(argv + ["--index-backend", "annoy"])) == 2

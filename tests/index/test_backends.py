@@ -18,25 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from cir import index as index_mod
-from cir.cli.evaluate import main
 from cir.cli.index import main as index_main
 from cir.index import BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index, search
 from cir.index.backends.milvus import _row_count
+from cir.serving.settings import Settings
 from cir.utils import save_tensors, write_json
+from cir.web.app import create_app
 
 N, DIM = 3000, 64
-
-
-def write_folder(path: Path, seed: int = 0, n: int = N, dim: int = DIM) -> torch.Tensor:
-    """A feature folder as extract_features.py writes it; returns the float16 features."""
-    g = torch.Generator().manual_seed(seed)
-    x = F.normalize(torch.randn(n, dim, generator=g), dim=1).half()
-    path.mkdir(parents=True, exist_ok=True)
-    save_tensors(path / "features.safetensors", {"features": x}, metadata={"format": "pt"})
-    write_json(path / "names.json", [f"img{i:05d}" for i in range(n)])
-    write_json(path / "manifest.json", {"encoder": "test", "dim": dim, "count": n, "dtype": "float16",
-                                        "normalized": True, "skipped": [], "skipped_count": 0})
-    return x
 
 
 def queries(x: torch.Tensor, count: int, seed: int = 1) -> torch.Tensor:
@@ -63,7 +52,7 @@ def dense(q: torch.Tensor, x: torch.Tensor, k: int, exclude=None, subset=None):
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> tuple[Path, torch.Tensor]:
+def folder(tmp_path_factory, write_folder) -> tuple[Path, torch.Tensor]:
     path = tmp_path_factory.mktemp("features") / "catalog-test"
     return path, write_folder(path)
 
@@ -100,7 +89,7 @@ def test_exact_is_memory_mapped_and_matches_dense_search(folder):
         assert i.shape == (b, N) and (s[:, :-1] >= s[:, 1:]).all() and len(set(i[0].tolist())) == N
 
 
-def test_exact_fp16_pass_handles_ties(tmp_path):
+def test_exact_fp16_pass_handles_ties(tmp_path, write_folder):
     """Many identical rows: the fp16 pass cannot separate them and falls back to float32 for that query."""
     x = write_folder(tmp_path, n=500)
     x[:60] = x[0]
@@ -178,7 +167,7 @@ def test_backend_specs():
 # ----------------------------------------------------------------------------------------------- faiss
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
-def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind):
+def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind, write_folder):
     pytest.importorskip("faiss")
     path = copy_folder(folder[0], tmp_path / "idx")
     x = folder[1]
@@ -207,7 +196,7 @@ def test_faiss_recall_reuse_and_stale_rebuild(folder, tmp_path, kind):
     assert not fresh.backend.reused and fresh.backend.meta["fingerprint"] == fresh.fingerprint != idx.fingerprint
 
 
-def test_faiss_auto_picks_hnsw_and_tiny_indexes_fall_back(tmp_path):
+def test_faiss_auto_picks_hnsw_and_tiny_indexes_fall_back(tmp_path, write_folder):
     pytest.importorskip("faiss")
     x = write_folder(tmp_path / "tiny", n=12)
     idx = load_index(tmp_path / "tiny", "faiss")
@@ -258,7 +247,7 @@ def test_milvus_load_is_resumable_and_idempotent(milvus_folder, capsys):
     with pytest.raises(KeyboardInterrupt):   # killed after the first 1,000 rows
         index_mod.load_into_milvus(idx, "milvus", batch=500, progress=False, _stop_after_rows=1000)
     assert _count(milvus_folder) == 1000
-    with pytest.raises(IndexLoadError, match=r"only partly loaded; run `python3 -m index load"):
+    with pytest.raises(IndexLoadError, match=r"only partly loaded; run `python3 -m cir.index load"):
         load_index(milvus_folder, "milvus")
     assert index_main(["load", "--features", str(milvus_folder), "--to", "milvus", "--batch", "500",
                            "--no-progress"]) == 0
@@ -288,13 +277,13 @@ def test_milvus_search_matches_exact(milvus_folder):
     assert i.shape == (2, 5) and torch.equal(i, ri)
 
 
-def test_milvus_stale_and_unreachable(milvus_folder, tmp_path):
+def test_milvus_stale_and_unreachable(milvus_folder, tmp_path, write_folder):
     path = tmp_path / "small"
     write_folder(path, n=300)
     index_mod.load_into_milvus(load_index(path), "milvus", progress=False)
     assert load_index(path, "milvus").backend.health()["ok"]
     write_folder(path, n=300, seed=5)  # re-extracted since the load
-    with pytest.raises(StaleIndexError, match=r"stale\); run `python3 -m index load --features .* --to milvus`"):
+    with pytest.raises(StaleIndexError, match=r"stale\); run `python3 -m cir.index load --features .* --to milvus`"):
         load_index(path, "milvus")
     out = index_mod.load_into_milvus(load_index(path), "milvus", progress=False)   # the fix replaces it
     assert out["replaced_stale"] and out["inserted"] == 300 and load_index(path, "milvus").backend.health()["ok"]
@@ -325,7 +314,7 @@ def test_milvus_missing_package_or_collection_is_clear(folder, tmp_path):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")
     path = copy_folder(folder[0], tmp_path / "fresh")
-    with pytest.raises(IndexLoadError, match="has no collection cir_fresh .* run `python3 -m index load"):
+    with pytest.raises(IndexLoadError, match="has no collection cir_fresh .* run `python3 -m cir.index load"):
         load_index(path, "milvus")
 
 
@@ -333,8 +322,6 @@ def test_milvus_missing_package_or_collection_is_clear(folder, tmp_path):
 
 def test_app_health_reports_backends(demo_world, tmp_path):
     pytest.importorskip("pymilvus")
-    from cir.serving.settings import Settings
-from cir.web.app import create_app
     ok = create_app(Settings(**demo_world, upload_dir=tmp_path / "u1", warm_up=False))
     h = ok.test_client().get("/api/health").get_json()
     assert h["status"] == "ok" and h["backends"]["catalog-test"]["backend"] == "exact"
@@ -357,29 +344,3 @@ def test_in_memory_index_defaults_to_exact():
     idx = FeatureIndex(x.half(), [str(i) for i in range(20)])
     assert index_mod.with_backend(idx, "exact") is idx and isinstance(idx.backend, index_mod.ExactBackend)
     assert torch.equal(search(x[:2], idx, 5)[1], dense(x[:2], x.half(), 5)[1])
-
-
-# ----------------------------------------------------------------------------------------------- evaluate.py
-
-def test_evaluate_index_backend_flag(monkeypatch, capsys):
-    """--index-backend reaches the indexes evaluate.py searches: an ANN index gives (nearly) exact metrics."""
-    pytest.importorskip("faiss")
-    from test_evaluate_composed import FORMATS, StandInEncoder, _seed, random_index
-
-    from cir.utils import run_cli
-    if not FORMATS.is_dir():
-        pytest.skip("shared annotation files absent")
-    monkeypatch.setattr(encoders, "load", lambda *a, **k: StandInEncoder())
-    monkeypatch.setattr(evaluate, "ensure_index", lambda records, encoder, out_dir, **kw: random_index(
-        [r.name for r in records], seed=_seed(Path(out_dir).name) % 2**31))
-    argv = ["--task", "composed", "--dataset", "cirr", "--data-root", str(FORMATS), "--split", "val",
-            "--combiner", "sum"]
-    runs = {}
-    for spec in ("exact", "faiss:hnsw?efSearch=128"):
-        assert main(argv + ["--index-backend", spec]) == 0
-        runs[spec] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    exact, ann = runs["exact"], runs["faiss:hnsw?efSearch=128"]
-    assert exact["index_backend"] == "exact" and ann["index_backend"].startswith("faiss:hnsw")
-    for key in ("R@1", "R@10", "R@50", "Rsubset@1"):
-        assert abs(exact[key] - ann[key]) <= 2.0, key
-    assert run_cli(lambda: main(argv + ["--index-backend", "annoy"])) == 2

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import random
-from pathlib import Path
 
 import pytest
 
 from cir.evaluation.submission import cirr_submission, submission_paths, write_submission
+from cir.paths import DEFAULT_DATA_ROOT
 
-CIRR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats" / "cirr_dataset" / "cirr"
+CIRR = DEFAULT_DATA_ROOT / "formats" / "cirr_dataset" / "cirr"
 needs_cirr = pytest.mark.skipif(not (CIRR / "captions" / "cap.rc2.test1.json").is_file(),
                                 reason="shared CIRR annotation files absent")
 

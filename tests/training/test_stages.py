@@ -9,11 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
+from cir import encoders
+from cir.catalog import triplets
 from cir.cli.train import main
 from cir.combiner import Combiner
 from cir.data import catalog_images
-from cir.training.data import CatalogData, Item, randomized_fiq_caption
-from cir.training.stages import composed_loss, resolve_defaults
+from cir.encoders import BASE_TEXT
+from cir.training import data as training_data
+from cir.training.config import CombinerStageConfig, TextStageConfig
+from cir.training.data import CatalogData, Item
+from cir.training.stages import composed_loss
 
 SLICE = {"train": 240, "val": 90}
 
@@ -32,7 +37,7 @@ def small_catalog(monkeypatch, catalog_root, lite_encoder):
     def sliced(root, split=None):
         return full(root, split)[:SLICE.get(split, 10 ** 9)]
 
-    monkeypatch.setattr(data_utils, "catalog_images", sliced)
+    monkeypatch.setattr(training_data, "catalog_images", sliced)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder.with_text(k.get("text")))
     return catalog_root
 
@@ -93,7 +98,7 @@ def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, featur
     history = json.loads(out.with_name("text.train.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
     tuned = lite_encoder.with_text(out)
-    assert tuned.text_checkpoint == str(out) and lite_encoder.text_checkpoint == "base"
+    assert tuned.text_side.path == out.resolve() and lite_encoder.text_side == BASE_TEXT
     caps = ["is red instead of blue", "make it a formal shirt"]
     assert not torch.allclose(tuned.encode_texts(caps), lite_encoder.encode_texts(caps))
     pixels = torch.rand(2, 3, 224, 224)
@@ -113,7 +118,6 @@ def test_text_checkpoints_are_checked(lite_encoder, tmp_path):
 
 
 def test_soft_targets_reward_the_target_and_every_attribute_match():
-    from cir.catalog import triplets
     data = CatalogData.__new__(CatalogData)
     data.train = list(range(5))  # only its length is used
     attrs = [{"gender": "Men", "articleType": "Tshirts", "baseColour": c, "usage": "Casual"}
@@ -143,26 +147,20 @@ def test_batch_negatives_are_the_papers_one_hot_classification():
     assert torch.allclose(got, ref)
 
 
-def test_randomized_fashioniq_captions_take_the_four_forms():
-    import random
-    rng = random.Random(0)
-    seen = {randomized_fiq_caption(["is red.", " has long sleeves?"], rng) for _ in range(200)}
-    assert seen == {"Is red and has long sleeves", "Has long sleeves and is red", "Is red", "Has long sleeves"}
-    assert randomized_fiq_caption(["", "is blue"], rng) == "Is blue"
-
-
 def test_presets_fill_only_what_is_unset():
-    import argparse
-    args = argparse.Namespace(preset="clip4cir", dataset="fashioniq", lr=None, batch=None, optimizer=None,
-                              projection_dim=None, hidden_dim=64, dropout=None, negatives=None)
-    resolve_defaults(args, "combiner", 640)
-    assert (args.lr, args.batch, args.projection_dim, args.hidden_dim, args.dropout, args.negatives) == \
+    cfg = CombinerStageConfig(preset="clip4cir", dataset="fashioniq", hidden_dim=64).with_preset(640)
+    assert (cfg.lr, cfg.batch, cfg.projection_dim, cfg.hidden_dim, cfg.dropout, cfg.negatives) == \
         (2e-5, 1024, 2560, 64, 0.5, "batch")
-    args = argparse.Namespace(preset="clip4cir", dataset="catalog", lr=None, batch=None, optimizer=None,
-                              negatives=None)
-    resolve_defaults(args, "text", 640)
-    assert (args.lr, args.batch, args.optimizer, args.negatives) == (2e-6, 512, "adamw", "batch")
-    args = argparse.Namespace(preset="project", dataset="catalog", lr=None, batch=None, optimizer=None,
-                              negatives=None)
-    resolve_defaults(args, "text", 256)
-    assert (args.lr, args.batch, args.negatives) == (3e-4, 256, "gallery")
+    cfg = TextStageConfig(preset="clip4cir", dataset="catalog").with_preset(640)
+    assert (cfg.lr, cfg.batch, cfg.optimizer, cfg.negatives) == (2e-6, 512, "adamw", "batch")
+    cfg = TextStageConfig(preset="project", dataset="catalog", negatives="batch").with_preset(256)
+    assert (cfg.lr, cfg.batch, cfg.negatives) == (3e-4, 256, "batch")
+    assert TextStageConfig(preset="project", dataset="catalog").with_preset(256).negatives == "gallery"
+
+
+def test_the_resume_key_ignores_what_does_not_change_the_result(tmp_path):
+    base = CombinerStageConfig(cache_dir=str(tmp_path))
+    same = CombinerStageConfig(cache_dir=str(tmp_path), epochs=99, out="elsewhere.safetensors", workers=3, restart=True)
+    assert base.resume_file() == same.resume_file() and base.resume_file().parent == tmp_path
+    assert base.resume_file() != CombinerStageConfig(cache_dir=str(tmp_path), lr=0.5).resume_file()
+    assert base.resume_file() != TextStageConfig(cache_dir=str(tmp_path)).resume_file()

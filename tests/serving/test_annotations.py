@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SHARED
 
 from cir.catalog.triplets import generate
 from cir.data import AnnotationError, catalog_images, fashioniq_images, load_triplets
 from cir.index import search
+from cir.paths import DEFAULT_DATA_ROOT
 from cir.serving.annotations import Annotations
 from cir.serving.errors import ServiceUnavailable
 from cir.serving.settings import Settings
 from cir.web.app import create_app
 
-FIQ_FORMATS = SHARED / "formats" / "fashionIQ_dataset"
+FIQ_FORMATS = DEFAULT_DATA_ROOT / "formats" / "fashionIQ_dataset"
 FIQ_ENTRIES = 8     # the first real dress val entries: their candidates and targets become the index
 
 

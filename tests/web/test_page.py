@@ -1,7 +1,7 @@
 """The page's assets and policy through Flask's test client: Bootstrap served from the pinned package (the
 default) or linked from the CDN, the Content-Security-Policy header, and a page with no inline code.
 
-tests/test_browser.py checks the same in a real browser; these run without one.
+tests/web/test_browser.py checks the same in a real browser; these run without one.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from cir.cli.serve import main
 from cir.serving.settings import Settings
+from cir.web import assets
 from cir.web.app import create_app
 from cir.web.assets import BOOTSTRAP_VERSION, CDN_CSS, CDN_CSS_SRI, CSS_FILE, bootstrap_dir, content_security_policy
 
@@ -114,6 +115,6 @@ def test_bootstrap_setting(monkeypatch):
 
 
 def test_missing_package_is_a_clear_start_up_error(monkeypatch):
-    monkeypatch.setattr(page_assets, "BOOTSTRAP_PACKAGE", "no_such_bootstrap_package")
+    monkeypatch.setattr(assets, "BOOTSTRAP_PACKAGE", "no_such_bootstrap_package")
     with pytest.raises(FileNotFoundError, match=r"pip install bootstrap-flask==2\.6\.0.*--bootstrap cdn"):
         create_app(Settings())  # fails before loading anything

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import gunicorn
@@ -22,7 +21,9 @@ from gunicorn.app.base import Application
 from gunicorn.config import Config
 from gunicorn.workers.ggevent import GeventWorker
 
-REPO = Path(__file__).resolve().parents[1]
+from cir.paths import REPO_DIR
+
+REPO = REPO_DIR
 CONF = REPO / "gunicorn.conf.py"
 TRIVIAL_APP = '''
 def app(environ, start_response):

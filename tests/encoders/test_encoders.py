@@ -20,6 +20,12 @@ from cir.encoders import BASE_TEXT, OPENAI_MODELS, STAGE1_TEXT, TextSide, availa
 from cir.encoders.colour import hsv_histogram as colour_descriptor
 from cir.encoders.preprocess import CLIP_MEAN, CLIP_STD
 
+
+@pytest.fixture(scope="module")
+def sizes(tiny_clip_sizes) -> types.SimpleNamespace:
+    """The tiny CLIP's sizes (conftest.tiny_clip_sizes) as attributes."""
+    return types.SimpleNamespace(**tiny_clip_sizes)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -43,73 +49,6 @@ def sample_images() -> list[Image.Image]:
 
 # ----------------------------------------------------------------------------------------------- hf backend
 
-PROJ_DIM = 16
-IMAGE_SIZE = 32
-MAX_POS = 32
-PP_MEAN = [0.5, 0.5, 0.5]
-PP_STD = [0.25, 0.25, 0.25]
-
-
-def bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP's byte -> printable-character map, in byte order of the mapped characters."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_tiny_tokenizer(src: Path, dst: Path) -> tuple[int, int, int]:
-    """A byte-level BPE CLIP tokenizer: vocab.json + merges.txt in `src`, saved loadable into `dst`.
-
-    Returns (vocab size, bos id, eos id)."""
-    from transformers import CLIPTokenizer
-    chars = bytes_to_unicode()
-    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>")]
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(tokens)}
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (src / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                                    encoding="utf-8")
-    # from_pretrained on the two files works on transformers 4 (slow tokenizer) and 5 (tokenizers backend).
-    tok = CLIPTokenizer.from_pretrained(str(src))
-    tok.save_pretrained(str(dst))
-    return len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"]
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    from transformers import CLIPConfig, CLIPModel
-    root = tmp_path_factory.mktemp("tiny_clip")
-    model_dir = root / "model"
-    vocab_size, bos, eos = write_tiny_tokenizer(root / "tok_src", model_dir)
-    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-                  projection_dim=PROJ_DIM)
-    config = CLIPConfig(
-        text_config=dict(common, vocab_size=vocab_size, max_position_embeddings=MAX_POS,
-                         bos_token_id=bos, eos_token_id=eos, pad_token_id=eos),
-        vision_config=dict(common, image_size=IMAGE_SIZE, patch_size=8),
-        projection_dim=PROJ_DIM)
-    torch.manual_seed(0)
-    CLIPModel(config).save_pretrained(str(model_dir))
-    # Only image_mean/image_std are read by HFClipEncoder; non-CLIP values show that they are honoured.
-    (model_dir / "preprocessor_config.json").write_text(json.dumps(
-        {"image_processor_type": "CLIPImageProcessor", "image_mean": PP_MEAN, "image_std": PP_STD}))
-    return model_dir
-
-
-@pytest.fixture(scope="module")
-def hf_encoder(tiny_clip_dir):
-    return encoders.load("hf:" + str(tiny_clip_dir), "cpu")
-
-
 def test_hf_tokenizer_ids_fit_the_text_model(hf_encoder):
     tok, cfg = hf_encoder.tokenizer, hf_encoder.model.config.text_config
     assert len(tok) == cfg.vocab_size
@@ -119,51 +58,51 @@ def test_hf_tokenizer_ids_fit_the_text_model(hf_encoder):
     assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
 
 
-def test_hf_encoder_basics(hf_encoder, tiny_clip_dir):
-    assert hf_encoder.dim == PROJ_DIM
+def test_hf_encoder_basics(hf_encoder, tiny_clip_dir, sizes):
+    assert hf_encoder.dim == sizes.projection_dim
     assert hf_encoder.name == "hf:" + str(tiny_clip_dir)
     assert hf_encoder.device == torch.device("cpu")
     pp = hf_encoder.preprocess
-    assert pp.mode == "targetpad" and pp.size == IMAGE_SIZE
-    np.testing.assert_allclose(pp.mean.ravel(), PP_MEAN)
-    np.testing.assert_allclose(pp.std.ravel(), PP_STD)
+    assert pp.mode == "targetpad" and pp.size == sizes.image_size
+    np.testing.assert_allclose(pp.mean.ravel(), sizes.mean)
+    np.testing.assert_allclose(pp.std.ravel(), sizes.std)
     d = hf_encoder.describe()
-    assert d["dim"] == PROJ_DIM and d["preprocess"]["size"] == IMAGE_SIZE
+    assert d["dim"] == sizes.projection_dim and d["preprocess"]["size"] == sizes.image_size
 
 
-def test_hf_preprocess_shape(hf_encoder):
+def test_hf_preprocess_shape(hf_encoder, sizes):
     for im in sample_images():
         x = hf_encoder.preprocess(im)
-        assert x.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and x.dtype == torch.float32
+        assert x.shape == (3, sizes.image_size, sizes.image_size) and x.dtype == torch.float32
 
 
-def test_hf_encode_images(hf_encoder):
+def test_hf_encode_images(hf_encoder, sizes):
     images = sample_images()
     f = hf_encoder.encode_images(images)
-    assert f.shape == (len(images), PROJ_DIM) and f.dtype == torch.float32
+    assert f.shape == (len(images), sizes.projection_dim) and f.dtype == torch.float32
     assert torch.isfinite(f).all() and unit_norm(f)
     assert torch.allclose(f, hf_encoder.encode_images(images), atol=1e-6)
     # Batch composition does not change an image's features.
     assert torch.allclose(f[1:2], hf_encoder.encode_images(images[1:2]), atol=1e-5)
-    assert hf_encoder.encode_images([]).shape == (0, PROJ_DIM)
+    assert hf_encoder.encode_images([]).shape == (0, sizes.projection_dim)
 
 
-def test_hf_encode_texts(hf_encoder):
+def test_hf_encode_texts(hf_encoder, sizes):
     texts = ["the red dress", "a blue shirt with long sleeves", "and"]
     f = hf_encoder.encode_texts(texts)
-    assert f.shape == (3, PROJ_DIM) and f.dtype == torch.float32
+    assert f.shape == (3, sizes.projection_dim) and f.dtype == torch.float32
     assert torch.isfinite(f).all() and unit_norm(f)
     assert torch.allclose(f, hf_encoder.encode_texts(texts), atol=1e-6)
     assert (f[0] - f[1]).abs().max() > 1e-4 and (f[0] - f[2]).abs().max() > 1e-4
     # Padding in a batch does not change a short text's features; surrounding blanks are stripped.
     assert torch.allclose(f[2:3], hf_encoder.encode_texts(["and"]), atol=1e-5)
     assert torch.allclose(f[0:1], hf_encoder.encode_texts(["  the red dress \n"]), atol=1e-5)
-    assert hf_encoder.encode_texts([]).shape == (0, PROJ_DIM)
+    assert hf_encoder.encode_texts([]).shape == (0, sizes.projection_dim)
 
 
-def test_hf_long_text_is_truncated(hf_encoder):
+def test_hf_long_text_is_truncated(hf_encoder, sizes):
     f = hf_encoder.encode_texts(["the cat and the dog " * 40])
-    assert f.shape == (1, PROJ_DIM) and unit_norm(f)
+    assert f.shape == (1, sizes.projection_dim) and unit_norm(f)
 
 
 @pytest.mark.parametrize("texts", [[""], ["   "], ["a shirt", " \t\n"], [None]])
@@ -172,10 +111,10 @@ def test_hf_blank_text_is_refused(hf_encoder, texts):
         hf_encoder.encode_texts(texts)
 
 
-def test_hf_preprocess_override(tiny_clip_dir):
+def test_hf_preprocess_override(tiny_clip_dir, sizes):
     enc = encoders.load("hf:" + str(tiny_clip_dir), "cpu", preprocess="squarepad")
     assert enc.preprocess.mode == "squarepad"
-    assert enc.encode_images([Image.new("RGB", (10, 40), WHITE)]).shape == (1, PROJ_DIM)
+    assert enc.encode_images([Image.new("RGB", (10, 40), WHITE)]).shape == (1, sizes.projection_dim)
 
 
 # ----------------------------------------------------------------------------------------------- openai backend
@@ -408,7 +347,7 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
     path = tmp_path / "tuned_clip_best.pt"
     torch.save({"CLIP": tuned.state_dict(), "epoch": 3}, path)
     side = enc.with_text(path)
-    assert side.text_checkpoint == str(path)
+    assert side.text_side.path == path.resolve()
     base = enc.encode_texts(["a red dress"], raw=True)
     assert torch.allclose(side.encode_texts(["a red dress"], raw=True), -2 * base)
     px = torch.rand(2, 3, 32, 32)
@@ -431,7 +370,7 @@ def test_text_side_is_one_identity_per_checkpoint(tmp_path, monkeypatch):
     sides = {TextSide.of(f) for f in forms}
     assert len(sides) == 1
     side = sides.pop()
-    assert (side.name, side.record, side.is_base) == ("stage1", shipped.name, False)
+    assert (side.name, side.record, side.path is None) == ("stage1", shipped.name, False)
     assert TextSide.of(side) is side
     for base in (None, "", "base", BASE_TEXT):
         assert TextSide.of(base) == BASE_TEXT and TextSide.of(base).record == "base"

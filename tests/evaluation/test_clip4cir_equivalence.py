@@ -15,20 +15,27 @@ from __future__ import annotations
 
 import json
 import math
+import types
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from test_encoders import PP_MEAN, PP_STD, PROJ_DIM, tiny_clip_dir  # noqa: F401  (the tiny CLIP fixture)
 
 from cir import encoders
-from cir.cli.evaluate import main
-from cir.cli.extract import main
+from cir.cli.evaluate import main as evaluate_main
+from cir.cli.extract import main as extract_main
 from cir.combiner import Combiner, CombinerConfig
 from cir.serving.settings import Settings
 from cir.web.app import create_app
+
+
+@pytest.fixture(scope="module")
+def sizes(tiny_clip_sizes) -> types.SimpleNamespace:
+    """The tiny CLIP's sizes (conftest.tiny_clip_sizes) as attributes."""
+    return types.SimpleNamespace(**tiny_clip_sizes)
+
 
 SIZES = [(40, 52), (90, 30), (32, 32), (64, 50), (30, 75), (100, 125), (52, 40), (45, 90), (70, 70),
          (120, 40), (36, 48), (80, 64)]
@@ -37,7 +44,7 @@ CAPTIONS = [("is red", "has stripes"), ("is blue and longer", "no sleeves"), ("d
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_clip_dir):  # noqa: F811
+def world(tmp_path_factory, tiny_clip_dir, sizes):
     """A FashionIQ 'shirt' val layout of 12 drawn images, its features, and an original-format Combiner."""
     root = tmp_path_factory.mktemp("fiq")
     (root / "images").mkdir()
@@ -54,11 +61,11 @@ def world(tmp_path_factory, tiny_clip_dir):  # noqa: F811
         (root / sub).parent.mkdir(exist_ok=True)
         (root / sub).write_text(json.dumps(payload))
     feats = root.parent / (root.name + "-features")
-    assert main(["--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
-                                  "--encoder", f"hf:{tiny_clip_dir}", "--device", "cpu", "--workers", "0",
-                                  "--out", str(feats)]) == 0
+    assert extract_main(["--dataset", "fashioniq", "--data-root", str(root), "--split", "val",
+                         "--encoder", f"hf:{tiny_clip_dir}", "--device", "cpu", "--workers", "0",
+                         "--out", str(feats)]) == 0
     torch.manual_seed(1)
-    comb = Combiner(CombinerConfig(feature_dim=PROJ_DIM, projection_dim=24, hidden_dim=40))
+    comb = Combiner(CombinerConfig(feature_dim=sizes.projection_dim, projection_dim=24, hidden_dim=40))
     ckpt = root.parent / (root.name + "-combiner.pt")
     torch.save({"Combiner": comb.state_dict()}, ckpt)
     return {"root": root, "names": names, "trips": trips, "features": feats, "ckpt": ckpt, "clip": tiny_clip_dir}
@@ -77,14 +84,14 @@ def ref_targetpad(img: Image.Image, ratio: float = 1.25) -> Image.Image:
     return canvas
 
 
-def ref_pixels(path, size: int) -> torch.Tensor:
+def ref_pixels(path, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
     img = ref_targetpad(Image.open(path).convert("RGB"))
     w, h = img.size
     nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
     img = img.resize((nw, nh), Image.BICUBIC)
     left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     x = np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / 255.0
-    x = (x - np.asarray(PP_MEAN, np.float32)) / np.asarray(PP_STD, np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
 
@@ -94,8 +101,10 @@ def ref_features(world) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor
     model = CLIPModel.from_pretrained(str(world["clip"])).eval()
     tok = AutoTokenizer.from_pretrained(str(world["clip"]))
     size = model.config.vision_config.image_size
+    pp = json.loads((world["clip"] / "preprocessor_config.json").read_text())   # the model folder's normalisation
     with torch.no_grad():
-        px = torch.stack([ref_pixels(world["root"] / "images" / f"{n}.png", size) for n in world["names"]])
+        px = torch.stack([ref_pixels(world["root"] / "images" / f"{n}.png", size, pp["image_mean"], pp["image_std"])
+                          for n in world["names"]])
         img = model.get_image_features(pixel_values=px)
         img = img if torch.is_tensor(img) else img.pooler_output
         caps = [f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}"
@@ -153,7 +162,7 @@ def test_normalising_the_inputs_would_change_the_ranking(world):
 @pytest.mark.parametrize("method", ["combiner", "sum"])
 def test_evaluate_ranks_as_the_papers(world, method, tmp_path):
     out = tmp_path / "rankings.json"
-    assert main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(world["root"]),
+    assert evaluate_main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(world["root"]),
                           "--split", "val", "--encoder", f"hf:{world['clip']}", "--device", "cpu", "--workers", "0",
                           "--features", str(world["features"]),
                           "--combiner", str(world["ckpt"]) if method == "combiner" else "sum",

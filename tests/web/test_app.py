@@ -413,18 +413,14 @@ def test_cirr_group_row(client, engine):
                        ).get_json()["group"] is None  # no reference, no group
 
 
-def test_rank_group_with_real_cirr_groups(tmp_path):
+def test_rank_group_with_real_cirr_groups(tmp_path, cirr_formats):
     """rank_group over the real CIRR val img_set lists, against brute force, reference excluded."""
-    from conftest import CIRR_FORMATS
-
-    if not CIRR_FORMATS.exists():
-        pytest.skip("CIRR annotation files not available")
-    triplets = cirr_triplets(CIRR_FORMATS, "val")[:200]
+    triplets = cirr_triplets(cirr_formats, "val")[:200]
     names = sorted({m for t in triplets for m in t.group} | {t.reference for t in triplets})
     g = torch.Generator().manual_seed(0)
     feats = torch.nn.functional.normalize(torch.randn(len(names), 16, generator=g), dim=-1).half()
     index = FeatureIndex(feats, names, {})
-    groups = cirr_groups(CIRR_FORMATS, "val")  # every member of an img_set maps to (its first) set
+    groups = cirr_groups(cirr_formats, "val")  # every member of an img_set maps to (its first) set
     ds = Dataset(DatasetSource("cirr-val", tmp_path, "cirr", "val"), index, [], groups)
     for t in triplets[:50]:
         q = torch.nn.functional.normalize(torch.randn(1, 16, generator=g), dim=-1)

@@ -2,6 +2,7 @@
 malformed annotations, the catalogue, image folders and data-root resolution."""
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -24,10 +25,12 @@ from cir.data import (
     load_json,
     load_triplets,
     pattern_of,
+    randomized_fiq_caption,
     resolve_data_root,
 )
+from cir.paths import DEFAULT_DATA_ROOT
 
-SHARED = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
+SHARED = DEFAULT_DATA_ROOT.resolve()
 FORMATS = SHARED / "formats"
 FIQ = FORMATS / "fashionIQ_dataset"
 CIRR = FORMATS / "cirr_dataset"
@@ -443,3 +446,10 @@ def test_records_are_hashable():
     assert t == Triplet("r", ("a",), "t") and len({t, Triplet("r", ("a",), "t")}) == 1
     r = ImageRecord("a", Path("a.png"), {"k": "v"})
     assert r == ImageRecord("a", Path("a.png")) and hash(r) == hash(ImageRecord("a", Path("a.png")))
+
+
+def test_randomized_fashioniq_captions_take_the_four_forms():
+    rng = random.Random(0)
+    seen = {randomized_fiq_caption(["is red.", " has long sleeves?"], rng) for _ in range(200)}
+    assert seen == {"Is red and has long sleeves", "Has long sleeves and is red", "Is red", "Has long sleeves"}
+    assert randomized_fiq_caption(["", "is blue"], rng) == "Is blue"

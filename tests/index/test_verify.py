@@ -1,6 +1,6 @@
 """Verified feature folders: the manifest's checksums catch what the sampled checks cannot.
 
-Each attack is reproduced on a real feature folder (test_index_backends.write_folder) and shown to pass
+Each attack is reproduced on a real feature folder (the write_folder fixture) and shown to pass
 without checksums (what happened before they existed), then to fail at load with them. Folders without
 checksums (older extractions) still load, unverified, with one warning.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_index_backends import write_folder
 
 from cir.cli.index import main as index_main
 from cir.index import IndexLoadError, load_index, search
 from cir.index.files import NAMES_FILE, read_header
+from cir.paths import REPO_DIR
 from cir.utils import run_cli, sha256_file, write_json
 
 N = 3000
@@ -37,7 +37,7 @@ def add_checksums(folder: Path) -> dict:
 
 
 @pytest.fixture
-def verified_folder(tmp_path) -> Path:
+def verified_folder(tmp_path, write_folder) -> Path:
     path = tmp_path / "catalog-verified"
     write_folder(path)
     add_checksums(path)
@@ -95,7 +95,7 @@ def test_rows_overwritten_with_a_valid_row_fail_to_load(verified_folder, tmp_pat
         load_index(verified_folder)
 
 
-def test_missing_checksums_load_unverified_with_one_warning(tmp_path, caplog):
+def test_missing_checksums_load_unverified_with_one_warning(tmp_path, caplog, write_folder):
     path = tmp_path / "catalog-old"
     write_folder(path)
     with caplog.at_level(logging.WARNING, logger="index"):
@@ -132,8 +132,8 @@ def test_fingerprint_follows_the_checksums(verified_folder):
 def test_python_m_index_check(verified_folder):
     """The command line as users run it: a verified folder passes, a damaged one is one clear line, exit 2."""
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "index", "check", "--features", str(verified_folder)],
-                              cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+        return subprocess.run([sys.executable, "-m", "cir.index", "check", "--features", str(verified_folder)],
+                              cwd=REPO_DIR, capture_output=True, text=True, timeout=300)
 
     ok = run()
     assert ok.returncode == 0 and json.loads(ok.stdout.strip().splitlines()[-1])["verified"] is True

@@ -4,7 +4,7 @@ Flow: open the home page, filter and shuffle the references, pick one, type a ca
 results and see the trail grow, switch to image->image, go back along the trail, upload an image and search
 from it. Playwright cannot download its own browser here: `apt-get install chromium` provides one (CI does).
 
-The page runs as shipped: Bootstrap's CSS from the app itself (page_assets.py) under the app's
+The page runs as shipped: Bootstrap's CSS from the app itself (cir.web.assets) under the app's
 Content-Security-Policy, with every request to another origin blocked, so the tests prove the page is
 styled offline. Any console error (a CSP violation included), failed request or HTTP error fails a test.
 
@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cir.data import catalog_images
+from cir.extraction import ensure_index
 from cir.web.assets import CDN_CSS, CSS_FILE, bootstrap_dir, content_security_policy
 
 pytest.importorskip("playwright")
@@ -33,11 +34,11 @@ if not CHROMIUM.exists():
 
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
-pass  # noqa: E402
-from cir.serving.settings import Settings
+from cir.paths import REPO_DIR  # noqa: E402
+from cir.serving.settings import Settings  # noqa: E402
 from cir.web.app import create_app  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_DIR
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
 BOOTSTRAP_URL = "/vendor/bootstrap/css/bootstrap.min.css"
 PRIMARY = "rgb(13, 110, 253)"  # Bootstrap 5's --bs-primary: .btn-primary's background, .btn-outline-primary's text
@@ -360,7 +361,6 @@ SHOPPER_REFERENCE = "12329"
 
 def _catalog_server(tmp_path_factory, catalog_root, encoder, split: str, features: Path):
     """The demo as shipped (default composed mode, shipped Combiners) over one split of the catalogue."""
-    from cir.extraction.local import ensure_index
     records = catalog_images(catalog_root, split)
     ensure_index(records, encoder, features / f"catalog-{split}",
                  info={"dataset": "catalog", "split": split, "data_root": str(catalog_root)})

@@ -11,8 +11,9 @@ from cir.catalog.layouts import CATEGORIES, CIRR_SET_SIZE, write_cirr, write_fas
 from cir.cli.layouts import main
 from cir.data import ImageRecord, catalog_images, check_images, fashioniq_categories, list_images, load_triplets
 from cir.extraction.local import extract_index
+from cir.paths import DEFAULT_DATA_ROOT
 
-FORMATS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "formats"
+FORMATS = DEFAULT_DATA_ROOT / "formats"
 PER_KIND = 4
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cir import encoders
 from cir.cli.extract import main as extract_main
 from cir.data import ImageRecord, MissingImageError, catalog_images, folder_images
 from cir.extraction.job import LOCK_NAME, ImageFiles, OutputLock, OutputLockedError
@@ -257,7 +258,7 @@ def test_cli_into_a_held_folder_fails_before_loading_the_encoder(tmp_path, monke
 
 
 def test_lock_of_a_killed_process_is_released(tmp_path):
-    code = ("import sys, time; from extract_job import OutputLock; lock = OutputLock(sys.argv[1]); "
+    code = ("import sys, time; from cir.extraction.job import OutputLock; lock = OutputLock(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(120)")
     child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=REPO_DIR, stdout=subprocess.PIPE,
                              text=True)
