@@ -11,6 +11,7 @@ PIP_Q=(-q --disable-pip-version-check)
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'setup.sh: %s\n' "$*" >&2; exit 1; }
+have() { local p; p=$(command -v "$1" 2>/dev/null) && [ -x "$p" ]; }  # an executable command, not just a file
 
 command -v "$PY" >/dev/null 2>&1 || die "no Python interpreter '$PY' (set PYTHON=/path/to/python3)"
 # version and installation of an interpreter: a venv's python reports its base installation, so running this
@@ -25,10 +26,12 @@ if [ -e "$VENV" ]; then
   if ! [ -f "$VENV/pyvenv.cfg" ]; then
     die "$VENV exists but is not a virtual environment; move it away and run again"
   fi
-  have=$("$VENV/bin/python" -c "$ident" 2>/dev/null || echo "broken -")
-  if [ "$have" != "$want" ]; then
-    read -r have_version _ <<<"$have"
-    say "$VENV was made by another Python ($have_version at ${have#* }), not $PY ($want_version at ${want#* }): making it again"
+  if ! got=$("$VENV/bin/python" -c "$ident" 2>/dev/null); then
+    say "$VENV does not run (was its Python removed?): making it again"
+    rm -rf "$VENV"
+  elif [ "$got" != "$want" ]; then
+    read -r got_version _ <<<"$got"
+    say "$VENV was made by another Python ($got_version at ${got#* }), not $PY ($want_version at ${want#* }): making it again"
     rm -rf "$VENV"
   fi
 fi
@@ -42,7 +45,10 @@ make_venv() {
   local out
   if out=$("$PY" -m venv "$VENV" 2>&1); then return 0; fi
   rm -rf "$VENV"  # a failed attempt leaves a venv without pip
-  if "$PY" -c 'import ensurepip' >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+  # Debian's own test (its venv prints "ensurepip is not available" and the apt command when it fails)
+  if "$PY" -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "ensurepip", "__main__.py")))' ||
+     ! have apt-get; then
     printf '%s\n' "$out" >&2
     die "'$PY -m venv $VENV' failed (above)"
   fi
@@ -54,7 +60,7 @@ if ! [ -e "$VENV" ]; then
   rc=0; make_venv || rc=$?
   if [ "$rc" = 2 ]; then
     # Debian and Ubuntu ship ensurepip (which venv needs to put pip in .venv) in a package of its own
-    if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+    if [ "$(id -u)" = 0 ]; then SUDO=""; elif have sudo; then SUDO=sudo; else
       v=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
       die "$PY has no ensurepip, which venv needs. Install it as root, then run setup.sh again:
     apt-get update && apt-get install -y python$v-venv"
