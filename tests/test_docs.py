@@ -8,7 +8,6 @@ headings inside code (fenced blocks, `code spans`) are not links or headings.
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -76,7 +75,7 @@ def links(path: Path) -> list[str]:
     return out
 
 
-def _problem(page: Path, target: str) -> str | None:
+def _problem(page: Path, target: str, repo: Path = REPO) -> str | None:
     """Why a link of `page` is broken, or None when it resolves."""
     if not target:
         return "empty link"
@@ -84,12 +83,12 @@ def _problem(page: Path, target: str) -> str | None:
         return None  # another site: not checked offline
     file_part, _, anchor = target.partition("#")
     dest = (page.parent / file_part).resolve() if file_part else page
-    if not dest.is_relative_to(REPO):
+    if not dest.is_relative_to(repo):
         return f"{target}: outside the repository"
     if not dest.exists():
-        return f"{target}: no such file {dest.relative_to(REPO)}"
+        return f"{target}: no such file {dest.relative_to(repo)}"
     if anchor and dest.suffix == ".md" and anchor not in anchors(dest):
-        return f"{target}: no heading #{anchor} in {dest.relative_to(REPO)}"
+        return f"{target}: no heading #{anchor} in {dest.relative_to(repo)}"
     if anchor and dest.suffix != ".md":
         return f"{target}: an anchor into a file that is not a markdown page"
     return None
@@ -130,11 +129,10 @@ def test_duplicate_headings_are_numbered(tmp_path):
     assert anchors(page) == {"top", "notes", "notes-1", "notes-2"}
 
 
-def test_a_broken_link_is_caught(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+def test_a_broken_link_is_caught(tmp_path):
     (tmp_path / "a.md").write_text("# A\n[ok](b.md#b) [bad](b.md#nope) [gone](c.md) `[code](x.md)`\n")
     (tmp_path / "b.md").write_text("# B\n")
     found = links(tmp_path / "a.md")
     assert found == ["b.md#b", "b.md#nope", "c.md"]
-    problems = [_problem(tmp_path / "a.md", t) for t in found]
+    problems = [_problem(tmp_path / "a.md", t, repo=tmp_path) for t in found]
     assert problems[0] is None and "no heading #nope" in problems[1] and "no such file" in problems[2]
