@@ -1,19 +1,5 @@
-"""The classical image-only encoder `bof` (Kmeans-IR's features): a bag of visual words and hand-made histograms.
-
-Per image (RGB, resized to `BofConfig.image_size`):
-  words   dense SIFT descriptors (OpenCV) on a regular grid, each assigned to its nearest visual word of a
-          k-means vocabulary (scikit-learn MiniBatchKMeans), as a normalised word histogram
-  hog     a HOG descriptor (OpenCV) of the grey image at `hog_size`
-  colour  an HSV colour histogram (OpenCV calcHist)
-  shape   an edge-orientation histogram: gradient orientations at Canny edge pixels, weighted by magnitude
-each block is L2-normalised and weighted, the blocks are concatenated, PCA-reduced (scikit-learn PCA, fitted
-on the catalogue's train split) and L2-normalised. The vocabulary and the PCA ship in weights/bof.safetensors
-(+ bof.json, bof.train.json); refit them with
-
-    python3 bof.py fit --data-root ../shared/data/fashion-catalog --out weights/bof.safetensors
-
-The encoder has no text side: `encode_texts` raises TextUnsupported, which the server answers as a 400.
-"""
+"""`bof.py fit`: the bof encoder's vocabulary and PCA fitted on a catalogue split; its help is cir.encoders.bof's
+description."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +10,7 @@ from typing import Sequence
 
 from cir.cli.common import add_data_root, add_verbose
 from cir.data import catalog_images, resolve_data_root
+from cir.encoders import bof
 from cir.encoders.bof import BOF_WEIGHTS, BofConfig, fit
 from cir.utils import run_cli, setup_logging, write_json
 
@@ -31,7 +18,7 @@ log = logging.getLogger("bof")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=bof.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit the vocabulary and PCA on the catalogue's train split")
     add_data_root(f)

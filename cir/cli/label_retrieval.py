@@ -1,15 +1,5 @@
-"""Kmeans-IR's two-stage retrieval by label: cluster the features, name the clusters, answer a label by a cluster.
-
-Stage 1 (fit): k-means (scikit-learn) clusters the labelled train features into as many clusters as there are
-labels; each cluster is named by the majority label of the train items in it (a cluster no train item falls in
-has no name). Stage 2 (query): the searched index's items are assigned to their nearest centre; a label query
-returns the items of the clusters named by that label, ranked by their distance to their cluster's centre.
-Works on any encoder's features (bof, lite, CLIP); features are L2-normalised, so distances are chordal.
-
-    python3 label_retrieval.py --encoder bof --label articleType --query Tshirts --query Watches
-
-extracts (or loads) the catalogue's train and test indexes under --features and prints the ranked test ids.
-"""
+"""`label_retrieval.py`: label queries over clusters of an encoder's features; its help is
+cir.evaluation.label_retrieval's description."""
 from __future__ import annotations
 
 import argparse
@@ -19,12 +9,14 @@ from typing import Sequence
 from cir import encoders
 from cir.cli.common import add_data_root, add_encoder, add_features, add_verbose, index_store
 from cir.data import catalog_images, resolve_data_root
+from cir.evaluation import label_retrieval
 from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records
 from cir.utils import run_cli, setup_logging
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=label_retrieval.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_encoder(p, default="bof", note="; its features are clustered")
     add_data_root(p)
     add_features(p)

@@ -1,12 +1,4 @@
-"""Plots people would rather look at than read: recall@K curves and per-kind bars (evaluate.py --plot) and
-training curves (train.py, a PNG beside each checkpoint's .train.json history).
-
-The data each plot shows is built by plain functions (recall_curve, eval_plot_data, training_plot_data) so
-tests can check it against the reported metrics; the draw_* functions only draw it, headless (Agg canvas,
-no pyplot state), and write the PNG atomically. A history written before this module existed is drawn with
-
-    python3 plots.py weights/combiner.train.json [--out FILE.png]
-"""
+"""`plots.py HISTORY.train.json`: a training history's curve redrawn (cir.evaluation.plots draws every plot)."""
 from __future__ import annotations
 
 import argparse

@@ -126,6 +126,7 @@ def test_no_test_split_image_anywhere(fiq, cirr, test_ids):
         assert not any(f'"{n}"' in text for n in test_ids)
 
 
+@pytest.mark.slow
 def test_deterministic(fiq, cirr, catalog_root, tmp_path):
     again = write_fashioniq(catalog_root, tmp_path / "f", per_kind=PER_KIND, seed=3)
     assert again["splits"] == fiq[1]["splits"]
@@ -171,6 +172,7 @@ def test_cli_prints_summary_and_refuses_test(catalog_root, tmp_path, capsys):
     assert not (tmp_path / "f").exists()
 
 
+@pytest.mark.slow
 def test_extract_index_on_a_tiny_fashioniq_layout(catalog_root, lite_encoder, tmp_path):
     root = tmp_path / "fashionIQ_dataset"
     summary = write_fashioniq(catalog_root, root, splits=["val"], categories=["dress"], per_kind=3)

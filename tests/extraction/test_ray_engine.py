@@ -109,6 +109,7 @@ def test_local_engine_never_imports_ray():
 
 # ----------------------------------------------------------------------------------------------- with Ray
 
+@pytest.mark.slow
 def test_cli_ray_engine_resumes_a_local_run_and_equals_local(folder, reference, lite_encoder, ray_local, tmp_path,
                                                             monkeypatch, capsys):
     out = tmp_path / "f" / "folder-shop"
@@ -124,6 +125,7 @@ def test_cli_ray_engine_resumes_a_local_run_and_equals_local(folder, reference, 
     _assert_same_output(out, reference)
 
 
+@pytest.mark.slow
 def test_killed_ray_run_resumes(folder, reference, lite_encoder, ray_local, tmp_path):
     records = folder_images(folder)
     info = {"dataset": "folder", "split": None, "data_root": str(folder)}

@@ -18,6 +18,8 @@ from cir.cli.train import main as train_main
 from cir.combiner import Combiner
 from cir.data import catalog_images
 
+pytestmark = pytest.mark.slow   # long end-to-end runs: deselect with -m 'not slow'
+
 
 @pytest.fixture(scope="module")
 def small_layouts(tmp_path_factory, catalog_root):

@@ -47,6 +47,7 @@ def _args(tmp_path, features_dir, *extra: str) -> list[str]:
             "--val-per-kind", "40", "--batch", "64", "--workers", "0", *extra]
 
 
+@pytest.mark.slow
 def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small_catalog, features_dir, tmp_path,
                                                                            capsys):
     out = tmp_path / "c.safetensors"
@@ -64,6 +65,7 @@ def test_combiner_training_lowers_the_loss_and_saves_a_loadable_checkpoint(small
         assert im.format == "PNG" and im.size == (1000, 450)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir, tmp_path, monkeypatch):
     out = tmp_path / "c.safetensors"
     real, calls = CatalogData.validate, []
@@ -86,6 +88,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(small_catalog, features_dir
     assert [h["epoch"] for h in history] == [1, 2]  # epoch 1 came from the saved state, not a rerun
 
 
+@pytest.mark.slow
 def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, features_dir, tmp_path, lite_encoder,
                                                            monkeypatch):
     out = tmp_path / "text.safetensors"

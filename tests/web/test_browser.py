@@ -38,6 +38,8 @@ from cir.paths import REPO_DIR  # noqa: E402
 from cir.serving.settings import Settings  # noqa: E402
 from cir.web.app import create_app  # noqa: E402
 
+pytestmark = pytest.mark.slow   # long end-to-end runs: deselect with -m 'not slow'
+
 REPO = REPO_DIR
 LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
 BOOTSTRAP_URL = "/vendor/bootstrap/css/bootstrap.min.css"

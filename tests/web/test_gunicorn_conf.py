@@ -126,6 +126,7 @@ def _get(port: int, timeout: float) -> http.client.HTTPResponse:
     return resp
 
 
+@pytest.mark.slow
 def test_server_answers_while_partial_requests_are_held(tmp_path):
     """One gevent worker, 8 connections holding half a header: a request is still answered (the old sync line
     answered nothing until they closed), without a version banner, and the server drops the idle ones."""
