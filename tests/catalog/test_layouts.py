@@ -12,6 +12,7 @@ from cir.cli.layouts import main
 from cir.data import ImageRecord, catalog_images, check_images, fashioniq_categories, list_images, load_triplets
 from cir.extraction.local import extract_index
 from cir.paths import DEFAULT_DATA_ROOT
+from cir.utils import run_cli
 
 FORMATS = DEFAULT_DATA_ROOT / "formats"
 PER_KIND = 4
@@ -167,7 +168,6 @@ def test_cli_prints_summary_and_refuses_test(catalog_root, tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["dataset"] == "cirr" and summary["splits"]["val"]["images"] == 962
-    from cir.utils import run_cli
     assert run_cli(lambda: main(["fashioniq", "--out", str(tmp_path / "f"), "--splits", "test"])) == 2
     assert not (tmp_path / "f").exists()
 

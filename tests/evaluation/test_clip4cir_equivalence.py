@@ -27,7 +27,9 @@ from cir import encoders
 from cir.cli.evaluate import main as evaluate_main
 from cir.cli.extract import main as extract_main
 from cir.combiner import Combiner, CombinerConfig
+from cir.index import IndexLoadError, load_index
 from cir.serving.settings import Settings
+from cir.utils import save_tensors, write_json
 from cir.web.app import create_app
 
 
@@ -139,7 +141,6 @@ def ref_rankings(world, method: str) -> list[list[str]]:
 # ----------------------------------------------------------------------------------------------- the checks
 
 def test_the_raw_features_are_stored_and_differ_in_norm(world):
-    from cir.index import load_index
     img, txt = ref_features(world)
     index = load_index(world["features"] / "fashioniq-shirt-val")
     raw = index.raw_matrix()
@@ -187,7 +188,6 @@ def test_the_server_ranks_as_the_papers(world, method, tmp_path):
 
 def _legacy_folder(path, encoder: str) -> None:
     """A feature folder as format 1 wrote it: normalised rows only, no norms."""
-    from cir.utils import save_tensors, write_json
     x = F.normalize(torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), dim=-1).half()
     save_tensors(path / "features.safetensors", {"features": x})
     write_json(path / "names.json", list("abcd"))
@@ -196,7 +196,6 @@ def _legacy_folder(path, encoder: str) -> None:
 
 
 def test_old_feature_folders_are_read_correctly_or_refused(tmp_path):
-    from cir.index import IndexLoadError, load_index
     _legacy_folder(tmp_path / "lite", "lite")
     lite = load_index(tmp_path / "lite")
     assert torch.equal(lite.raw([1, 2]), lite.features[[1, 2]].float())  # lite's raw outputs are unit vectors
@@ -208,8 +207,6 @@ def test_old_feature_folders_are_read_correctly_or_refused(tmp_path):
 
 
 def test_damaged_norms_are_refused(tmp_path):
-    from cir.index import IndexLoadError, load_index
-    from cir.utils import save_tensors
     _legacy_folder(tmp_path, "hf:x")
     x = F.normalize(torch.randn(4, 8), dim=-1).half()
     save_tensors(tmp_path / "features.safetensors", {"features": x, "norms": torch.tensor([1.0, float("nan"), 2, 3])})

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cir import encoders
+from cir.catalog import triplets as catalog_triplets
+from cir.catalog.conditions import satisfies
+from cir.catalog.triplets import CatalogTriplet
 from cir.cli.evaluate import main
 from cir.combiner import Combiner, CombinerConfig, compose
 from cir.data import ImageRecord, Triplet, catalog_images, list_images, load_triplets
@@ -150,8 +153,6 @@ def test_attribute_match_honours_any_of_and_unwanted():
 
 def test_catalog_ceiling_counts_the_condition_with_unwanted():
     """attr@10_ceiling: items satisfying the condition (unwanted honoured), less the reference if it does."""
-    from cir.catalog.conditions import satisfies
-    from cir.catalog.triplets import CatalogTriplet
     colours = ["Black"] * 4 + ["Blue"] * 5
     attrs = [{"gender": "Men", "articleType": "Shirts", "baseColour": c} for c in colours]
     attrs += [{"gender": "Women", "articleType": "Tops", "baseColour": "Red"}] * 5
@@ -398,7 +399,6 @@ def test_bad_input_is_one_clear_error(stand_in_cli, tmp_path, caplog):
 # ----------------------------------------------------------------------------------------------- catalogue
 
 def test_catalog_protocol_excludes_the_reference(catalog_root):
-    from cir.catalog import triplets as catalog_triplets
     records = catalog_images(catalog_root, "test")[:200]
     trips = catalog_triplets.generate(records, seed=0, per_kind=10)
     index = random_index([r.name for r in records])

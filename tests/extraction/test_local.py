@@ -21,7 +21,7 @@ from cir.extraction.job import LOCK_NAME, ImageFiles, OutputLock, OutputLockedEr
 from cir.extraction.local import extract_index
 from cir.index import IndexLoadError, load_index, search
 from cir.paths import REPO_DIR
-from cir.utils import run_cli, sha256_file
+from cir.utils import run_cli, save_tensors, sha256_file, write_json
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,6 @@ def test_cli_on_a_folder(catalog_root, tmp_path, capsys):
 
 
 def _write_index(path: Path, n: int = 5, d: int = 4):
-    from cir.utils import save_tensors, write_json
     x = torch.nn.functional.normalize(torch.randn(n, d), dim=1).half()
     save_tensors(path / "features.safetensors", {"features": x})
     write_json(path / "names.json", [f"img{i}" for i in range(n)])

@@ -22,7 +22,7 @@ from cir.cli.index import main as index_main
 from cir.index import BackendUnavailable, FeatureIndex, IndexLoadError, StaleIndexError, ann_recall, load_index, search
 from cir.index.backends.milvus import _row_count
 from cir.serving.settings import Settings
-from cir.utils import save_tensors, write_json
+from cir.utils import run_cli, save_tensors, write_json
 from cir.web.app import create_app
 
 N, DIM = 3000, 64
@@ -207,7 +207,6 @@ def test_faiss_auto_picks_hnsw_and_tiny_indexes_fall_back(tmp_path, write_folder
 
 def test_cli_check_build_help(folder, tmp_path, capsys):
     pytest.importorskip("faiss")
-    from cir.utils import run_cli
     path = copy_folder(folder[0], tmp_path / "idx")
     assert index_main(["check", "--features", str(path)]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -15,9 +15,11 @@ import torch
 
 from cir.catalog.triplets import generate
 from cir.data import AnnotationError, catalog_images, fashioniq_images, load_triplets
+from cir.data.fashioniq import fiq_caption
+from cir.extraction.local import ensure_index
 from cir.index import search
 from cir.paths import DEFAULT_DATA_ROOT
-from cir.serving.annotations import Annotations
+from cir.serving.annotations import Annotations, annotations_for
 from cir.serving.errors import ServiceUnavailable
 from cir.serving.settings import Settings
 from cir.web.app import create_app
@@ -143,7 +145,6 @@ def _fake_fashioniq(root: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def fiq_app(demo_world, lite_encoder, tmp_path_factory):
-    from cir.extraction.local import ensure_index
     if not FIQ_FORMATS.exists():
         pytest.skip("FashionIQ annotation files not available")
     base = tmp_path_factory.mktemp("fiq")
@@ -160,7 +161,6 @@ def fiq_app(demo_world, lite_encoder, tmp_path_factory):
 
 
 def test_fashioniq_captions_are_the_real_annotations(fiq_app):
-    from cir.data.fashioniq import fiq_caption
     app, entries = fiq_app
     client = app.test_client()
     ref = entries[0]["candidate"]
@@ -182,7 +182,6 @@ def test_fashioniq_captions_are_the_real_annotations(fiq_app):
 
 def test_datasets_without_annotations_offer_none(tmp_path):
     """A folder dataset has no annotations: available False, an empty list, never an error."""
-    from cir.serving.annotations import annotations_for
     ann = annotations_for("folder", None, None, tmp_path, [], ["a.jpg"], "dataset 'f'")
     assert not ann.available and ann.of("a.jpg") == [] and ann.count() == 0
     ann = annotations_for("cirr", "val", None, tmp_path, [], ["a"], "dataset 'c'")   # no caption file

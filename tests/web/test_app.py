@@ -17,13 +17,14 @@ from PIL import Image
 from cir.cli.serve import main, parser
 from cir.combiner import compose
 from cir.data import cirr_triplets
+from cir.encoders import BASE_TEXT, STAGE1_TEXT, TextSide
 from cir.index import FeatureIndex, search
 from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import Dataset, DatasetSource, cirr_groups, rank_group, tags_caption
-from cir.serving.engine import Hit, ModelChoice, SearchResult
+from cir.serving.engine import Hit, ModelChoice, SearchResult, _paired_side
 from cir.serving.errors import BadInput
 from cir.serving.inputs import MAX_CAPTION_CHARS, validate_text
-from cir.serving.settings import Settings
+from cir.serving.settings import Settings, option
 from cir.web.app import create_app
 
 
@@ -604,7 +605,6 @@ def test_one_declaration_adds_an_option():
     import argparse
     from dataclasses import dataclass
 
-    from cir.serving.settings import option
 
     @dataclass
     class More(Settings):
@@ -668,8 +668,6 @@ def test_features_of_other_heads_are_never_served(demo_world, tmp_path, caplog):
 
 def test_combiners_pair_with_the_same_side_however_it_is_written(tmp_path):
     """The engine pairs a Combiner's recorded text side with a loaded one by identity, not by string."""
-    from cir.encoders import BASE_TEXT, STAGE1_TEXT, TextSide
-    from cir.serving.engine import _paired_side
 
     class Side:
         def __init__(self, side):

@@ -22,7 +22,7 @@ from cir.serving import uploads as uploads_module
 from cir.serving.settings import Settings
 from cir.web.app import create_app
 from cir.web.assets import CDN_ORIGIN, content_security_policy
-from cir.web.guards import MAX_BODY_BYTES, QuietRequestHandler
+from cir.web.guards import MAX_BODY_BYTES, QuietRequestHandler, install_guards
 
 TTL_S = 1800
 
@@ -309,7 +309,6 @@ def test_the_cdn_origin_joins_styles_only():
 def test_install_guards_on_a_bare_app():
     from flask import Flask
 
-    from cir.web.guards import install_guards
     bare = Flask("bare")
     bare.post("/echo")(lambda: {"n": len(__import__("flask").request.get_data())})
     install_guards(bare, max_upload_bytes=2**20, upload_max_age_s=60, csp=content_security_policy("cdn"),
