@@ -22,13 +22,6 @@ from cir.data.common import (
     check_split,
     load_json,
 )
-from cir.evaluation.submission import (  # noqa: F401
-    CIRR_SUBSET_TOP,
-    TOP,
-    cirr_submission,
-    submission_paths,
-    write_submission,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,6 @@ import numpy as np
 import torch
 
 from cir.catalog.conditions import ConditionMasks, make_key
-from cir.evaluation.submission import (  # noqa: F401
-    CIRR_SUBSET_TOP,
-    TOP,
-    cirr_submission,
-    submission_paths,
-    write_submission,
-)
 
 
 def recall_at_k(ranked: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:

@@ -19,13 +19,7 @@ from cir.data.fashioniq import fashioniq_image_records, fiq_caption
 from cir.encoders import CaptionEncoder
 from cir.evaluation.metrics import attribute_precision_at_k, match_shares, recall_at_k, recall_subset_at_k
 from cir.evaluation.plots import recall_curve
-from cir.evaluation.submission import (  # noqa: F401
-    CIRR_SUBSET_TOP,
-    TOP,
-    cirr_submission,
-    submission_paths,
-    write_submission,
-)
+from cir.evaluation.submission import CIRR_SUBSET_TOP, TOP
 from cir.extraction.local import index_name
 from cir.index import FeatureIndex, rank_subset, search
 
