@@ -372,6 +372,8 @@ class Engine:
             image = open_image(rec.path)
         except FileNotFoundError:
             raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
+        except (OSError, ValueError, SyntaxError):   # not a regular file, or not a readable image
+            raise NotFound(f"the file of image {rec.name!r} on the server cannot be read") from None
         with self.model_calls():
             if self._explainer is None:
                 try:
