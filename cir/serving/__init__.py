@@ -1,10 +1,10 @@
 """The web demo without HTTP, in layers: errors and input validation, caches and metrics, datasets, uploads,
-and the engine that loads everything once and answers queries. app.py is the HTTP layer over it.
+and the engine that loads everything once and answers queries. cir.web is the HTTP layer over it.
 
-    settings  Settings: every option of the demo, one declaration each (drives app.py's flags and CIR_*)
+    settings  Settings: every option of the demo, one declaration each (drives `python3 app.py`'s flags and CIR_*)
     errors    the ApiError hierarchy (status + a message meant for the user)
     inputs    validation of captions, filters and integers a client sends
-    caching   LRU map, cached timed text encoding, per-app metrics
+    caching   LRU map (also the cache of caption features, encoders.texts), per-app metrics
     datasets  where datasets are (manifests, datasets file), one loaded Dataset, the damaged ones
     decode    untrusted images decoded at a bounded cost, without metadata
     uploads   the UploadStore: re-encoded user images and their features, within a quota and a TTL
