@@ -41,6 +41,6 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def index_store(args: argparse.Namespace, flag: str = "features") -> IndexStore:
+def index_store(args: argparse.Namespace) -> IndexStore:
     """The IndexStore the flags of add_features name."""
-    return IndexStore(Path(getattr(args, flag)), args.batch_size, args.workers)
+    return IndexStore(Path(args.features), args.batch_size, args.workers)
