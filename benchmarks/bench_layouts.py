@@ -6,8 +6,9 @@ only that the path runs and that evaluation equals validation).
 
 The catalogue's triplets of one FashionIQ category are written into a FashionIQ layout in a temporary folder
 (catalog.layouts: train from train, val from val, never test; images symlinked); the lite Combiner is trained
-on its train split (train.py combiner: the batch loss, the default on FashionIQ), then sum and the Combiner
-are evaluated on val by evaluate.py's FashionIQ protocol. Prints one JSON line and a markdown table row.
+on its train split (train.py combiner: the batch loss, the default on FashionIQ), then the captions typed
+alone as text, sum and the Combiner are evaluated on val by evaluate.py's FashionIQ protocol. Prints one JSON
+line and a markdown table row.
 """
 from __future__ import annotations
 
@@ -53,16 +54,20 @@ def main() -> None:
         train_s = time.time() - t0
         ev = EvalConfig(task="composed", dataset="fashioniq", data_root=str(root), split="val",
                         store=IndexStore(features, workers=0), device="cpu")
+        texts = evaluate(replace(ev, combiner="text"))["text"][0]
         sums = evaluate(replace(ev, combiner="sum"))["sum"][0]
         comb = evaluate(replace(ev, combiner=summary["saved"]))[summary["saved"]][0]
     out = {"category": args.category, "per_kind": args.per_kind, "epochs": args.epochs, "queries": sums["queries"],
+           "text": {k: texts[k] for k in ("average_R@10", "average_R@50", "average")},
            "sum": {k: sums[k] for k in ("average_R@10", "average_R@50", "average")},
            "combiner": {k: comb[k] for k in ("average_R@10", "average_R@50", "average")},
            "train_seconds": round(train_s, 1)}
     print(json.dumps(out))
     print(f"| {args.category}, {args.per_kind}/kind, {sums['queries']} val queries | "
+          f"{texts['average_R@10']} / {texts['average_R@50']} | "
           f"{sums['average_R@10']} / {sums['average_R@50']} | {comb['average_R@10']} / {comb['average_R@50']} | "
-          f"{out['combiner']['average'] - out['sum']['average']:+.2f} | {train_s:.0f} s |")
+          f"{out['combiner']['average'] - out['sum']['average']:+.2f} | "
+          f"{out['combiner']['average'] - out['text']['average']:+.2f} | {train_s:.0f} s |")
 
 
 if __name__ == "__main__":
