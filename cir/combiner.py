@@ -3,6 +3,9 @@
 Combiner (Baldrati et al., CVPR 2022 / TOMM 2023): image and text features are each projected
 (Linear, ReLU, Dropout); their concatenation feeds a fused branch (Linear, ReLU, Dropout, Linear) and a
 λ branch (Linear, ReLU, Dropout, Linear, sigmoid); output = normalize(fused + λ·text + (1−λ)·image).
+This project's Combiners may add the caption's own unit text feature with a fixed weight r after that
+(`text_residual`; output = normalize(output + r·unit text), trained so): a share of the ranking the caption
+always decides, which the trained fusion cannot drop, so words it never saw in training still count.
 Module names follow the original code, so its checkpoints ({'Combiner': state_dict}, RN50x4 sizes
 640/2560/5120) load as they are, as do our own safetensors + JSON config files.
 
@@ -48,6 +51,9 @@ class CombinerConfig:
     text_encoder: str = "base"     # text side it was trained with: "base", a stage-1 checkpoint's file name in
                                    # weights/ or its path (TextSide.record); compare `text_side`, not this
     inputs: str = "raw"            # features it takes: "raw" (the papers) or "normalized" (L2-normalised first)
+    text_residual: float = 0.0     # weight of the caption's own unit text feature added to the fused output, i.e. of
+                                   # its text score in the ranking: 0 is CLIP4Cir's Combiner; > 0 keeps what the
+                                   # caption says even where the trained fusion never learnt its words
 
     @classmethod
     def from_dict(cls, d: dict) -> "CombinerConfig":
@@ -114,7 +120,10 @@ class Combiner(nn.Module):
         joint = self._joint(image, text)
         fused = self.output_layer(self.dropout3(F.relu(self.combiner_layer(joint))))
         lam = self.dynamic_scalar(joint)
-        return F.normalize(fused + lam * text + (1 - lam) * image, dim=-1)
+        out = F.normalize(fused + lam * text + (1 - lam) * image, dim=-1)
+        if self.cfg.text_residual:  # trained with it: the fusion learns what to add to the caption's own score
+            out = F.normalize(out + self.cfg.text_residual * F.normalize(text, dim=-1), dim=-1)
+        return out
 
     def forward(self, image: torch.Tensor, text: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Logits of each fused query against each target (the papers' batch-based classification)."""

@@ -43,6 +43,19 @@ def colour_caption(rng: random.Random, new: str, old: str, phrasings: str = "all
     ], phrasings)
 
 
+def photo_colour_caption(rng: random.Random, new: str, phrasings: str = "all") -> str:
+    """A colour change of a reference whose own colour is not known (a shopper's photo): 'this in red'."""
+    c = colour_phrase(new)
+    return pick(rng, [
+        f"in {c}", f"make it {c}", f"the same but in {c}", f"this in {c}", f"I want it in {c}",
+        f"{c} version please", f"do you have this in {c}?", f"same style, {c} colour", f"{with_a(c)} one",
+        f"switch to {c}", f"similar but {c}", f"same thing in {c}", f"change the colour to {c}",
+        f"looking for this in {c}", f"it should be {c}", f"like this but {c}", f"want the {c} one",
+        f"can I get it in {c}", f"{c} please", f"one like this in {c}", f"has {with_a(c)} colour",
+        f"this one but {c}", f"same but {c} colour", f"got it in {c}?",
+    ], phrasings)
+
+
 def type_caption(rng: random.Random, new_type: str, old_type: str, colour_kept: bool,
                  phrasings: str = "all") -> str:
     n, o = article_phrase(new_type), article_phrase(old_type)

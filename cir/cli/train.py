@@ -81,6 +81,12 @@ def _align_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--i2i-scale", type=float, default=d.i2i_scale,
                    help="similarity scale of the image-image loss (lower than the caption loss's: groups stay loose "
                         "enough for product names to tell their items apart)")
+    a.add_argument("--photo-weight", type=float, default=d.photo_weight,
+                   help="weight of the real-photos loss (real-photos/ beside the catalogue, train split: uploads land "
+                        "where the studio shots of their kind are); 0 trains on the catalogue alone")
+    a.add_argument("--photo-batch", type=int, default=d.photo_batch, help="real photos drawn per catalogue batch")
+    a.add_argument("--photo-scale", type=float, default=d.photo_scale,
+                   help="similarity scale of the photo -> catalogue contrastive loss")
     a.add_argument("--batch-size", type=int, default=d.batch_size, help="images per tower batch when caching features")
     a.add_argument("--workers", type=int, default=d.workers, help="decoding workers (default: min(4, cores))")
     add_device(a)
@@ -124,6 +130,11 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
     sp.add_argument("--phrasings", default=d.phrasings, choices=triplets.PHRASINGS,
                     help="catalog: caption templates to train on; 'train' keeps every 4th template unseen, so "
                          "`evaluate.py --phrasings heldout` measures generalisation to new wordings")
+    sp.add_argument("--photo-like", type=float, default=d.photo_like,
+                    help="catalog: share of triplets whose reference is seen in a photo-like augmented view")
+    sp.add_argument("--photo-triplets", type=int, default=d.photo_triplets,
+                    help="catalog: triplets per epoch with a real train photo as the reference and a colour caption "
+                         "(real-photos/ beside the catalogue; 0: none)")
     add_device(sp)
     sp.add_argument("--seed", type=int, default=d.seed, help="seed for triplets, caption draws, shuffling and init")
     sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")
@@ -151,6 +162,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dropout", type=float, default=None,
                    help="Combiner dropout (default: from --preset; the paper's 0.5 underfits the catalogue's "
                         "~6k triplets per epoch, 0.2 does not)")
+    c.add_argument("--text-residual", type=float, default=None,
+                   help="weight of the caption's own text score in the Combiner's output, trained with it (default: "
+                        "from --preset: 1.0 project, 0 clip4cir = the paper's Combiner)")
     return p
 
 

@@ -36,6 +36,7 @@ from cir.extraction.job import default_workers, iter_batches
 from cir.index import FeatureIndex, search
 from cir.training.augment import Augmented
 from cir.training.config import AlignConfig, record
+from cir.training.photos import PhotoSet, photo_loss, photo_set, photo_type_precision
 from cir.utils import content_key, get_device, save_tensors, write_json
 
 log = logging.getLogger("train")
@@ -142,18 +143,22 @@ def same_item_loss(img: torch.Tensor, key: torch.Tensor, scale: float) -> torch.
     return F.cross_entropy(logits[rows], target)
 
 
-def _val_metrics(heads: LiteHeads, va: dict, va_text: torch.Tensor, va_recs: list, device) -> dict:
+def _val_metrics(heads: LiteHeads, va: dict, va_text: torch.Tensor, va_recs: list, device,
+                 photos: tuple[PhotoSet, torch.Tensor] | None = None) -> dict:
+    """Val text->image recall, image->image P@10; with (val photos, val images' type ids): photo type P@10."""
     with torch.no_grad():
         gi = heads.image(va["pooled"].to(device), va["colour"].to(device)).cpu()
         qt = heads.text(va_text.to(device)).cpu()
     _, ranked = search(qt, gi, 10)
     metrics = recall_at_k(ranked, torch.arange(len(qt)), (1, 5, 10))
     metrics["i2i_type_colour_P@10"] = image2image(FeatureIndex(gi, list(va["names"])), va_recs)["P@10"]
+    if photos is not None:
+        metrics["photo_type_P@10"] = round(photo_type_precision(heads, photos[0], gi.to(device), photos[1]), 2)
     return metrics
 
 
 def _score(m: dict) -> float:
-    return (m["R@1"] + m["R@10"]) / 2 + m["i2i_type_colour_P@10"]
+    return (m["R@1"] + m["R@10"]) / 2 + m["i2i_type_colour_P@10"] + m.get("photo_type_P@10", 0.0)
 
 
 def _features(enc: LiteEncoder, root: Path, cfg: AlignConfig) -> tuple[list[dict], list[dict], dict, list]:
@@ -181,6 +186,7 @@ class _TrainSet:
     text_feats: torch.Tensor        # [vocabulary, 384] frozen MiniLM embeddings of every text
     targets: dict[str, torch.Tensor]  # attribute -> class per item (-1: unknown)
     same_key: torch.Tensor          # [N] id of (type, colour): the image-image loss's groups
+    photos: PhotoSet | None = None  # real photos (train split) and the types they accept; None: not used
 
 
 def _train_set(enc: LiteEncoder, views: list[dict], attrs: list[dict], cfg: AlignConfig,
@@ -229,12 +235,40 @@ def _train_epoch(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, o
         loss = loss + cfg.attr_weight * clf.loss(img, {a: t[idx].to(device) for a, t in data.targets.items()})
         if cfg.i2i_weight:
             loss = loss + cfg.i2i_weight * same_item_loss(img, data.same_key[idx].to(device), cfg.i2i_scale)
+        if data.photos is not None and cfg.photo_weight:
+            loss = loss + cfg.photo_weight * _photo_step(heads, clf, data, img, idx, g, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         total += loss.item() * len(idx)
     return total / n
+
+
+def _photo_step(heads: LiteHeads, clf: AttributeClassifiers, data: _TrainSet, img: torch.Tensor, idx: torch.Tensor,
+                g: torch.Generator, cfg: AlignConfig) -> torch.Tensor:
+    """The real-photos loss of one batch: a random draw of photos, each in a random view."""
+    photos = data.photos
+    rows = torch.randint(0, len(photos), (cfg.photo_batch,), generator=g)
+    view = torch.randint(0, photos.pooled.shape[0], (cfg.photo_batch,), generator=g)
+    types = data.targets["articleType"][idx].to(img.device)
+    return photo_loss(heads, clf.linear["articleType"], photos, rows, view, img, types, cfg.photo_scale)
+
+
+def _photos(enc: LiteEncoder, cfg: AlignConfig, data: _TrainSet, labels: dict,
+            va_recs: list) -> tuple[PhotoSet, torch.Tensor]:
+    """Sets data.photos (the train photos, every view); returns the val photos and the val images' type ids."""
+    cache = Path(cfg.cache_dir)
+
+    def cached(encoder, recs, tag, view):
+        return cached_image_backbone(encoder, recs, cache, tag, cfg.batch_size, cfg.workers, view, cfg.seed)
+
+    types = labels["articleType"]
+    data.photos = photo_set(enc, "train", cfg.data_root, cached, cfg.augment_views + 1, types)
+    col = {t: i for i, t in enumerate(types)}
+    va_types = torch.tensor([col.get(r.attrs.get("articleType"), -1) for r in va_recs])
+    log.info("real photos: %d train, types per class from cir.data.photos", len(data.photos))
+    return photo_set(enc, "val", cfg.data_root, cached, 1, types), va_types
 
 
 def train_align(cfg: AlignConfig) -> dict:
@@ -255,6 +289,7 @@ def train_align(cfg: AlignConfig) -> dict:
     va_names = [r.attrs["productDisplayName"] for r in va_recs]
     va_text = cached_text_backbone(enc, va_names, Path(cfg.cache_dir), "val-names")
     clf = AttributeClassifiers(lite_cfg.embed_dim, labels).to(device)
+    photos_va = _photos(enc, cfg, data, labels, va_recs) if cfg.photo_weight else None
     heads.to(device).train()
     opt = torch.optim.AdamW(list(heads.parameters()) + list(clf.parameters()), lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
@@ -265,7 +300,7 @@ def train_align(cfg: AlignConfig) -> dict:
     for epoch in range(cfg.epochs):
         loss = _train_epoch(heads, clf, data, opt, sched, g, cfg, device)
         heads.eval()
-        metrics = _val_metrics(heads, va, va_text, va_recs, device)
+        metrics = _val_metrics(heads, va, va_text, va_recs, device, photos_va)
         history.append({"epoch": epoch + 1, "loss": round(loss, 4), **metrics})
         log.info("epoch %d loss %.4f val %s", epoch + 1, loss, metrics)
         if best is None or _score(metrics) > _score(best):

@@ -21,10 +21,10 @@ from cir.utils import content_key
 PRESETS: dict[str, dict[str, dict]] = {
     "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
                 "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
-                             "hidden_dim": 1024, "dropout": 0.2}},
+                             "hidden_dim": 1024, "dropout": 0.2, "text_residual": 1.0}},
     "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
                  "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
-                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch"}},
+                              "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch", "text_residual": 0.0}},
 }
 # The loss where the user and the preset say nothing: the gallery objective wins on the catalogue's val split
 # (docs/benchmarks.md); elsewhere, without attributes to spread the target over, the papers' batch loss.
@@ -65,6 +65,9 @@ class AlignConfig:
     attr_weight: float = 0.5            # weight of the attribute losses on the image embedding
     i2i_weight: float = 0.1             # weight of the image-image loss (same type and colour are positives)
     i2i_scale: float = 10.0             # similarity scale of the image-image loss
+    photo_weight: float = 0.5           # weight of the real-photos loss (training.photos; 0: catalogue only)
+    photo_batch: int = 192              # real photos per catalogue batch
+    photo_scale: float = 20.0           # similarity scale of the photo -> catalogue contrastive loss
     batch_size: int = 64                # images per tower batch when caching features
     workers: int | None = None          # decoding workers (None: min(4, cores))
     device: str = "auto"                # auto (CUDA when present), cpu, cuda
@@ -94,6 +97,10 @@ class ComposedConfig:
     per_kind: int = 1500                # catalog: train triplets of each kind drawn per epoch
     val_per_kind: int = 500             # catalog: val triplets of each kind (fixed seed 0)
     phrasings: str = "train"            # catalog: caption templates trained on (train keeps every 4th unseen)
+    photo_like: float = 0.3             # catalog: share of triplets whose reference is seen in a photo-like view
+                                        # (training.augment: other backgrounds, crops), as uploads are
+    photo_triplets: int = 1500          # catalog: triplets per epoch with a real train photo as the reference and a
+                                        # colour caption (real-photos/ beside the catalogue; 0: none)
     batch_size: int = 64                # images per batch if features must be extracted
     workers: int | None = None          # decoding workers if features must be extracted
     device: str = "auto"                # auto (CUDA when present), cpu, cuda
@@ -145,3 +152,4 @@ class CombinerStageConfig(ComposedConfig):
     projection_dim: int | None = None   # Combiner projection size (preset: 512, or 4x the feature size)
     hidden_dim: int | None = None       # fused / λ branch hidden size (preset: 1024, or 8x)
     dropout: float | None = None        # Combiner dropout (preset)
+    text_residual: float | None = None  # weight of the caption's own text score in the output (preset; 0: CLIP4Cir)

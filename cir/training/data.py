@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,6 +40,7 @@ from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
 from cir.evaluation.protocols import compose_queries, composed_cirr, composed_fashioniq, fashioniq_indexes
 from cir.extraction import index_name
 from cir.index import FeatureIndex, search
+from cir.training import references
 from cir.training.config import TRAIN_DATASETS, ComposedConfig
 
 log = logging.getLogger("train")
@@ -47,7 +49,7 @@ log = logging.getLogger("train")
 @dataclass
 class Item:
     """One training triplet, resolved to rows of the train index."""
-    ref: int                        # reference row
+    ref: int                        # reference row of TrainData.reference_matrix()
     tgt: int                        # target row
     caption: str                    # the relative caption of this epoch
     wanted: tuple | None = None     # catalogue: triplets.condition_key; every item satisfying it is a positive
@@ -78,6 +80,10 @@ class TrainData:
     def _make_epoch(self, epoch: int) -> list[Item]:
         raise NotImplementedError
 
+    def reference_matrix(self) -> torch.Tensor:
+        """Raw features of every reference row an Item's `ref` may name (the train index's rows by default)."""
+        return self.train.raw_matrix()
+
     def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
         """Target distribution [B, N] over all train rows (the gallery objective): the own target alone."""
         pos = torch.zeros(len(items), len(self.train))
@@ -94,7 +100,8 @@ class TrainData:
 
 
 class CatalogData(TrainData):
-    """Catalogue triplets (catalog.triplets) over the train and val splits."""
+    """Catalogue triplets (catalog.triplets) over the train and val splits, with references as shoppers give
+    them (training.references): photo-like views of the train images and real photos with colour captions."""
 
     dataset, score_keys = "catalog", ("R@10", "attr@10")
 
@@ -108,16 +115,56 @@ class CatalogData(TrainData):
             by_name = {r.name: r.attrs for r in recs}
             self.attrs[split] = [by_name.get(n, {}) for n in idx.names]  # per index row
         self.train = self.indexes["train"]
+        self.photos = {s: references.real_photos(encoder, cfg.store, cfg.data_root, s) if cfg.photo_triplets else None
+                       for s in ("train", "val")}
+        self._refs = self._reference_matrix()
         val = triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind)
         self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
+        if self.photos["val"] is not None:
+            index, labels = self.photos["val"]
+            self.val += references.photo_triplets(index.names, labels, self._in_index("val"), cfg.val_per_kind,
+                                                  random.Random(0))
         self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
 
+    def _in_index(self, split: str) -> list[ImageRecord]:
+        return [r for r in self.records[split] if r.name in self.indexes[split]]
+
+    def _reference_matrix(self) -> torch.Tensor:
+        """Raw reference features: train rows, then their photo-like views (a failed view: the clean row), then
+        the train photos."""
+        clean = self.train.raw_matrix()
+        parts = [clean]
+        if self.cfg.photo_like:
+            recs = {r.name: r for r in self.records["train"]}
+            view = references.photo_like_features(self.encoder, [recs[n] for n in self.train.names],
+                                                  Path(self.cfg.cache_dir), self.cfg.seed, 1, self.cfg.batch_size,
+                                                  self.cfg.workers)
+            parts.append(torch.where(torch.isnan(view), clean, view))
+        if self.photos["train"] is not None:
+            parts.append(self.photos["train"][0].raw_matrix())
+        return torch.cat(parts)
+
+    def reference_matrix(self) -> torch.Tensor:
+        return self._refs
+
     def _make_epoch(self, epoch: int) -> list[Item]:
-        trips = triplets.generate(self.records["train"], seed=self.cfg.seed * 1000 + epoch,
-                                  per_kind=self.cfg.per_kind, phrasings=self.cfg.phrasings)
-        idx = self.train
-        return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption, triplets.condition_key(t))
-                for t in trips if t.reference in idx and t.target in idx]
+        seed = self.cfg.seed * 1000 + epoch
+        trips = triplets.generate(self.records["train"], seed=seed, per_kind=self.cfg.per_kind,
+                                  phrasings=self.cfg.phrasings)
+        idx, n = self.train, len(self.train)
+        rng = random.Random(seed)
+        photo_like = n if self.cfg.photo_like else None  # where the photo-like rows start
+        items = [Item(idx.id_of(t.reference) + (photo_like if photo_like and rng.random() < self.cfg.photo_like
+                                                 else 0), idx.id_of(t.target), t.caption, triplets.condition_key(t))
+                 for t in trips if t.reference in idx and t.target in idx]
+        if self.photos["train"] is not None:
+            photos, labels = self.photos["train"]
+            start = n * (2 if photo_like else 1)
+            for t in references.photo_triplets(photos.names, labels, self._in_index("train"),
+                                               self.cfg.photo_triplets, rng, self.cfg.phrasings):
+                items.append(Item(start + photos.id_of(t.reference), idx.id_of(t.target), t.caption,
+                                  triplets.condition_key(t)))
+        return items
 
     def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
         """Half the mass on the own target, half spread over every train item satisfying the triplet's condition
@@ -129,9 +176,11 @@ class CatalogData(TrainData):
 
     def validate(self, texts, method: str, combiner=None) -> dict:
         val = self.indexes["val"]
-        refs = val.raw([val.id_of(t.reference) for t in self.val])
+        photos = self.photos["val"][0] if self.photos["val"] is not None else None
+        refs = torch.stack([val.raw([val.id_of(t.reference)])[0] if t.reference in val
+                            else photos.raw([photos.id_of(t.reference)])[0] for t in self.val])
         queries, _ = compose_queries(texts, refs, [t.caption for t in self.val], method, combiner)
-        ref_rows = [[val.id_of(t.reference)] for t in self.val]
+        ref_rows = [[val.id_of(t.reference)] if t.reference in val else [] for t in self.val]
         _, ranked = search(queries, val, 50, exclude=ref_rows)
         tgts = torch.tensor([val.id_of(t.target) for t in self.val])
         wanted, unwanted = [t.wanted for t in self.val], [t.unwanted for t in self.val]

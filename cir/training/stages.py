@@ -137,16 +137,16 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     # side as TextSide records it, so the server and evaluate.py pair it with the same side.
     model_cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
                                dropout=cfg.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
-                               inputs="raw")
+                               inputs="raw", text_residual=cfg.text_residual)
     combiner = Combiner(model_cfg).to(device)
-    raw = data.train.raw_matrix().to(device)
-    unit = F.normalize(raw, dim=-1)
+    ref_raw = data.reference_matrix().to(device)
+    unit = F.normalize(data.train.raw_matrix().to(device), dim=-1)
 
     def step(batch: list[Item]) -> torch.Tensor:
         refs, tgts = _rows(batch, device)
         text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)
         gallery = unit if cfg.negatives == "gallery" else unit[tgts]
-        return composed_loss(combiner(raw[refs], text, gallery), data, batch, tgts.cpu(), cfg.negatives)
+        return composed_loss(combiner(ref_raw[refs], text, gallery), data, batch, tgts.cpu(), cfg.negatives)
 
     t0 = time.time()
     best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), data, step,
@@ -175,13 +175,13 @@ def train_text(cfg: TextStageConfig) -> dict:
     params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
     for p in params:
         p.requires_grad_(True)
-    raw = data.train.raw_matrix().to(device)
-    unit = F.normalize(raw, dim=-1)
+    ref_raw = data.reference_matrix().to(device)
+    unit = F.normalize(data.train.raw_matrix().to(device), dim=-1)
 
     def step(batch: list[Item]) -> torch.Tensor:
         refs, tgts = _rows(batch, device)
         text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
-        q = element_wise_sum(raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
+        q = element_wise_sum(ref_raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
         gallery = unit if cfg.negatives == "gallery" else unit[tgts]
         return composed_loss(cfg.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), cfg.negatives)
 
