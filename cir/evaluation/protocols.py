@@ -1,7 +1,7 @@
 """The evaluation protocols: text->image and image->image on the catalogue, and composed retrieval
-(reference image + relative caption -> target) on the catalogue's generated triplets, FashionIQ (per
-category, reference kept) and CIRR (reference removed, Rsubset in the img_set). Queries are made by
-combiner.compose and ranked by index.search, as the server does."""
+(reference image + relative caption -> target) on the catalogue's generated triplets and name edits,
+FashionIQ (per category, reference kept) and CIRR (reference removed, Rsubset in the img_set). Queries are
+made by combiner.compose and ranked by index.search, as the server does."""
 from __future__ import annotations
 
 import logging
@@ -12,6 +12,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from cir.catalog import name_edits
 from cir.catalog.conditions import ConditionMasks, condition_key
 from cir.combiner import compose
 from cir.data import ImageRecord, Triplet, list_images
@@ -154,6 +155,54 @@ def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequ
         kinds[kind] = {"queries": len(rows), "R@10": m["R@10"], "attr@10": m["attr@10"],
                        "attr@10_ceiling": m["attr@10_ceiling"]}
     metrics["kinds"] = kinds
+    return ComposedResult(metrics, _names(index, ids), curves={"": recall_curve(ids, targets)})
+
+
+NAME_EDIT_TEXTS = ("caption", "wish")
+
+
+def composed_name_edits(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[ImageRecord],
+                        edits: Sequence[name_edits.NameEdit], method: str, combiner=None,
+                        text: str = "caption") -> ComposedResult:
+    """Name edits (name_edits.mine): R@1/10/50 of the target and name@1/10, reference excluded.
+
+    name@K is the share of the top K satisfying the edit (name_edits.satisfies: the wanted type and gender,
+    every new word in the product name); name@10_ceiling the best name@10 any ranking could reach. text: what
+    is typed, the relative "caption" (composed with the reference by `method`) or the whole "wish" (for the
+    text-typed baseline: method "text"). Per family (colour, name, ...) under "families".
+    """
+    if text not in NAME_EDIT_TEXTS:
+        raise ValueError(f"unknown text {text!r}; valid: {', '.join(NAME_EDIT_TEXTS)}")
+    refs = reference_features([e.reference for e in edits], index)
+    typed = [e.caption if text == "caption" else e.wish for e in edits]
+    queries, empty = compose_queries(encoder, refs, typed, method, combiner)
+    ref_rows = [index.id_of(e.reference) for e in edits]
+    _, ids = search(queries, index, TOP, exclude=ref_rows)
+    targets = _target_ids(index, [e.target for e in edits])
+    attrs_of = {r.name: r.attrs for r in records}
+    sat = name_edits.satisfying(edits, [attrs_of.get(n, {}) for n in index.names])
+    sat[np.arange(len(edits)), ref_rows] = False   # never ranked: neither a hit nor within reach
+    top = ids.cpu().numpy()
+    hits = np.take_along_axis(sat, np.maximum(top, 0), 1) & (top >= 0) if len(edits) else np.zeros((0, 0), bool)
+    at1, at10 = hits[:, :1].mean(1), hits[:, :10].mean(1)
+    ceil = np.minimum(sat.sum(1), 10) / 10
+
+    def pct(values: np.ndarray) -> float:
+        return round(100 * float(values.mean()), 2) if len(values) else 0.0
+
+    def scores(rows: list[int]) -> dict:
+        sel = torch.tensor(rows, dtype=torch.long)
+        return {**recall_at_k(ids[sel], targets[sel], (1, 10, 50)), "name@1": pct(at1[rows]),
+                "name@10": pct(at10[rows]), "name@10_ceiling": pct(ceil[rows])}
+
+    metrics = {"queries": len(edits), "empty_captions": empty, **scores(list(range(len(edits))))}
+    families = {}
+    for fam in name_edits.FAMILIES:
+        rows = [i for i, e in enumerate(edits) if e.family == fam]
+        if rows:
+            m = scores(rows)
+            families[fam] = {"queries": len(rows), **{k: m[k] for k in ("R@10", "name@10", "name@10_ceiling")}}
+    metrics["families"] = families
     return ComposedResult(metrics, _names(index, ids), curves={"": recall_curve(ids, targets)})
 
 
