@@ -124,6 +124,10 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
     sp.add_argument("--phrasings", default=d.phrasings, choices=triplets.PHRASINGS,
                     help="catalog: caption templates to train on; 'train' keeps every 4th template unseen, so "
                          "`evaluate.py --phrasings heldout` measures generalisation to new wordings")
+    sp.add_argument("--exclude-kinds", nargs="+", default=d.exclude_kinds, choices=triplets.KINDS, metavar="KIND",
+                    help="catalog: triplet kinds neither trained nor validated on, to measure how the model "
+                         "generalises to edits it was never taught (cir.catalog.families: the kinds teaching each "
+                         "change; benchmarks/bench_generalisation.py); valid: " + ", ".join(triplets.KINDS))
     add_device(sp)
     sp.add_argument("--seed", type=int, default=d.seed, help="seed for triplets, caption draws, shuffling and init")
     sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")

@@ -108,13 +108,22 @@ class CatalogData(TrainData):
             by_name = {r.name: r.attrs for r in recs}
             self.attrs[split] = [by_name.get(n, {}) for n in idx.names]  # per index row
         self.train = self.indexes["train"]
-        val = triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind)
+        if cfg.exclude_kinds:
+            log.info("leaving out triplet kinds (train and val): %s", ", ".join(cfg.exclude_kinds))
+        # Val leaves them out too: picking the best epoch must not peek at the held-out kinds.
+        val = self._kept(triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind))
         self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
         self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
 
+    def _kept(self, trips: list[triplets.CatalogTriplet]) -> list[triplets.CatalogTriplet]:
+        """The triplets of kinds not in --exclude-kinds. Every kind is drawn, then the excluded ones dropped: the
+        other kinds' triplets are then the very ones a run on every kind draws, so the two runs differ only in
+        what was left out."""
+        return [t for t in trips if t.kind not in self.cfg.exclude_kinds]
+
     def _make_epoch(self, epoch: int) -> list[Item]:
-        trips = triplets.generate(self.records["train"], seed=self.cfg.seed * 1000 + epoch,
-                                  per_kind=self.cfg.per_kind, phrasings=self.cfg.phrasings)
+        trips = self._kept(triplets.generate(self.records["train"], seed=self.cfg.seed * 1000 + epoch,
+                                             per_kind=self.cfg.per_kind, phrasings=self.cfg.phrasings))
         idx = self.train
         return [Item(idx.id_of(t.reference), idx.id_of(t.target), t.caption, triplets.condition_key(t))
                 for t in trips if t.reference in idx and t.target in idx]
