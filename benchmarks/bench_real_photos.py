@@ -72,10 +72,12 @@ def main() -> int:
     p.add_argument("--features", default="features", help="features root holding catalog-all (extracted if missing)")
     p.add_argument("--combiner", nargs="*", default=["combiner", "combiner-stage1"],
                    help="Combiners to compare: shipped names or checkpoint paths")
+    p.add_argument("--heads", default=None, help="lite heads file (default: the shipped weights/lite.safetensors); "
+                                                 "give each heads file its own --features root")
     p.add_argument("--seed", type=int, default=0, help="seed of the wanted colours")
     args = p.parse_args()
     setup_logging()
-    enc = encoders.load("lite")
+    enc = encoders.load("lite", heads=args.heads) if args.heads else encoders.load("lite")
     cat = open_dataset_index(enc, "catalog", None, IndexStore(Path(args.features)), args.data_root)
     attrs_of = {r.name: r.attrs for r in cat.records}
     gallery = [attrs_of.get(n, {}) for n in cat.index.names]

@@ -41,6 +41,22 @@ def test_output_is_the_papers_formula():
                           atol=1e-6)
 
 
+def test_the_text_residual_adds_the_captions_own_score_and_survives_a_round_trip(tmp_path):
+    from dataclasses import replace
+    torch.manual_seed(0)
+    plain = Combiner(SMALL).eval()
+    kept = Combiner(replace(SMALL, text_residual=2.0)).eval()
+    kept.load_state_dict(plain.state_dict())
+    img, txt = _feats()
+    base = plain.combine_features(img, txt)
+    out = kept.combine_features(img, 3 * txt)  # raw text of any norm: the residual is its unit vector
+    assert torch.allclose(out, F.normalize(plain.combine_features(img, 3 * txt) + 2 * txt, dim=-1), atol=1e-5)
+    assert ((out * txt).sum(1) > (base * txt).sum(1)).all()  # the caption's share cannot be dropped
+    kept.save(tmp_path / "r.safetensors")
+    assert Combiner.load(tmp_path / "r.safetensors").cfg.text_residual == 2.0
+    assert CombinerConfig().text_residual == 0.0  # the papers' Combiner unless trained otherwise
+
+
 def test_original_clip4cir_checkpoint_loads(tmp_path):
     torch.manual_seed(2)
     ref = Combiner(SMALL).eval()

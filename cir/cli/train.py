@@ -135,6 +135,13 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
     sp.add_argument("--photo-triplets", type=int, default=d.photo_triplets,
                     help="catalog: triplets per epoch with a real train photo as the reference and a colour caption "
                          "(real-photos/ beside the catalogue; 0: none)")
+    sp.add_argument("--name-edits", type=int, default=d.name_edits,
+                    help="catalog: triplets per epoch mined from product-name differences ('the same from nike'), "
+                         "words of the train partition only, so held-out words measure generalisation; 0: none")
+    sp.add_argument("--exclude-kinds", nargs="+", default=d.exclude_kinds, choices=triplets.KINDS, metavar="KIND",
+                    help="catalog: triplet kinds neither trained nor validated on, to measure how the model "
+                         "generalises to edits it was never taught (cir.catalog.families: the kinds teaching each "
+                         "change; benchmarks/bench_generalisation.py); valid: " + ", ".join(triplets.KINDS))
     add_device(sp)
     sp.add_argument("--seed", type=int, default=d.seed, help="seed for triplets, caption draws, shuffling and init")
     sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")

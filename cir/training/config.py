@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cir.catalog import triplets
 from cir.extraction import IndexStore
 from cir.paths import WEIGHTS_DIR
 from cir.utils import content_key
@@ -101,12 +102,19 @@ class ComposedConfig:
                                         # (training.augment: other backgrounds, crops), as uploads are
     photo_triplets: int = 1500          # catalog: triplets per epoch with a real train photo as the reference and a
                                         # colour caption (real-photos/ beside the catalogue; 0: none)
+    name_edits: int = 1500              # catalog: triplets per epoch mined from product-name differences
+                                        # (catalog.name_edits; words of the "train" partition only; 0: none)
+    exclude_kinds: tuple[str, ...] = ()  # catalog: triplet kinds neither trained nor validated on (a family's:
+                                        # catalog.families), to measure how the path generalises to them
     batch_size: int = 64                # images per batch if features must be extracted
     workers: int | None = None          # decoding workers if features must be extracted
     device: str = "auto"                # auto (CUDA when present), cpu, cuda
     seed: int = 0                       # seed for triplets, caption draws, shuffling and init
     restart: bool = False               # ignore saved resume state and start over
     verbose: bool = False               # debug logging
+
+    def __post_init__(self) -> None:
+        _check_excluded(self.exclude_kinds, self.dataset)
 
     @property
     def store(self) -> IndexStore:
@@ -128,6 +136,21 @@ class ComposedConfig:
         """The resume state of this very run (its settings, not the epochs asked for or the output path)."""
         key = content_key(self.cmd, {k: v for k, v in sorted(asdict(self).items()) if k not in _NOT_IN_RESUME_KEY})
         return Path(self.cache_dir) / f"{self.cmd}-{key}.resume.pt"
+
+
+def _check_excluded(kinds: tuple[str, ...], dataset: str) -> None:
+    """exclude_kinds names catalogue triplet kinds, leaves some to train on, and only where there are kinds."""
+    if isinstance(kinds, str):  # a tuple of one string iterated as characters would name no kind
+        raise ValueError(f"exclude_kinds is a tuple of triplet kinds, not the string {kinds!r}")
+    unknown = [k for k in kinds if k not in triplets.KINDS]
+    if unknown:
+        raise ValueError(f"unknown triplet kind{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"in exclude_kinds; valid: {', '.join(triplets.KINDS)}")
+    if kinds and dataset != "catalog":
+        raise ValueError(f"exclude_kinds applies to the catalog dataset only (its generated triplet kinds), "
+                         f"not {dataset}")
+    if set(triplets.KINDS) <= set(kinds):
+        raise ValueError("exclude_kinds leaves out every triplet kind: nothing to train on")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cir.catalog import triplets
+from cir.catalog import families, name_edits, triplets
 from cir.data import (
     ImageRecord,
     catalog_images,
@@ -53,6 +53,7 @@ class Item:
     tgt: int                        # target row
     caption: str                    # the relative caption of this epoch
     wanted: tuple | None = None     # catalogue: triplets.condition_key; every item satisfying it is a positive
+    rows: np.ndarray | None = None  # catalogue name edits: the train rows satisfying it (instead of `wanted`)
 
 
 class TrainData:
@@ -118,13 +119,28 @@ class CatalogData(TrainData):
         self.photos = {s: references.real_photos(encoder, cfg.store, cfg.data_root, s) if cfg.photo_triplets else None
                        for s in ("train", "val")}
         self._refs = self._reference_matrix()
-        val = triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind)
+        self._held_changes = families.held_out_changes(cfg.exclude_kinds)
+        if cfg.exclude_kinds:
+            log.info("leaving out triplet kinds (train and val): %s; changes no kind left teaches (photo and "
+                     "name-edit triplets of them left out too): %s", ", ".join(cfg.exclude_kinds),
+                     ", ".join(sorted(self._held_changes)) or "none")
+        # Val leaves them out too: picking the best epoch must not peek at the held-out kinds.
+        val = self._kept(triplets.generate(self.records["val"], seed=0, per_kind=cfg.val_per_kind))
         self.val = [t for t in val if t.reference in self.indexes["val"] and t.target in self.indexes["val"]]
         if self.photos["val"] is not None:
             index, labels = self.photos["val"]
             self.val += references.photo_triplets(index.names, labels, self._in_index("val"), cfg.val_per_kind,
                                                   random.Random(0))
+        self.val_edits = [e for e in name_edits.mine(self._in_index("val"), seed=0, limit=cfg.val_per_kind)
+                          if e.family not in self._held_changes and e.target in self.indexes["val"]] \
+            if cfg.name_edits else []
         self._masks = triplets.ConditionMasks(self.attrs["train"])  # per condition, once: positives stay fast
+
+    def _kept(self, trips: list[triplets.CatalogTriplet]) -> list[triplets.CatalogTriplet]:
+        """The triplets of kinds not in --exclude-kinds. Every kind is drawn, then the excluded ones dropped: the
+        other kinds' triplets are then the very ones a run on every kind draws, so the two runs differ only in
+        what was left out."""
+        return [t for t in trips if t.kind not in self.cfg.exclude_kinds]
 
     def _in_index(self, split: str) -> list[ImageRecord]:
         return [r for r in self.records[split] if r.name in self.indexes[split]]
@@ -149,43 +165,67 @@ class CatalogData(TrainData):
 
     def _make_epoch(self, epoch: int) -> list[Item]:
         seed = self.cfg.seed * 1000 + epoch
-        trips = triplets.generate(self.records["train"], seed=seed, per_kind=self.cfg.per_kind,
-                                  phrasings=self.cfg.phrasings)
+        trips = self._kept(triplets.generate(self.records["train"], seed=seed, per_kind=self.cfg.per_kind,
+                                             phrasings=self.cfg.phrasings))
         idx, n = self.train, len(self.train)
         rng = random.Random(seed)
         photo_like = n if self.cfg.photo_like else None  # where the photo-like rows start
         items = [Item(idx.id_of(t.reference) + (photo_like if photo_like and rng.random() < self.cfg.photo_like
                                                  else 0), idx.id_of(t.target), t.caption, triplets.condition_key(t))
                  for t in trips if t.reference in idx and t.target in idx]
-        if self.photos["train"] is not None:
+        if self.photos["train"] is not None and "colour" not in self._held_changes:
             photos, labels = self.photos["train"]
             start = n * (2 if photo_like else 1)
             for t in references.photo_triplets(photos.names, labels, self._in_index("train"),
                                                self.cfg.photo_triplets, rng, self.cfg.phrasings):
                 items.append(Item(start + photos.id_of(t.reference), idx.id_of(t.target), t.caption,
                                   triplets.condition_key(t)))
-        return items
+        return items + self._name_edit_items(seed, photo_like, rng)
+
+    def _name_edit_items(self, seed: int, photo_like: int | None, rng: random.Random) -> list[Item]:
+        """Triplets of product-name differences (train-partition words; none of a change held out of training)."""
+        if not self.cfg.name_edits:
+            return []
+        idx = self.train
+        edits = [e for e in name_edits.mine(self._in_index("train"), seed=seed, words="train",
+                                            phrasings=self.cfg.phrasings) if e.family not in self._held_changes]
+        edits = edits[:self.cfg.name_edits]
+        sat = name_edits.satisfying(edits, self.attrs["train"])
+        return [Item(idx.id_of(e.reference) + (photo_like if photo_like and rng.random() < self.cfg.photo_like else 0),
+                     idx.id_of(e.target), e.caption, rows=np.flatnonzero(s)) for e, s in zip(edits, sat)]
 
     def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
         """Half the mass on the own target, half spread over every train item satisfying the triplet's condition
         (the own target included): both the specific item and attribute matches are right answers."""
         own = super().positives(items, rows)
-        pos = torch.from_numpy(self._masks.stack([it.wanted for it in items]).astype(np.float32))
+        keyed = [i for i, it in enumerate(items) if it.rows is None]
+        pos = torch.zeros_like(own)
+        pos[keyed] = torch.from_numpy(self._masks.stack([items[i].wanted for i in keyed]).astype(np.float32))
+        for i, it in enumerate(items):
+            if it.rows is not None:
+                pos[i, torch.from_numpy(it.rows)] = 1.0
         pos = torch.maximum(pos, own)
         return 0.5 * own + 0.5 * pos / pos.sum(1, keepdim=True)
 
     def validate(self, texts, method: str, combiner=None) -> dict:
+        """R@K of the targets and attr@10 (the share of the top 10 satisfying the condition) over every val
+        query: the kinds' triplets, the photo triplets and the name edits."""
         val = self.indexes["val"]
         photos = self.photos["val"][0] if self.photos["val"] is not None else None
+        trips = self.val + self.val_edits
         refs = torch.stack([val.raw([val.id_of(t.reference)])[0] if t.reference in val
-                            else photos.raw([photos.id_of(t.reference)])[0] for t in self.val])
-        queries, _ = compose_queries(texts, refs, [t.caption for t in self.val], method, combiner)
-        ref_rows = [[val.id_of(t.reference)] if t.reference in val else [] for t in self.val]
+                            else photos.raw([photos.id_of(t.reference)])[0] for t in trips])
+        queries, _ = compose_queries(texts, refs, [t.caption for t in trips], method, combiner)
+        ref_rows = [[val.id_of(t.reference)] if t.reference in val else [] for t in trips]
         _, ranked = search(queries, val, 50, exclude=ref_rows)
-        tgts = torch.tensor([val.id_of(t.target) for t in self.val])
-        wanted, unwanted = [t.wanted for t in self.val], [t.unwanted for t in self.val]
-        return {**recall_at_k(ranked, tgts, (1, 10, 50)),
-                "attr@10": attribute_match_at_k(ranked, wanted, self.attrs["val"], 10, unwanted)}
+        tgts = torch.tensor([val.id_of(t.target) for t in trips])
+        n = len(self.val)
+        attr = attribute_match_at_k(ranked[:n], [t.wanted for t in self.val], self.attrs["val"], 10,
+                                    [t.unwanted for t in self.val]) * n
+        if self.val_edits:
+            sat = torch.from_numpy(name_edits.satisfying(self.val_edits, self.attrs["val"]))
+            attr += 100 * float(torch.gather(sat, 1, ranked[n:, :10]).float().mean()) * len(self.val_edits)
+        return {**recall_at_k(ranked, tgts, (1, 10, 50)), "attr@10": round(attr / len(trips), 2)}
 
 
 class FashionIQData(TrainData):

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from cir import encoders
-from cir.catalog import triplets
+from cir.catalog import families, triplets
 from cir.cli.train import main
 from cir.combiner import Combiner
 from cir.data import catalog_images
 from cir.encoders import BASE_TEXT
+from cir.encoders.texts import CachedTexts
 from cir.training import data as training_data
+from cir.training import references
 from cir.training.config import CombinerStageConfig, TextStageConfig
 from cir.training.data import CatalogData, Item
 from cir.training.stages import composed_loss
@@ -38,6 +42,8 @@ def small_catalog(monkeypatch, catalog_root, lite_encoder):
         return full(root, split)[:SLICE.get(split, 10 ** 9)]
 
     monkeypatch.setattr(training_data, "catalog_images", sliced)
+    photos = references.photo_images
+    monkeypatch.setattr(references, "photo_images", lambda root, split=None: photos(root, split)[:SLICE[split] // 4])
     monkeypatch.setattr(encoders, "load", lambda *a, **k: lite_encoder.with_text(k.get("text")))
     return catalog_root
 
@@ -167,3 +173,38 @@ def test_the_resume_key_ignores_what_does_not_change_the_result(tmp_path):
     assert base.resume_file() == same.resume_file() and base.resume_file().parent == tmp_path
     assert base.resume_file() != CombinerStageConfig(cache_dir=str(tmp_path), lr=0.5).resume_file()
     assert base.resume_file() != TextStageConfig(cache_dir=str(tmp_path)).resume_file()
+
+
+def test_name_edit_items_take_their_explicit_positive_rows():
+    data = CatalogData.__new__(CatalogData)
+    data.train = list(range(4))
+    data._masks = triplets.ConditionMasks([{"baseColour": c} for c in ("Red", "Red", "Blue", "Blue")])
+    items = [Item(0, 1, "c", triplets.make_key({"baseColour": "Red"})), Item(0, 2, "the same from nike",
+                                                                            rows=np.array([2, 3]))]
+    gallery = data.positives(items, torch.tensor([1, 2]))
+    assert torch.allclose(gallery[0], torch.tensor([0.25, 0.75, 0.0, 0.0]))
+    assert torch.allclose(gallery[1], torch.tensor([0.0, 0.0, 0.75, 0.25]))
+
+
+@pytest.mark.slow
+def test_an_epoch_mixes_photo_like_views_real_photos_and_name_edits(small_catalog, features_dir, tmp_path,
+                                                                    lite_encoder):
+    cfg = CombinerStageConfig(features=str(features_dir), cache_dir=str(tmp_path), per_kind=20, val_per_kind=10,
+                              photo_like=0.5, photo_triplets=30, name_edits=30, workers=0)
+    data = CatalogData(lite_encoder, cfg)
+    n, refs = len(data.train), data.reference_matrix()
+    photos, labels = data.photos["train"]
+    assert refs.shape == (2 * n + len(photos), lite_encoder.dim) and torch.isfinite(refs).all()
+    assert not torch.allclose(refs[:n], refs[n:2 * n])  # the photo-like views are other pixels
+    items = data.epoch(0)
+    kinds = [("photo" if it.ref >= 2 * n else "view" if it.ref >= n else "clean") for it in items]
+    assert {"photo", "view", "clean"} <= set(kinds)
+    edits = [it for it in items if it.rows is not None]
+    assert 0 < len(edits) <= 30 and all(it.tgt in it.rows for it in edits)
+    assert data.epoch(0) is items and [it.caption for it in CatalogData(lite_encoder, cfg).epoch(0)] == \
+        [it.caption for it in items]  # reproducible from the seed
+    held = CatalogData(lite_encoder, replace(cfg, exclude_kinds=families.held_out(["colour"])))
+    assert not [it for it in held.epoch(0) if it.ref >= 2 * n]  # photo triplets teach colour: left out
+    metrics = data.validate(CachedTexts(lite_encoder), "sum")
+    assert {"R@1", "R@10", "R@50", "attr@10"} <= set(metrics)
+    assert any(t.reference in labels for t in data.val) and data.val_edits
