@@ -66,7 +66,7 @@ class AlignConfig:
     attr_weight: float = 0.5            # weight of the attribute losses on the image embedding
     i2i_weight: float = 0.1             # weight of the image-image loss (same type and colour are positives)
     i2i_scale: float = 10.0             # similarity scale of the image-image loss
-    photo_weight: float = 0.5           # weight of the real-photos loss (training.photos; 0: catalogue only)
+    photo_weight: float = 0.25          # weight of the real-photos loss (training.photos; 0: catalogue only)
     photo_batch: int = 192              # real photos per catalogue batch
     photo_scale: float = 20.0           # similarity scale of the photo -> catalogue contrastive loss
     batch_size: int = 64                # images per tower batch when caching features
