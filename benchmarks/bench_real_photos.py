@@ -31,6 +31,7 @@ from cir.catalog.descriptions import colour_phrase  # noqa: E402
 from cir.combiner import compose, load_method  # noqa: E402
 from cir.data import known  # noqa: E402
 from cir.data.photos import PHOTO_CLASSES, photo_images, photos_root  # noqa: E402
+from cir.evaluation.runs import load_text_side  # noqa: E402
 from cir.extraction import IndexStore, open_dataset_index  # noqa: E402
 from cir.index import search  # noqa: E402
 from cir.serving.decode import decode_upload  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> int:
     print("| method | type+colour P@10 | type P@10 | colour P@10 |\n|---|---:|---:|---:|")
     for label, spec, texts in rows:
         method, combiner = load_method(spec)
-        q = compose(enc, feats, texts, method, combiner)
+        q = compose(enc.with_text(load_text_side(combiner, None)), feats, texts, method, combiner)
         _, ranked = search(q, cat.index, 10)
         colour_ok = lambda q, j: gallery[j].get("baseColour") == colours[q]  # noqa: E731
         cells = [sum(v) / len(v) for v in (share(ranked, both_ok), share(ranked, type_ok), share(ranked, colour_ok))]

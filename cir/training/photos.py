@@ -10,7 +10,6 @@ real-photos val photos against the catalogue's val images, type P@10. Test photo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -88,10 +87,3 @@ def photo_type_precision(heads: LiteHeads, photos: PhotoSet, shop: torch.Tensor,
     hit = torch.gather(photos.accepts.to(dev), 1, types.clamp(min=0)) & (types >= 0)
     return 100 * float(hit.float().mean())
 
-
-def has_photos(data_root: str | None) -> bool:
-    """Whether a real-photos folder is there to train with."""
-    try:
-        return Path(photos_root(data_root)).is_dir()
-    except FileNotFoundError:
-        return False
