@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -35,6 +34,7 @@ import numpy as np
 from cir.catalog import phrasings as ph
 from cir.catalog.descriptions import GENDER_PHRASES, article_phrase, with_a
 from cir.data import known, pattern_of
+from cir.data.words import name_words
 
 WORDS = ("all", "train", "heldout")
 FAMILIES = ("colour", "gender", "usage", "type", "pattern", "name")   # a word's: the first that holds it
@@ -42,10 +42,6 @@ FAMILY_ATTRS = {"colour": ("baseColour",), "gender": ("gender",), "usage": ("usa
                 "type": ("articleType", "subCategory")}
 HELDOUT_PERCENT = 25
 MAX_NEW, MAX_GONE = 2, 2       # the target has 1-2 words the reference lacks; the reference at most 2 it lacks
-# Grammar words carry no wish ("with", "of"); a closed class, not a vocabulary of edits.
-FUNCTION_WORDS = frozenset({"and", "for", "the", "with", "from", "into", "onto"})
-_JOIN = re.compile(r"\b([a-z])[-.](?=[a-z])")   # t-shirt -> tshirt, u.s -> us: one word, however written
-_TOKEN = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -65,29 +61,7 @@ class NameEdit:
 
 
 # ----------------------------------------------------------------------------------------------- words
-
-def stem(token: str) -> str:
-    """One form per word, whatever its number: 'shoes' -> 'shoe', 'watches' -> 'watch', 'dress' stays."""
-    if token.endswith(("ches", "shes", "sses", "xes")):
-        return token[:-2]
-    if len(token) > 3 and token.endswith("s") and not token.endswith(("ss", "us")):
-        return token[:-1]
-    return token
-
-
-def name_words(name: str) -> dict[str, str]:
-    """The words of a product name that may make an edit: stem -> the form the name uses, in order.
-
-    Lower case, apostrophes dropped ("levi's" -> "levis"), a lone letter joined to what follows
-    ("T-Shirt" -> "tshirt"); numbers, tokens under 3 letters and grammar words are left out.
-    """
-    text = _JOIN.sub(r"\1", (name or "").lower().replace("'", ""))
-    out: dict[str, str] = {}
-    for tok in _TOKEN.findall(text):
-        if len(tok) >= 3 and not tok.isdigit() and tok not in FUNCTION_WORDS:
-            out.setdefault(stem(tok), tok)
-    return out
-
+# Names are read into words by cir.data.words.name_words, the tokeniser the metadata path of search shares.
 
 def word_partition(word: str) -> str:
     """'train' or 'heldout' (about a quarter), from a stable hash of the word: the same in every run."""

@@ -1,7 +1,9 @@
 """The evaluation protocols: text->image and image->image on the catalogue, and composed retrieval
 (reference image + relative caption -> target) on the catalogue's generated triplets and name edits,
 FashionIQ (per category, reference kept) and CIRR (reference removed, Rsubset in the img_set). Queries are
-made by combiner.compose and ranked by index.search, as the server does."""
+made by combiner.compose and ranked by index.search, as the server does. The catalogue protocols also run
+with the metadata path (`metadata`: cir.index.metadata, the caption's words found in the catalogue's own
+names and attributes boosting or penalising results), reported apart from the learned path alone."""
 from __future__ import annotations
 
 import logging
@@ -22,7 +24,7 @@ from cir.evaluation.metrics import attribute_precision_at_k, match_shares, recal
 from cir.evaluation.plots import recall_curve
 from cir.evaluation.submission import CIRR_SUBSET_TOP, TOP
 from cir.extraction.local import index_name
-from cir.index import FeatureIndex, rank_subset, search
+from cir.index import FeatureIndex, Metadata, rank_subset, search
 
 log = logging.getLogger("evaluate")
 
@@ -117,17 +119,38 @@ def _names(index: FeatureIndex, ids: torch.Tensor) -> list[list[str]]:
     return [[index.names[j] for j in row] for row in ids.tolist()]
 
 
+def _ranked(queries: torch.Tensor, index: FeatureIndex, exclude: list[int], texts: Sequence[str],
+            metadata: Metadata | None) -> tuple[torch.Tensor, dict]:
+    """Top-TOP row ids of the queries, reference excluded; with `metadata`, each typed text's understood
+    words boost the ranking (index.search's boost), and what was understood is summed up for the metrics."""
+    if metadata is None:
+        return search(queries, index, TOP, exclude=exclude)[1], {}
+    if len(metadata) != len(index):
+        raise ValueError(f"the metadata has {len(metadata)} rows and the index {len(index)}: build it with "
+                         "Metadata.from_records(records, index.names)")
+    boosts = metadata.boosts(texts)
+    _, ids = search(queries, index, TOP, exclude=exclude, boost=boosts)
+    n = max(1, len(texts))
+    return ids, {"metadata": {"weight": metadata.weight, "max_df": metadata.max_df,
+                              "understood": round(100 * sum(map(bool, boosts)) / n, 2),
+                              "avoiding": round(100 * sum(bool(b.avoid) for b in boosts) / n, 2)}}
+
+
 def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[ImageRecord],
-                     triplets: Sequence, method: str, combiner=None) -> ComposedResult:
+                     triplets: Sequence, method: str, combiner=None,
+                     metadata: Metadata | None = None) -> ComposedResult:
     """Catalogue triplets (triplets.generate): R@1/10/50 of the target and attr@1/10, reference excluded.
 
     attr@K counts the results satisfying each triplet's condition (wanted and unwanted attributes, as
     triplets.satisfies decides). Also attr@10_ceiling (the best attr@10 possible given how many items satisfy
-    it) and, per triplet kind, queries, R@10, attr@10 and attr@10_ceiling (under "kinds").
+    it) and, per triplet kind, queries, R@10, attr@10 and attr@10_ceiling (under "kinds"). metadata: the
+    metadata path on top (Metadata.from_records(records, index.names)); its settings and the share of
+    captions with understood words are then under "metadata".
     """
     refs = reference_features([t.reference for t in triplets], index)
-    queries, empty = compose_queries(encoder, refs, [t.caption for t in triplets], method, combiner)
-    _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
+    captions = [t.caption for t in triplets]
+    queries, empty = compose_queries(encoder, refs, captions, method, combiner)
+    ids, understood = _ranked(queries, index, [index.id_of(t.reference) for t in triplets], captions, metadata)
     targets = _target_ids(index, [t.target for t in triplets])
     attrs_of = {r.name: r.attrs for r in records}
     masks = ConditionMasks([attrs_of.get(n, {}) for n in index.names])
@@ -147,7 +170,8 @@ def composed_catalog(encoder: CaptionEncoder, index: FeatureIndex, records: Sequ
         return {**recall_at_k(ids[sel], targets[sel], (1, 10, 50)), "attr@1": pct(at1[rows]),
                 "attr@10": pct(at10[rows]), "attr@10_ceiling": pct(ceil[rows])}
 
-    metrics = {"queries": len(triplets), "empty_captions": empty, **scores(list(range(len(triplets))))}
+    metrics = {"queries": len(triplets), "empty_captions": empty, **scores(list(range(len(triplets)))),
+               **understood}
     kinds = {}
     for kind in dict.fromkeys(t.kind for t in triplets):
         rows = [i for i, t in enumerate(triplets) if t.kind == kind]
@@ -163,13 +187,14 @@ NAME_EDIT_TEXTS = ("caption", "wish")
 
 def composed_name_edits(encoder: CaptionEncoder, index: FeatureIndex, records: Sequence[ImageRecord],
                         edits: Sequence[name_edits.NameEdit], method: str, combiner=None,
-                        text: str = "caption") -> ComposedResult:
+                        text: str = "caption", metadata: Metadata | None = None) -> ComposedResult:
     """Name edits (name_edits.mine): R@1/10/50 of the target and name@1/10, reference excluded.
 
     name@K is the share of the top K satisfying the edit (name_edits.satisfies: the wanted type and gender,
     every new word in the product name); name@10_ceiling the best name@10 any ranking could reach. text: what
     is typed, the relative "caption" (composed with the reference by `method`) or the whole "wish" (for the
-    text-typed baseline: method "text"). Per family (colour, name, ...) under "families".
+    text-typed baseline: method "text"). Per family (colour, name, ...) under "families". metadata: the
+    metadata path on top, reading the typed text (as composed_catalog).
     """
     if text not in NAME_EDIT_TEXTS:
         raise ValueError(f"unknown text {text!r}; valid: {', '.join(NAME_EDIT_TEXTS)}")
@@ -177,7 +202,7 @@ def composed_name_edits(encoder: CaptionEncoder, index: FeatureIndex, records: S
     typed = [e.caption if text == "caption" else e.wish for e in edits]
     queries, empty = compose_queries(encoder, refs, typed, method, combiner)
     ref_rows = [index.id_of(e.reference) for e in edits]
-    _, ids = search(queries, index, TOP, exclude=ref_rows)
+    ids, understood = _ranked(queries, index, ref_rows, typed, metadata)
     targets = _target_ids(index, [e.target for e in edits])
     attrs_of = {r.name: r.attrs for r in records}
     sat = name_edits.satisfying(edits, [attrs_of.get(n, {}) for n in index.names])
@@ -195,7 +220,7 @@ def composed_name_edits(encoder: CaptionEncoder, index: FeatureIndex, records: S
         return {**recall_at_k(ids[sel], targets[sel], (1, 10, 50)), "name@1": pct(at1[rows]),
                 "name@10": pct(at10[rows]), "name@10_ceiling": pct(ceil[rows])}
 
-    metrics = {"queries": len(edits), "empty_captions": empty, **scores(list(range(len(edits))))}
+    metrics = {"queries": len(edits), "empty_captions": empty, **scores(list(range(len(edits)))), **understood}
     families = {}
     for fam in name_edits.FAMILIES:
         rows = [i for i, e in enumerate(edits) if e.family == fam]

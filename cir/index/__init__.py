@@ -17,12 +17,14 @@ the backend, chosen by a URI-like spec, does the ranking:
     milvus:http://host:19530?token=T&db=D  a Milvus server or cluster (token also from $MILVUS_TOKEN)
 
 Every backend keeps the same contract: scores and row ids [B, k'], best first; `exclude` rows are never
-returned (k' = k capped so that they cannot be); `subset` restricts a query to some rows (a CIRR img_set).
+returned (k' = k capped so that they cannot be); `subset` restricts a query to some rows (a CIRR img_set);
+`boost` (metadata.Terms: the caption's words found in the dataset's own metadata) reranks the top candidates.
 
 The package: errors (the error hierarchy), files (the files of a folder: header, mapping, norms, sampled
 check, fingerprint, checksums), feature_index (FeatureIndex, load_index, with_backend), search (Plan,
-make_plan, search, the exact scan), specs + registry (backend specs, kind -> backend class) and backends/
-(base, exact, faiss, milvus). The command line is `python3 -m cir.index check|build|load` (cir/cli/index.py).
+make_plan, search, the exact scan), metadata (Metadata, Terms: the metadata path of composed search), specs +
+registry (backend specs, kind -> backend class) and backends/ (base, exact, faiss, milvus). The command line
+is `python3 -m cir.index check|build|load` (cir/cli/index.py).
 """
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ from .backends.milvus import MilvusBackend, collection_name, load_into_milvus, m
 from .errors import BackendUnavailable, IndexLoadError, StaleIndexError
 from .feature_index import FeatureIndex, load_index, open_backend_or_placeholder, rank_subset, with_backend
 from .files import FEATURES_FILE, features_fingerprint, map_features, read_norms, verify_checksums
+from .metadata import Metadata, Terms
 from .registry import BACKENDS, open_backend, parse_backend
-from .search import Plan, exact_search, make_plan, search
+from .search import Boost, Plan, exact_search, make_plan, search
 from .specs import BackendSpec, mask_credentials
 
 __all__ = [
-    "BACKENDS", "Backend", "BackendSpec", "BackendUnavailable", "ExactBackend", "FEATURES_FILE", "FaissBackend",
-    "FeatureIndex", "IndexLoadError", "MilvusBackend", "Plan", "StaleIndexError", "UnavailableBackend",
+    "BACKENDS", "Backend", "BackendSpec", "BackendUnavailable", "Boost", "ExactBackend", "FEATURES_FILE",
+    "FaissBackend", "FeatureIndex", "IndexLoadError", "Metadata", "MilvusBackend", "Plan", "StaleIndexError",
+    "Terms", "UnavailableBackend",
     "ann_recall", "collection_name", "exact_search", "features_fingerprint", "load_index", "load_into_milvus",
     "make_plan", "map_features", "mask_credentials", "milvus_client", "open_backend",
     "open_backend_or_placeholder", "parse_backend", "rank_subset", "read_norms", "search", "verify_checksums",

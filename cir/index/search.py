@@ -4,6 +4,9 @@ code in the project; evaluation, the server and the API all call it.
 make_plan validates a query batch once (row ids in range, one exclude entry per query, k capped so that no
 excluded row can ever be returned) into a Plan; every backend ranks a Plan, and falls back on
 `exact_search`, the blocked scan of the (memory-mapped) float16 matrix, where it cannot.
+
+An optional `boost` (a Boost per query, e.g. cir.index.metadata.Terms: the metadata path) changes the scores
+of the top candidates of that ranking and ranks them again; without one search() is the ranking alone.
 """
 from __future__ import annotations
 
@@ -23,6 +26,21 @@ class Searchable(Protocol):
 
     @property
     def dim(self) -> int: ...
+
+
+class Boost(Protocol):
+    """A per-row change of a query's scores (cir.index.metadata.Terms); falsy when it changes nothing."""
+
+    def adjust(self, rows: np.ndarray) -> np.ndarray: ...
+
+    def __bool__(self) -> bool: ...
+
+
+# A boost reranks the top RERANK_CANDIDATES rows of the ordinary ranking (at least k), or every row of an
+# index this small: a boosted item found lower down in a big index is missed, the price of working with
+# every backend unchanged.
+RERANK_CANDIDATES = 500
+RERANK_ALL_UP_TO = 10_000
 
 
 @dataclass
@@ -91,6 +109,7 @@ def make_plan(b: int, n: int, k: int, exclude: Any = None, subset: Any = None) -
 def search(queries: torch.Tensor, index: Searchable | torch.Tensor, k: int,
            exclude: Sequence[Iterable[int] | int | None] | None = None,
            subset: Sequence[int] | Sequence[Sequence[int]] | torch.Tensor | None = None,
+           boost: Boost | Sequence[Boost | None] | None = None, candidates: int | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k cosine similarity of normalised queries [B,d] against the index rows.
 
@@ -99,7 +118,16 @@ def search(queries: torch.Tensor, index: Searchable | torch.Tensor, k: int,
     or one list per query (e.g. a CIRR img_set). Returns (scores [B,k'], ids [B,k']) with k' = min(k, the
     fewest rows any query may get), best first. A FeatureIndex is ranked by its backend (exact unless chosen
     otherwise); a plain tensor [N,d] by the exact scan.
+
+    boost: one Boost for every query or one per query (None: none for that query). A query's top
+    max(k, candidates) rows (default RERANK_CANDIDATES; every row of an index of up to RERANK_ALL_UP_TO) get
+    score + boost.adjust(rows) and are ranked again; the scores returned are those. Without a boost, or with
+    only empty ones, the ranking is exactly the one without the argument.
     """
+    if boost is not None:
+        boosts = _per_query(boost, 1 if queries.ndim == 1 else queries.shape[0])
+        if any(boosts):
+            return _boosted(queries, index, k, exclude, subset, boosts, candidates)
     q = queries.detach().float()
     if q.ndim == 1:
         q = q[None]
@@ -114,6 +142,32 @@ def search(queries: torch.Tensor, index: Searchable | torch.Tensor, k: int,
     if backend is None:
         return exact_search(index, q, plan)
     return backend.search(q, plan)
+
+
+def _per_query(boost: Boost | Sequence[Boost | None], b: int) -> list[Boost | None]:
+    if not isinstance(boost, (list, tuple)):
+        return [boost] * b
+    if len(boost) != b:
+        raise ValueError(f"boost has {len(boost)} entries for {b} queries")
+    return list(boost)
+
+
+def _boosted(queries: torch.Tensor, index: Searchable | torch.Tensor, k: int, exclude: Any, subset: Any,
+             boosts: list[Boost | None], candidates: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ordinary ranking's top candidates (same exclude and subset), each boosted query's ranked again."""
+    if k < 0:
+        raise ValueError(f"k must be at least 0, not {k}")
+    n = index.shape[0] if isinstance(index, torch.Tensor) else len(index)
+    pool = candidates if candidates is not None else n if n <= RERANK_ALL_UP_TO else RERANK_CANDIDATES
+    scores, ids = search(queries, index, max(k, pool), exclude, subset)
+    for i, b in enumerate(boosts):
+        if b:
+            row = ids[i]
+            boosted = scores[i] + torch.from_numpy(b.adjust(row.numpy())).to(scores.dtype)
+            boosted, order = torch.sort(boosted, descending=True, stable=True)
+            scores[i], ids[i] = boosted, row[order]
+    kk = min(k, ids.shape[1])
+    return scores[:, :kk].contiguous(), ids[:, :kk].contiguous()
 
 
 # ----------------------------------------------------------------------------------------------- exact scan

@@ -27,7 +27,7 @@ from cir.data import (
     resolve_data_root,
 )
 from cir.encoders import Encoder
-from cir.index import FeatureIndex, IndexLoadError, load_index, open_backend_or_placeholder, rank_subset
+from cir.index import FeatureIndex, IndexLoadError, Metadata, load_index, open_backend_or_placeholder, rank_subset
 from cir.serving.annotations import Annotations, annotations_for
 from cir.serving.errors import BadInput, NotFound
 
@@ -154,8 +154,9 @@ def _manifest_or_empty(path: Path) -> dict:
 
 
 class Dataset:
-    """One searchable dataset: its feature index, image records, tag vocabulary, CIRR groups and annotated
-    captions (serving.annotations: none unless given)."""
+    """One searchable dataset: its feature index, image records, tag vocabulary, CIRR groups, annotated
+    captions (serving.annotations: none unless given) and metadata (cir.index.metadata: the words of its
+    product names and attributes, for the metadata path of search; empty, a no-op, without attributes)."""
 
     def __init__(self, source: DatasetSource, index: FeatureIndex, records: Iterable[ImageRecord],
                  groups: Mapping[str, Sequence[str]] | None = None, annotations: Annotations | None = None):
@@ -165,6 +166,7 @@ class Dataset:
         # Only what is in the index can be a reference or a result.
         self.records = {n: by_name[n] for n in index.names if n in by_name}
         self.groups = {n: tuple(m for m in g if m in index) for n, g in (groups or {}).items() if n in index}
+        self.metadata = Metadata.from_records(self.records.values(), index.names)
         self.vocabulary: dict[str, list[tuple[str, int]]] = {}
         for key in TAG_KEYS:
             counts = Counter(r.attrs.get(key, "") for r in self.records.values())
@@ -237,7 +239,8 @@ class Dataset:
         s = self.source
         return {"name": self.name, "label": s.label, "dataset": s.dataset, "split": s.split,
                 "category": s.category, "count": len(self.index), "has_tags": bool(self.vocabulary),
-                "has_groups": bool(self.groups), "has_captions": self.annotations.available}
+                "has_groups": bool(self.groups), "has_captions": self.annotations.available,
+                "has_metadata": bool(self.metadata)}
 
 
 def _records_for(source: DatasetSource, data_root: str | None) -> tuple[list[ImageRecord], Path]:

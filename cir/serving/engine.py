@@ -15,6 +15,10 @@ in `Engine.damaged` and reported as degraded too. `Engine.run` answers a `Search
 app.py serialises. Torch's thread count is set once per process (set_worker_threads), never per request.
 Errors a user can cause are raised as `ApiError` subclasses (400 / 404 / 413) carrying a message meant for
 that user.
+
+A request with `metadata` also takes the metadata path (cir.index.metadata): the caption's words that the
+dataset's own product names and attributes hold boost the results having them, negated ones penalise them,
+inside index.search; the result says which words were understood (`SearchResult.understood`).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -36,7 +41,7 @@ from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
 from cir.explain import Explainer, Explanation
 from cir.images import as_displayed, open_image
-from cir.index import BackendUnavailable, parse_backend, search
+from cir.index import BackendUnavailable, Terms, parse_backend, search
 from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import (
     DamagedDataset,
@@ -49,7 +54,7 @@ from cir.serving.datasets import (
     tags_caption,
 )
 from cir.serving.errors import BadInput, NotFound, NotImplementedForModel, ServiceUnavailable
-from cir.serving.inputs import choice, optional_name, parse_int, validate_text
+from cir.serving.inputs import choice, optional_name, parse_bool, parse_int, validate_text
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore
 
@@ -61,6 +66,7 @@ MODE_LABELS = {"composed": "Composed (Combiner)", "sum": "Composed (sum baseline
                "text": "Text → image", "tags": "Tags → image"}
 NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
+METADATA_MODES = NEEDS_CAPTION      # the modes whose typed caption the metadata path reads
 RANK_BLOCK = 32768          # rows per float32 block when scoring every row for a target's rank (16 MB at d=128)
 
 
@@ -76,6 +82,7 @@ class SearchRequest:
     combiner: str | None = None
     text_encoder: str | None = None
     target: str | None = None       # an image whose rank the client wants (the annotated target of a caption)
+    metadata: bool = False          # take the metadata path too (the caption's words in the dataset's metadata)
 
 
 @dataclass
@@ -118,6 +125,15 @@ class TargetRank:
 
 
 @dataclass
+class Understood:
+    """What the metadata path read in the caption: words boosted and words avoided (negated)."""
+
+    boost: list[str]
+    avoid: list[str]
+    available: bool             # whether the dataset has metadata to read (else nothing can be understood)
+
+
+@dataclass
 class SearchResult:
     """What Engine.run answers; app.py turns it into the /api/search JSON (adding URLs and the reference)."""
 
@@ -132,6 +148,7 @@ class SearchResult:
     timings: Timings
     warning: str | None         # e.g. a Combiner used with another text side than it was trained with
     target: TargetRank | None = None    # the requested target's rank (SearchRequest.target), else None
+    understood: Understood | None = None  # the metadata path's reading, when it was asked for and applies
 
 
 class PairedCombiner(NamedTuple):
@@ -300,6 +317,7 @@ class Engine:
         req.target = optional_name(params.get("target"), "target")
         if req.target is not None:
             ds.row(req.target)
+        req.metadata = parse_bool(params.get("metadata"), "metadata", False)
         return req
 
     def run(self, req: SearchRequest) -> SearchResult:
@@ -315,11 +333,12 @@ class Engine:
             t_locked = time.perf_counter()
             query = compose(texts, ref_feats, [req.caption] if req.caption else None, method, combiner)
         t2 = time.perf_counter()
+        terms = ds.metadata.terms(req.caption) if req.metadata and req.mode in METADATA_MODES else None
         try:
-            scores, ids = search(query, ds.index, req.k, exclude=exclude)
+            scores, ids = search(query, ds.index, req.k, exclude=exclude, boost=terms)
             group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
             hits = [Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())]
-            target = _target_rank(query, ds, req.target, exclude, hits, group) if req.target else None
+            target = _target_rank(query, ds, req.target, exclude, hits, group, terms) if req.target else None
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
         t3 = time.perf_counter()
@@ -332,7 +351,8 @@ class Engine:
             query_text=req.caption if req.mode in ("text", "tags", "composed", "sum") else None,
             tags=req.tags or None, model=ModelChoice(comb_name, text_name),
             results=hits, group=None if group is None else [Hit(n, v) for n, v in group], timings=timings,
-            warning=warning, target=target)
+            warning=warning, target=target,
+            understood=None if terms is None else Understood(**terms.words, available=bool(ds.metadata)))
 
     def _query_inputs(self, req: SearchRequest, ds: Dataset) -> "_QueryInputs":
         """What combiner.compose needs for `req`: the reference's raw features, the fusion, its text side."""
@@ -407,9 +427,10 @@ class Engine:
 
 
 def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[list[int]] | None,
-                 hits: list[Hit], group: list[tuple[str, float]] | None) -> TargetRank:
+                 hits: list[Hit], group: list[tuple[str, float]] | None, terms: Terms | None = None) -> TargetRank:
     """The target's place: its position among the results when shown, else 1 + the rows (reference left
-    out) scoring above it, counted in float32 over the whole index (ties count in its favour)."""
+    out) scoring above it, counted in float32 over the whole index (ties count in its favour), with the
+    metadata path's score changes (`terms`) when it was taken."""
     group_rank = next((i + 1 for i, (n, _) in enumerate(group or ()) if n == target), None)
     shown = next((i for i, h in enumerate(hits) if h.name == target), None)
     if shown is not None:
@@ -418,6 +439,8 @@ def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[li
     feats, row = ds.index.features, ds.index.id_of(target)
     # one pass, one way of computing every score: the target is compared with itself bit for bit
     scores = torch.cat([feats[lo:lo + RANK_BLOCK].float() @ q for lo in range(0, len(feats), RANK_BLOCK)])
+    if terms:
+        scores += torch.from_numpy(terms.adjust(np.arange(len(scores)))).float()
     score = float(scores[row])
     scores[[row, *(exclude or [[]])[0]]] = float("-inf")
     above = int((scores > score).sum())

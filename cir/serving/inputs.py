@@ -1,4 +1,5 @@
-"""Validation of what a client sends: captions, filters, names and integers, with messages that match the cause.
+"""Validation of what a client sends: captions, filters, names, integers and booleans, with messages that match
+the cause.
 
 Strict types: a value that is missing (absent or null; an empty string, which is how a query string or a form
 says "not given") takes the default; any other type (a boolean, a number, a list, an object) where a string
@@ -105,3 +106,19 @@ def parse_int(value: Any, what: str, lo: int, hi: int, default: int) -> int:
     if not lo <= n <= hi:
         raise BadInput(f"{what} must be between {lo} and {hi}, not {str(n)[:40]}")
     return n
+
+
+# How a query string or a form writes a boolean (JSON has true and false).
+BOOLEAN_WORDS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def parse_bool(value: Any, what: str, default: bool) -> bool:
+    """A boolean: JSON true / false, or "true" / "false" / "1" / "0" from a query string or a form; missing
+    takes `default`; anything else (a number, "yes", a list) is BadInput."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.strip().lower()]
+    raise BadInput(f"{what} must be a boolean (true or false), not {_shown(value)}")

@@ -237,7 +237,8 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
             "scores": [r["score"] for r in results], "urls": [r["url"] for r in results],
             "group": None if res.group is None else _hits_json(ds, res.group),
             "target": None if res.target is None else {**asdict(res.target), **_image_json(ds, res.target.name),
-                                                       "score": round(res.target.score, 4)}}
+                                                       "score": round(res.target.score, 4)},
+            "understood": None if res.understood is None else asdict(res.understood)}
 
 
 @bp.post("/api/upload")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from cir.catalog.name_edits import NameEdit
 from cir.data import ImageRecord
 from cir.evaluation.protocols import composed_name_edits
-from cir.index import FeatureIndex
+from cir.index import FeatureIndex, Metadata
 
 NAMES = ["Puma Men Black Tshirt", "Nike Men Black Tshirt", "Nike Men Red Tshirt", "Nike Women Black Tshirt",
          "Nike Men Black Shirt"] + [f"Adidas Men Blue Tshirt {i}" for i in range(7)]
@@ -68,3 +68,15 @@ def test_the_wish_is_what_text_typed_types():
     assert enc.seen == ["nike t-shirt", "the same from nike"]
     with pytest.raises(ValueError, match="unknown text"):
         composed_name_edits(enc, index, records, edits, "text", text="name")
+
+
+def test_the_metadata_path_reads_the_caption():
+    """`metadata`: the caption's "red" lifts the one red men's tee above the rows nearer the reference."""
+    records, index = _gallery()
+    edits = [NameEdit("0", "2", "make it red", ("red",), "colour", "red t-shirt", MEN_TEES)]
+    plain = composed_name_edits(TypedTexts(), index, records, edits, "image")
+    meta = Metadata.from_records(records, index.names)
+    boosted = composed_name_edits(TypedTexts(), index, records, edits, "image", metadata=meta)
+    assert plain.rankings[0][0] == "1" and plain.metrics["name@1"] == 0.0 and "metadata" not in plain.metrics
+    assert boosted.rankings[0][0] == "2" and boosted.metrics["name@1"] == 100.0
+    assert boosted.metrics["metadata"]["understood"] == 100.0

@@ -36,7 +36,7 @@ from cir.evaluation.protocols import (
 from cir.evaluation.runs import load_text_side
 from cir.evaluation.submission import cirr_submission, submission_paths
 from cir.extraction import local as extraction_local
-from cir.index import FeatureIndex, search
+from cir.index import FeatureIndex, Metadata, search
 from cir.paths import DEFAULT_DATA_ROOT
 from cir.utils import run_cli
 
@@ -172,6 +172,23 @@ def test_catalog_ceiling_counts_the_condition_with_unwanted():
     shares = [sum(satisfies(by_name[n], t.wanted, t.unwanted) for n in r[:10]) / 10
               for t, r in zip(trips, res.rankings)]
     assert res.metrics["attr@10"] == round(100 * sum(shares) / 3, 2)
+
+
+def test_catalog_metadata_path_reads_the_caption():
+    """With `metadata`, a negated colour of the caption sinks the items of that colour; without, nothing moves."""
+    attrs = [{"gender": "Men", "articleType": "Shirts", "baseColour": c} for c in ["Black"] * 4 + ["Blue"] * 10]
+    records = [ImageRecord(str(i), Path(f"{i}.jpg"), a) for i, a in enumerate(attrs)]
+    trips = [CatalogTriplet("0", "not black", "4", "negation", {"gender": "Men"}, {"baseColour": ("Black",)})]
+    index = random_index([r.name for r in records])
+    plain = composed_catalog(StandInEncoder(), index, records, trips, "image")
+    assert composed_catalog(StandInEncoder(), index, records, trips, "image", metadata=None).metrics == plain.metrics
+    meta = Metadata.from_records(records, index.names, weight=5.0, max_df=1.0)
+    res = composed_catalog(StandInEncoder(), index, records, trips, "image", metadata=meta)
+    assert res.rankings[0][-3:] == [n for n in plain.rankings[0] if n in ("1", "2", "3")]   # last, in order
+    assert res.metrics["attr@10"] == 100.0 and "metadata" not in plain.metrics
+    assert res.metrics["metadata"] == {"weight": 5.0, "max_df": 1.0, "understood": 100.0, "avoiding": 100.0}
+    with pytest.raises(ValueError, match="Metadata.from_records"):
+        composed_catalog(StandInEncoder(), index, records, trips, "image", metadata=Metadata.from_records(records[:3]))
 
 
 def test_fiq_caption_joins_as_clip4cir():

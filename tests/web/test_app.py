@@ -148,7 +148,8 @@ def test_every_mode_answers(client, ref, mode):
     assert r.status_code == 200, r.get_json()
     d = r.get_json()
     assert list(d) == ["mode", "dataset", "caption", "query_text", "tags", "model", "results", "timings", "warning",
-                       "reference", "ids", "scores", "urls", "group", "target", "latency_ms"]  # in its order
+                       "reference", "ids", "scores", "urls", "group", "target", "understood",
+                       "latency_ms"]  # in its order
     assert list(d["timings"]) == ["encode_text_ms", "text_cached", "fuse_ms", "wait_ms", "search_ms", "total_ms"]
     assert list(d["results"][0]) == ["rank", "id", "title", "attrs", "url", "thumb", "score"]
     assert d["mode"] == mode and len(d["results"]) == 24 == len(d["ids"]) == len(d["scores"]) == len(d["urls"])
@@ -274,6 +275,7 @@ BAD = [
      "unknown combiner"),
     ("unknown text encoder", {"mode": "text", "caption": "x", "text_encoder": "stage9"}, 400,
      "unknown text encoder"),
+    ("metadata not a boolean", {"mode": "text", "caption": "red", "metadata": "yes"}, 400, "must be a boolean"),
 ]
 
 
