@@ -329,6 +329,7 @@ async function runSearch() {
   if (state.target && m.needs_caption) body.target = state.target;
   if (state.mode === "composed" && $("#combiner-select").value) body.combiner = $("#combiner-select").value;
   if (state.mode !== "image" && $("#text-encoder-select").value !== "auto") body.text_encoder = $("#text-encoder-select").value;
+  if (m.needs_caption) body.metadata = $("#metadata-toggle").checked;
   state.busy += 1;
   $("#search-btn").disabled = true;
   const ticket = ++state.searchTicket;
@@ -361,9 +362,12 @@ function renderResults(data) {
   const model = data.model.combiner ? ` · ${data.model.combiner}` : "";
   const text = data.model.text_encoder ? ` · text: ${data.model.text_encoder}` : "";
   const query = data.mode === "tags" ? ` · query “${data.query_text}”` : "";
+  const u = data.understood;
+  const words = u && (u.boost.length || u.avoid.length)
+    ? ` · shop words: ${[...u.boost, ...u.avoid.map((w) => `not ${w}`)].join(", ")}` : "";
   $("#latency").textContent =
     `${data.results.length} results in ${data.latency_ms.toFixed(1)} ms (text ${t.encode_text_ms.toFixed(1)}` +
-    `${t.text_cached ? " cached" : ""}, fuse ${t.fuse_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)${model}${text}${query}`;
+    `${t.text_cached ? " cached" : ""}, fuse ${t.fuse_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)${model}${text}${query}${words}`;
 }
 
 function markTarget(target) {
@@ -494,6 +498,7 @@ async function init() {
   $("#caption").addEventListener("input", () => { state.target = null; $("#caption-pick").value = ""; });
   $("#back-btn").addEventListener("click", goBack);
   $("#why-toggle").addEventListener("change", applyWhy);
+  $("#metadata-toggle").addEventListener("change", () => { if (canSearch()) runSearch(); });
   $("#home-btn").addEventListener("click", showHome);
   $("#brand").addEventListener("click", (e) => { e.preventDefault(); showHome(); });
   for (const id of ["#combiner-select", "#text-encoder-select", "#k-select"]) {

@@ -82,7 +82,8 @@ class SearchRequest:
     combiner: str | None = None
     text_encoder: str | None = None
     target: str | None = None       # an image whose rank the client wants (the annotated target of a caption)
-    metadata: bool = False          # take the metadata path too (the caption's words in the dataset's metadata)
+    metadata: bool = False          # take the metadata path too (the caption's words in the dataset's metadata);
+                                    # parse() fills in Settings.metadata when the request does not say
 
 
 @dataclass
@@ -317,7 +318,7 @@ class Engine:
         req.target = optional_name(params.get("target"), "target")
         if req.target is not None:
             ds.row(req.target)
-        req.metadata = parse_bool(params.get("metadata"), "metadata", False)
+        req.metadata = parse_bool(params.get("metadata"), "metadata", self.settings.metadata)
         return req
 
     def run(self, req: SearchRequest) -> SearchResult:

@@ -175,6 +175,11 @@ class Settings:
         "(HNSW or IVF-PQ by size, built and saved beside the features), faiss:hnsw?efSearch=128, milvus "
         "(milvus-lite file beside the features, filled by `python3 -m cir.index load`), milvus:http://host:19530",
         env="CIR_INDEX_BACKEND", flag="--index-backend", metavar="SPEC")
+    metadata: bool = option(
+        True, "composed, sum and text searches also read the caption's words against the dataset's own product "
+        "names and attributes (the metadata path: boosts, and penalties for negated words) unless a request says "
+        "metadata: false; datasets without metadata are unaffected", env="CIR_METADATA", flag="--metadata",
+        parse=boolean)
     warm_up: bool = option(True, "run one query per text encoder and dataset at start-up", env="CIR_WARM_UP",
                            flag="--warm-up", parse=boolean)
     bootstrap: str = option(

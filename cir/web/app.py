@@ -124,6 +124,7 @@ def index() -> str:
     eng = _engine()
     return render_template("index.html", default_dataset=eng.default_dataset, attribution=ATTRIBUTION,
                            max_upload_mb=eng.settings.max_upload_bytes // MB, max_caption=MAX_CAPTION_CHARS,
+                           metadata=eng.settings.metadata,
                            bootstrap=assets.stylesheet(eng.settings.bootstrap))
 
 

@@ -167,14 +167,17 @@ def test_every_mode_answers(client, ref, mode):
 
 
 def test_search_is_compose_then_index_search(client, engine, ref):
-    """The API ranks exactly as model.compose + index.search do (no ranking code of its own)."""
+    """The API ranks exactly as model.compose + index.search do (no ranking code of its own), the metadata path
+    (on by default) inside that search."""
     ds = engine.datasets["catalog-test"]
     row = ds.index.id_of(ref)
     caption = "in navy blue"
     for mode, method, comb in [("sum", "sum", None), ("composed", "combiner", engine.combiners["tiny"][0]),
                                ("image", "image", None)]:
         q = compose(engine.encoder, ds.index.features[row:row + 1], [caption], method, comb)
-        scores, ids = search(q, ds.index, 10, exclude=[[row]])
+        terms = ds.metadata.terms(caption) if mode != "image" else None
+        assert mode == "image" or terms.words["boost"]  # "navy blue" was read: the boost is exercised
+        scores, ids = search(q, ds.index, 10, exclude=[[row]], boost=terms)
         d = _search(client, mode=mode, reference=ref, caption=caption, k=10, combiner="tiny").get_json()
         assert d["ids"] == [ds.index.names[i] for i in ids[0].tolist()], mode
         assert d["scores"] == pytest.approx(scores[0].tolist(), abs=1e-3)

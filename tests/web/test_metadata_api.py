@@ -44,9 +44,10 @@ def test_metadata_boosts_the_understood_words(client, word):
     w, having = word
     ref = client[1].index.names[0]
     body = {"mode": "composed", "reference": ref, "caption": f"the same, but {w}", "combiner": "tiny"}
-    plain, boosted = _search(client, **body), _search(client, **body, metadata=True)
-    assert plain["understood"] is None and _search(client, **body, metadata=False)["ids"] == plain["ids"]
+    plain, boosted = _search(client, **body, metadata=False), _search(client, **body, metadata=True)
+    assert plain["understood"] is None
     assert boosted["understood"] == {"boost": [w], "avoid": [], "available": True}
+    assert _search(client, **body)["ids"] == boosted["ids"]  # on by default (Settings.metadata)
     before = dict(zip(plain["ids"], plain["scores"]))
     for hit in boosted["results"]:   # every score moved by exactly the weight when the item has the word
         assert hit["score"] == pytest.approx(before[hit["id"]] + DEFAULT_WEIGHT * (hit["id"] in having), abs=2e-4)
@@ -60,7 +61,7 @@ def test_metadata_boosts_the_understood_words(client, word):
 def test_negated_words_sink_and_the_target_rank_follows(client, word):
     w, having = word
     body = {"mode": "text", "caption": f"anything but {w}"}
-    plain = _search(client, **body)
+    plain = _search(client, **body, metadata=False)
     avoided = _search(client, **body, metadata="true")   # as a query string or a form writes it
     assert avoided["understood"] == {"boost": [], "avoid": [w], "available": True}
     before = dict(zip(plain["ids"], plain["scores"]))
@@ -76,7 +77,7 @@ def test_negated_words_sink_and_the_target_rank_follows(client, word):
 
 def test_no_understood_word_or_no_metadata_changes_nothing(client):
     body = {"mode": "text", "caption": "show me the same style please"}
-    plain, meta = _search(client, **body), _search(client, **body, metadata=True)
+    plain, meta = _search(client, **body, metadata=False), _search(client, **body, metadata=True)
     assert meta["understood"] == {"boost": [], "avoid": [], "available": True} and meta["ids"] == plain["ids"]
     assert meta["scores"] == plain["scores"]
     cirr = {"dataset": "cirr-val", "mode": "text", "caption": "a red dog, not a cat", "k": 5}
