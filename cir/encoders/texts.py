@@ -6,13 +6,19 @@ Memo (unbounded). Keys are (side, stripped text), so text sides sharing one cach
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from cir.encoders.base import CaptionEncoder
+from cir.utils import save_tensors, write_json
 
 
 class Cache(Protocol):
@@ -26,6 +32,43 @@ class Memo(dict):
 
     def put(self, key: Any, value: Any) -> None:
         self[key] = value
+
+
+def text_fingerprint(encoder: Any) -> str:
+    """A hash of what an encoder's text features depend on: its description and the weights under its text
+    prefixes (a retrained text head gets another fingerprint); the description alone where it has none."""
+    digest = hashlib.sha256(json.dumps(encoder.describe(), sort_keys=True, default=str).encode())
+    try:
+        prefixes = tuple(encoder.text_prefixes(0))
+    except NotImplementedError:
+        prefixes = ()
+    for k, v in sorted(encoder.state_dict().items()) if prefixes else ():
+        if k.startswith(prefixes):
+            digest.update(k.encode() + v.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class StoredMemo(Memo):
+    """A Memo kept in a file between training runs (generated captions repeat from run to run: the same seeds
+    draw the same ones). The file's name must say whose features they are (encoder and text side)."""
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        self.path = Path(path)
+        if self.path.is_file() and self.path.with_suffix(".json").is_file():
+            keys = json.loads(self.path.with_suffix(".json").read_text())
+            rows = load_file(self.path)["rows"]
+            self.update({tuple(k): r for k, r in zip(keys, rows)})
+        self._saved = len(self)
+
+    def save(self) -> None:
+        """Write the captions encoded since the last save (atomically: rows first, then the keys naming them)."""
+        if len(self) == self._saved:
+            return
+        keys = list(self)
+        save_tensors(self.path, {"rows": torch.stack([self[k] for k in keys])})
+        write_json(self.path.with_suffix(".json"), [list(k) for k in keys])
+        self._saved = len(self)
 
 
 def encode_once(texts: Sequence[str], encode: Callable[[list[str]], torch.Tensor], cache: Cache, side: str = "",

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
-from cir.encoders.texts import CachedTexts
+from cir.encoders.texts import CachedTexts, StoredMemo, text_fingerprint
 from cir.evaluation.plots import plot_training
 from cir.training.config import CombinerStageConfig, ComposedConfig, TextStageConfig, record
 from cir.training.data import Item, TrainData, TrainingTexts, load_train_data
@@ -132,7 +132,9 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     encoder = encoders.load(cfg.encoder, device, text=cfg.text_encoder)
     cfg = cfg.with_preset(encoder.dim)
     data = load_train_data(encoder, cfg)
-    texts = CachedTexts(encoder)  # stage 2: the text side is frozen, each caption encoded once
+    # Stage 2: the text side is frozen, each caption encoded once, and kept for the next run with this text side.
+    memo = StoredMemo(Path(cfg.cache_dir) / f"captions-{text_fingerprint(encoder)}.safetensors")
+    texts = CachedTexts(encoder, memo)
     # Raw features in, as the papers: recorded, so compose gives the Combiner what it was trained on; the text
     # side as TextSide records it, so the server and evaluate.py pair it with the same side.
     model_cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
@@ -151,6 +153,7 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     t0 = time.time()
     best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), data, step,
                                lambda: _validate_on_cpu(data, texts, combiner, device))
+    memo.save()
     combiner.cpu().save(cfg.out)
     return _finish(cfg, ckpt, best, history, time.time() - t0, {"config": asdict(model_cfg)})
 
