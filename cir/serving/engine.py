@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,8 +49,8 @@ from cir.serving.datasets import (
     read_datasets_file,
     tags_caption,
 )
-from cir.serving.errors import BadInput, NotFound, NotImplementedForModel, ServiceUnavailable
-from cir.serving.inputs import choice, optional_name, parse_int, validate_text
+from cir.serving.errors import BadInput, DamagedModel, NotFound, NotImplementedForModel, ServiceUnavailable
+from cir.serving.inputs import choice, optional_name, parse_int, valid_image_id, validate_text
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore
 
@@ -206,7 +207,8 @@ class Engine:
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)
         sources, damaged = _dataset_sources(settings)
-        datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend)
+        datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend,
+                                    settings.features_in_memory_bytes)
         damaged = {d.name: d for d in [*damaged, *failed]}
         if not datasets:
             raise _nothing_to_serve(settings, encoder, damaged)
@@ -238,8 +240,24 @@ class Engine:
         return {name: ds.index.backend.health() for name, ds in self.datasets.items()}
 
     def damaged_report(self) -> dict[str, dict]:
-        """Per dataset that was found but could not be loaded: its folder and why (see DamagedDataset)."""
-        return {name: d.describe() for name, d in self.damaged.items()}
+        """Per dataset that was found but could not be loaded: its folder and why (see DamagedDataset); and per
+        served dataset whose files changed on disk since they were loaded (`"serving": true`: it answers from
+        what was loaded and verified; restarting would load the folder as it is now)."""
+        out = {name: d.describe() for name, d in self.damaged.items()}
+        for name, ds in self.datasets.items():
+            problem = ds.index.disk_problem()
+            if problem:
+                out[name] = {**DamagedDataset(name, ds.source.features, problem).describe(), "serving": True}
+        return out
+
+    def unverified_report(self) -> dict[str, dict]:
+        """Per served dataset whose folder has no checksums (an older extraction): damaged or altered files
+        cannot be detected in it, so health does not call it "ok"."""
+        return {name: {"folder": str(ds.source.features),
+                       "reason": "its manifest records no checksums (extracted by an older version): shuffled "
+                                 "names or overwritten rows would go unnoticed; extract it again "
+                                 "(extract_features.py --overwrite) to have it verified"}
+                for name, ds in self.datasets.items() if not ds.index.verified}
 
     # -- what the page needs to know
 
@@ -274,7 +292,8 @@ class Engine:
         ds = self.dataset(optional_name(params.get("dataset"), "dataset") or self.default_dataset)
         req = SearchRequest(mode=mode, dataset=ds.name,
                             k=parse_int(params.get("k"), "k", 1, self.settings.max_k, self.settings.default_k))
-        ref, upload = optional_name(params.get("reference"), "reference"), optional_name(params.get("upload"), "upload")
+        ref = valid_image_id(params.get("reference"), "reference")
+        upload = valid_image_id(params.get("upload"), "upload")
         if ref is not None and upload is not None:
             raise BadInput("give either a reference image or an upload id, not both")
         if mode in NEEDS_REFERENCE:
@@ -297,7 +316,7 @@ class Engine:
             raise BadInput("composed (Combiner) mode is unavailable: no Combiner checkpoint is loaded "
                            "(train one into weights/combiner.safetensors); use mode 'sum' meanwhile")
         req.combiner, req.text_encoder = comb, None if text == "auto" else text
-        req.target = optional_name(params.get("target"), "target")
+        req.target = valid_image_id(params.get("target"), "target")
         if req.target is not None:
             ds.row(req.target)
         return req
@@ -315,6 +334,7 @@ class Engine:
             t_locked = time.perf_counter()
             query = compose(texts, ref_feats, [req.caption] if req.caption else None, method, combiner)
         t2 = time.perf_counter()
+        _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", comb_name, text_name)
         try:
             scores, ids = search(query, ds.index, req.k, exclude=exclude)
             group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
@@ -322,6 +342,8 @@ class Engine:
             target = _target_rank(query, ds, req.target, exclude, hits, group) if req.target else None
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
+        _check_finite([h.score for h in hits] + [s for _, s in group or ()] + ([target.score] if target else []),
+                      f"dataset {ds.name!r}'s scores", comb_name, text_name)
         t3 = time.perf_counter()
         timings = Timings(encode_text_ms=round(texts.ms, 3), text_cached=texts.cached if text_name else None,
                           fuse_ms=round(max(0.0, (t2 - t_locked) * 1000 - texts.ms), 3),
@@ -362,7 +384,7 @@ class Engine:
         of the dataset). Built lazily: the first call exports the explainer's feature-map session."""
         req = self.parse(params)
         ds = self.dataset(req.dataset)
-        result = optional_name(params.get("result"), "result")
+        result = valid_image_id(params.get("result"), "result")
         if result is None:
             raise BadInput("give `result`: the id of the result image to explain")
         rec = ds.record(result)
@@ -382,7 +404,10 @@ class Engine:
                     raise NotImplementedForModel(str(e)) from None
             query = compose(texts, q.ref_feats, [req.caption] if req.caption else None, q.method,
                                   q.combiner)
-            return self._explainer.explain(image, query)
+            _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", q.comb_name, q.text_name)
+            exp = self._explainer.explain(image, query)
+        _check_finite([exp.score], "the explained score", q.comb_name, q.text_name)
+        return exp
 
     # -- images
 
@@ -404,6 +429,16 @@ class Engine:
                 data = buf.getvalue()
         self.thumbs.put(key, data)
         return data
+
+
+def _check_finite(values: list[float], what: str, combiner: str | None, text: str | None) -> None:
+    """DamagedModel (500) when a value is NaN or infinite: a damaged model or index, named in the log."""
+    if all(math.isfinite(v) for v in values):
+        return
+    log.error("%s holds NaN or infinite values (combiner %s, text encoder %s): a model or an index is damaged",
+              what, combiner, text)
+    raise DamagedModel(f"{what} came out as NaN or infinity: a model or an index on the server is damaged "
+                       "(the server log names it); this request cannot be answered until it is repaired")
 
 
 def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[list[int]] | None,
@@ -436,7 +471,7 @@ def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]
     for name, wanted_side in wanted.items():
         try:
             text_sides[name] = encoder.with_text(TextSide.of(wanted_side))
-        except (FileNotFoundError, ValueError, NotImplementedError) as e:
+        except (OSError, ValueError, NotImplementedError) as e:   # missing, damaged (named), unsupported
             log.warning("text encoder %s unavailable: %s", name, e)
     return text_sides
 
@@ -477,7 +512,7 @@ def _paired_side(want: TextSide, encoder: Encoder, text_sides: dict[str, Encoder
     name = want.name if want.name not in text_sides else want.record
     try:
         text_sides[name] = encoder.with_text(want)
-    except (FileNotFoundError, ValueError, NotImplementedError) as e:
+    except (OSError, ValueError, NotImplementedError) as e:
         log.warning("text encoder %s unavailable: %s", want.record, e)
         return None
     return name
