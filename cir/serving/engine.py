@@ -225,7 +225,8 @@ class Engine:
     def warm_up(self) -> None:
         """First calls are slow (lazy allocations, page faults on the mapped features): pay them at start-up.
 
-        No float32 copy of an index is made: search() scans the memory-mapped float16 file.
+        No float32 copy of an index is made: search() scans the float16 features (read into memory up to
+        Settings.features_in_memory_bytes, memory-mapped above).
         """
         q = torch.zeros(1, self.encoder.dim)  # an image-only encoder warms up the search alone
         with self.model_calls():

@@ -172,7 +172,7 @@ class Settings:
         "worker, see serving.engine.set_worker_threads", env="CIR_QUERY_THREADS", flag="--query-threads",
         parse=integer, metavar="N")
     index_backend: str = option(
-        "exact", "how every dataset is ranked (index/): exact (scan of the memory-mapped features), faiss "
+        "exact", "how every dataset is ranked (index/): exact (scan of the float16 features), faiss "
         "(HNSW or IVF-PQ by size, built and saved beside the features), faiss:hnsw?efSearch=128, milvus "
         "(milvus-lite file beside the features, filled by `python3 -m cir.index load`), milvus:http://host:19530",
         env="CIR_INDEX_BACKEND", flag="--index-backend", metavar="SPEC")
