@@ -36,7 +36,9 @@ MULTIPART_SLACK = 64 * 1024  # multipart framing around an uploaded file: its re
 MAX_JSON_DEPTH = 20          # a search body is 2 levels deep (an object of tags)
 MAX_NUMBER_DIGITS = 32       # k and seeds are small; a 4,000-digit integer is only work for the server
 DEV_IO_TIMEOUT_S = 15        # the development server's per-read/write socket timeout (gunicorn's I/O timeout)
-_JSON_SPECIALS = re.compile(r'[\[\]{}"\\]')   # what the depth scan looks at: brackets, quotes, backslashes
+# The depth scan's tokens: a run of brackets, or a whole string (to its end quote, else to the end of the text,
+# a lone trailing backslash included: every string matches, so no match is ever retried inside one).
+_JSON_TOKENS = re.compile(r'[\[\]{}]+|"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.S)
 
 
 class Guards:
@@ -194,29 +196,25 @@ def _finite_float(text: str) -> float:
 def too_deep(text: str, limit: int) -> bool:
     """Whether JSON `text` nests arrays and objects more than `limit` levels deep, in one linear pass.
 
-    Brackets inside strings do not count, and an escaped quote does not end a string. (The regex this
-    replaces backtracked: 21 brackets and an unterminated string of 32,000 escaped quotes took 11.5 s.)
+    Strings are single tokens (brackets inside them do not count, an escaped quote does not end them), read by
+    the regex engine in one match each: a string that never ends runs to the end of the text, so the scan never
+    restarts inside it. (The regex this replaces did restart, at every escaped quote: 21 brackets
+    and an unterminated string of 32,000 escaped quotes held a worker for 11.5 s in issue 20's run;
+    benchmarks/bench_guards.py times both.)
     """
     if text.count("[") + text.count("{") <= limit:  # the common case: no scan needed
         return False
-    depth, in_string, escaped_at = 0, False, -1
-    for m in _JSON_SPECIALS.finditer(text):
-        i, ch = m.start(), m.group()
-        if i == escaped_at:      # the character after a backslash inside a string: taken literally
+    depth = 0
+    for token in _JSON_TOKENS.findall(text):   # at most 64 KB of text: the list is small
+        if token[0] == '"':
             continue
-        if in_string:
-            if ch == "\\":
-                escaped_at = i + 1
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif ch in "]}":
-            depth -= 1
+        for ch in token:   # a run of brackets
+            if ch in "[{":
+                depth += 1
+                if depth > limit:
+                    return True
+            else:
+                depth -= 1
     return False
 
 

@@ -46,6 +46,9 @@ def test_the_scan_reads_strings_and_escapes():
     assert not too_deep('["\\\\\\"' + "[" * 30, 20)                         # quote closes; \\\" does not
     assert too_deep("[" * 21 + "]" * 21, 20) and not too_deep("[" * 20 + "]" * 20, 20)
     assert too_deep("[{}]" * 50, 1) and not too_deep("[{}]" * 50, 2)   # depth, not the count of brackets
+    assert not too_deep("[" * 15 + '"' + '\\"' * 100 + "\\" + "[" * 10, 20)   # ends in a lone backslash
+    assert too_deep("[" * 15 + '"a", ' * 1000 + "[" * 6, 20)                # many strings between brackets
+    assert not too_deep('[' * 15 + '"' * 999 + "[" * 10, 20)                # odd quotes: the last runs to the end
 
 
 # ----------------------------------------------------------------------------------------------- unreadable bodies
