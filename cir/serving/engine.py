@@ -63,6 +63,8 @@ MODE_LABELS = {"composed": "Composed (Combiner)", "sum": "Composed (sum baseline
 NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
 RANK_BLOCK = 32768          # rows per float32 block when scoring every row for a target's rank (16 MB at d=128)
+EXPLAIN_MAX_SIDE = 1024     # explanations decode at most this large: the encoder sees 224 px, the page shows less
+EXPLAIN_WAIT_S = 2.0        # how long an explanation waits for a slot before a 503
 
 
 @dataclass
@@ -186,6 +188,7 @@ class Engine:
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
         self._explainer: Explainer | None = None   # built on the first explanation
+        self._explains = threading.BoundedSemaphore(max(1, settings.explain_concurrency))
         self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
                                    settings.upload_cache_size, self.model_calls)
 
@@ -382,7 +385,20 @@ class Engine:
 
     def explain(self, params: Mapping[str, Any]) -> Explanation:
         """Grad-CAM of the search's score for one result: the /api/search fields plus `result` (an image id
-        of the dataset). Built lazily: the first call exports the explainer's feature-map session."""
+        of the dataset). Built lazily: the first call exports the explainer's feature-map session.
+
+        At most Settings.explain_concurrency explanations run at once in a worker (each holds the model lock
+        for its whole Grad-CAM, so more would only queue searches behind them); the next waits up to
+        EXPLAIN_WAIT_S, then gets 503 with Retry-After. The image is decoded at EXPLAIN_MAX_SIDE at most.
+        """
+        if not self._explains.acquire(timeout=EXPLAIN_WAIT_S):
+            raise ServiceUnavailable("the server is busy explaining other results; try again in a few seconds")
+        try:
+            return self._explain(params)
+        finally:
+            self._explains.release()
+
+    def _explain(self, params: Mapping[str, Any]) -> Explanation:
         req = self.parse(params)
         ds = self.dataset(req.dataset)
         result = valid_image_id(params.get("result"), "result")
@@ -392,7 +408,7 @@ class Engine:
         q = self._query_inputs(req, ds)
         texts = CachedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
         try:
-            image = open_image(rec.path)
+            image = open_image(rec.path, EXPLAIN_MAX_SIDE)
         except FileNotFoundError:
             raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
         except (OSError, ValueError, SyntaxError):   # not a regular file, or not a readable image

@@ -176,6 +176,10 @@ class Settings:
         "(HNSW or IVF-PQ by size, built and saved beside the features), faiss:hnsw?efSearch=128, milvus "
         "(milvus-lite file beside the features, filled by `python3 -m cir.index load`), milvus:http://host:19530",
         env="CIR_INDEX_BACKEND", flag="--index-backend", metavar="SPEC")
+    explain_concurrency: int = option(
+        1, "explanations computed at once per worker (each holds the model for its whole Grad-CAM, so searches "
+        "wait behind it); the next waits 2 s, then gets 503", env="CIR_EXPLAIN_CONCURRENCY",
+        flag="--explain-concurrency", parse=integer, metavar="N")
     features_in_memory_bytes: int = option(
         256 * MB, "feature files up to this size are read into each worker's memory instead of memory-mapped, "
         "in MB: a file truncated or replaced under the server cannot crash it then (a mapped one can: SIGBUS); "
@@ -202,6 +206,7 @@ class Settings:
             ("query_threads", self.query_threads is None or self.query_threads >= 0, "0 or more"),
             ("thumb_size", self.thumb_size > 0, "positive"),
             ("features_in_memory_bytes", self.features_in_memory_bytes >= 0, "0 or more"),
+            ("explain_concurrency", self.explain_concurrency > 0, "positive"),
             ("bootstrap", self.bootstrap in BOOTSTRAP_MODES, f"one of {', '.join(BOOTSTRAP_MODES)}"),
         ) if not ok]
         if problems:

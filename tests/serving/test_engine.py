@@ -5,6 +5,7 @@ is reported; folders without checksums are "unverified", duplicate ids and a man
 are damaged, with their reason."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -12,9 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from cir.combiner import Combiner
+from cir.data import folder_images
+from cir.extraction import ensure_index
+from cir.serving import engine as engine_module
 from cir.serving.engine import PairedCombiner
 from cir.serving.settings import Settings
 from cir.utils import save_tensors, sha256_file
@@ -173,3 +178,36 @@ def test_a_manifest_that_is_a_symlink_loop_is_damaged_with_its_reason(demo_world
     h = app.test_client().get("/api/health").get_json()
     assert h["status"] == "degraded" and h["datasets"] == ["catalog-test"]
     assert "Too many levels of symbolic links" in h["damaged"]["cirr-val"]["reason"]
+
+
+# ----------------------------------------------------------------------------------------------- explanations
+
+def test_explanations_decode_at_the_size_they_need_and_are_bounded(demo_world, tmp_path, lite_encoder,
+                                                                     monkeypatch):
+    """A 12 MP photo of a folder dataset is explained at 1,024 px (it was decoded whole, then every pixel went
+    through the overlay); when every explanation slot is taken, the next one waits, then gets 503."""
+    photos, root = tmp_path / "photos", _served_copy(demo_world, tmp_path / "features")
+    photos.mkdir()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(photos / "big.jpg", quality=90)
+    Image.new("RGB", (300, 200), (30, 30, 200)).save(photos / "small.jpg")
+    ensure_index(folder_images(photos), lite_encoder, root / "folder-photos", workers=0,
+                 info={"dataset": "folder", "data_root": str(photos)})
+    app = create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u", warm_up=False,
+                              explain_concurrency=1))
+    client = app.test_client()
+    body = {"dataset": "folder-photos", "mode": "text", "caption": "a red shirt", "result": "big.jpg"}
+    r = client.post("/api/explain?format=json", json=body)
+    assert r.status_code == 200 and r.get_json()["image_size"] == [1024, 768], r.get_json()
+    with Image.open(io.BytesIO(client.post("/api/explain", json=body).data)) as png:
+        assert png.size == (1024, 768)
+    eng = app.extensions["cir"]
+    monkeypatch.setattr(engine_module, "EXPLAIN_WAIT_S", 0.05)
+    assert eng._explains.acquire(timeout=1)
+    try:
+        busy = client.post("/api/explain?format=json", json=body)
+        assert busy.status_code == 503 and "busy explaining" in busy.get_json()["message"]
+        assert busy.headers["Retry-After"] == "5"
+        assert client.post("/api/search", json=body).status_code == 200   # searches are not held
+    finally:
+        eng._explains.release()
+    assert client.post("/api/explain?format=json", json=body).status_code == 200
