@@ -109,7 +109,7 @@ def test_no_answer_carries_nan():
 # ----------------------------------------------------------------------------------------------- a real gunicorn
 
 GUARDED_APP = '''
-from flask import Flask
+from flask import Flask, request
 from cir.web.assets import content_security_policy
 from cir.web.guards import install_guards
 
