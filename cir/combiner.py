@@ -27,11 +27,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from cir.encoders import CaptionEncoder, Encoder, TextSide
 from cir.paths import WEIGHTS_DIR
-from cir.utils import config_from_dict, save_checkpoint
+from cir.utils import check_finite, config_from_dict, load_tensors, save_checkpoint
 
 COMBINE_METHODS = ("combiner", "sum", "image", "text")
 # Shipped checkpoints, by the short names the CLIs and the server accept.
@@ -135,29 +134,66 @@ class Combiner(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Combiner":
-        """Load our safetensors (+ .json) or an original CLIP4Cir checkpoint (.pt/.pth)."""
+        """Load our safetensors (+ .json) or an original CLIP4Cir checkpoint (.pt/.pth).
+
+        FileNotFoundError when it is missing; ValueError naming the file for anything else wrong with it: not a
+        regular file, truncated or garbage weights, NaN or infinite values, a config that is not JSON or does
+        not fit the weights.
+        """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"combiner checkpoint {path} not found")
         if path.suffix == ".safetensors":
-            sd = load_file(path, device=str(map_location))
-            cfg_file = path.with_suffix(".json")
-            if cfg_file.exists():
-                d = json.loads(cfg_file.read_text())
-                # Checkpoints written before `inputs` existed were all trained on normalised features.
-                cfg = CombinerConfig.from_dict({"inputs": "normalized", **d})
-            else:
-                cfg = CombinerConfig.from_state_dict(sd)
+            sd = load_tensors(path, "combiner checkpoint")   # checked finite
+            cfg = _config_beside(path, sd)
         else:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-            sd = obj.get("Combiner", obj) if isinstance(obj, dict) else None
-            if not isinstance(sd, dict) or "text_projection_layer.weight" not in sd:
-                raise ValueError(f"{path} is not a Combiner checkpoint (expected a state dict, or a dict "
-                                 "whose 'Combiner' entry is one, as CLIP4Cir saves)")
-            cfg = CombinerConfig.from_state_dict(sd)
-        model = cls(cfg)
-        model.load_state_dict({k: v.float() for k, v in sd.items()})
+            sd = _clip4cir_state(path, map_location)
+            check_finite(sd, f"combiner checkpoint {path}")
+            cfg = _config_from_weights(path, sd)
+        try:
+            model = cls(cfg)
+            model.load_state_dict({k: v.float() for k, v in sd.items()})
+        except (RuntimeError, ValueError, TypeError) as e:   # missing keys, other shapes, a bad `inputs` or size
+            raise ValueError(f"combiner checkpoint {path} does not fit its config: {str(e).splitlines()[0]}") from None
         return model.eval()
+
+
+def _config_from_weights(path: Path, sd: dict[str, torch.Tensor]) -> CombinerConfig:
+    try:
+        return CombinerConfig.from_state_dict(sd)
+    except (KeyError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path} is not a Combiner checkpoint: it lacks {e}") from None
+
+
+def _config_beside(path: Path, sd: dict[str, torch.Tensor]) -> CombinerConfig:
+    """The JSON config beside a safetensors checkpoint, else the sizes read off its weights."""
+    cfg_file = path.with_suffix(".json")
+    if not cfg_file.exists():
+        return _config_from_weights(path, sd)
+    try:
+        d = json.loads(cfg_file.read_text())
+        # Checkpoints written before `inputs` existed were all trained on normalised features.
+        return CombinerConfig.from_dict({"inputs": "normalized", **d})
+    except (OSError, ValueError, TypeError) as e:   # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"combiner config {cfg_file} is damaged: {type(e).__name__}: {e}") from None
+
+
+def _clip4cir_state(path: Path, map_location: str | torch.device) -> dict[str, torch.Tensor]:
+    """The Combiner state dict of an original CLIP4Cir checkpoint ({'Combiner': state_dict} or the dict)."""
+    if not path.exists():
+        raise FileNotFoundError(f"combiner checkpoint {path} not found")
+    if not path.is_file():
+        raise ValueError(f"combiner checkpoint {path} is not a regular file")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- unpickling hostile bytes raises anything (IndexError for a text file)
+        raise ValueError(f"{path} is not a Combiner checkpoint: it cannot be read by torch.load "
+                         f"({type(e).__name__})") from None
+    sd = obj.get("Combiner", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or "text_projection_layer.weight" not in sd:
+        raise ValueError(f"{path} is not a Combiner checkpoint (expected a state dict, or a dict "
+                         "whose 'Combiner' entry is one, as CLIP4Cir saves)")
+    if not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} is not a Combiner checkpoint: its state dict holds other things than tensors")
+    return sd
 
 
 def combine(image: torch.Tensor, text: torch.Tensor, method: str = "combiner",

@@ -5,8 +5,9 @@ transparency composited on white, RGB. Extraction (both engines), training, the 
 explanations and thumbnails all read through here, so a phone photo in a folder dataset and the same photo
 uploaded give the same pixels, hence the same features.
 
-    open_image(path)               a file on disk; regular files only (a FIFO or device named like an image is
-                                   refused without being opened for reading: it could block forever)
+    open_image(path, max_side)     a file on disk; regular files only (a FIFO or device named like an image is
+                                   refused without being opened for reading: it could block forever); at most
+                                   max_side px when given (explanations)
     as_displayed(im, max_side)     an image already opened (uploads: after their bounded, sniffed decode)
 
 Catalogue, FashionIQ and CIRR files carry no orientation or profile in practice, so for them the policy is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import stat
 from typing import IO
@@ -60,11 +62,17 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
     return open(path, "rb", opener=_regular_file_opener)
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """The image file at `path`, decoded now (a truncated file fails here) and read as it is displayed."""
+def open_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+    """The image file at `path`, decoded now (a truncated file fails here) and read as it is displayed; at
+    most `max_side` px on its long side when given (a JPEG is then decoded at reduced size by libjpeg's DCT
+    scaling, as uploads are: a 24 MP photo explained needs its 1,024 px, not its 72 MB of pixels)."""
     with open_image_file(path) as f, Image.open(f) as im:
+        if max_side is not None and im.format in ("JPEG", "MPO") and max(im.size) > max_side:
+            w, h = im.size
+            scale = max_side / max(w, h)
+            im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
         im.load()
-        return as_displayed(im)
+        return as_displayed(im, max_side)
 
 
 # ----------------------------------------------------------------------------------------------- pixels

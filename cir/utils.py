@@ -13,13 +13,14 @@ import os
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
-from safetensors.torch import save
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
-__all__ = ["atomic_write", "config_from_dict", "content_key", "get_device", "run_cli", "save_checkpoint",
-           "save_tensors", "setup_logging", "sha256_file", "write_json"]
+__all__ = ["atomic_write", "check_device", "check_finite", "config_from_dict", "content_key", "get_device",
+           "load_tensors", "run_cli", "save_checkpoint", "save_tensors", "setup_logging", "sha256_file", "write_json"]
 
 
 def get_device(device: str | torch.device = "auto") -> torch.device:
@@ -29,6 +30,28 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def check_device(value: str) -> str:
+    """A device this machine can use, as given ('auto', 'cpu', 'cuda', 'cuda:1', 'mps'); ValueError saying
+    why not otherwise (an unknown name, CUDA or MPS absent, a GPU index past the last one)."""
+    if value == "auto":
+        return value
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {value!r}: CUDA is not available on this machine; use auto or cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {value!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device {value!r}: MPS is not available on this machine; use auto or cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {value!r}: use auto, cpu, cuda, cuda:N or mps")
+    return value
 
 
 @contextlib.contextmanager
@@ -69,6 +92,34 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
     with atomic_write(path) as f:
         f.write(data)
+
+
+def load_tensors(path: str | os.PathLike, what: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on CPU, every one checked finite.
+
+    FileNotFoundError when it is missing; ValueError naming the file when it is not a regular file, cannot be
+    read as safetensors (truncated, garbage: safetensors' SafetensorError) or holds NaN or infinite values.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} not found")
+    if not path.is_file():
+        raise ValueError(f"{what} {path} is not a regular file")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{what} {path} is damaged: not a readable safetensors file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'unreadable'})") from None
+    check_finite(tensors, f"{what} {path}")
+    return tensors
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """ValueError naming `what` and the tensor when a floating-point tensor holds NaN or infinite values
+    (a damaged file can have a valid header and garbage numbers: served, it would rank by NaN)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{what} is damaged: its tensor {name!r} holds NaN or infinite values")
 
 
 def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], config: Any, kind: str) -> None:

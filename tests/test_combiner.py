@@ -109,3 +109,40 @@ def test_combine_methods():
     with pytest.raises(ValueError, match="valid: combiner, sum, image, text"):
         combine(img, txt, "product")
     assert COMBINE_METHODS == ("combiner", "sum", "image", "text")
+
+
+def _damaged(tmp_path, kind: str):
+    """A Combiner checkpoint damaged one way; returns its path."""
+    torch.manual_seed(4)
+    path = tmp_path / kind / "c.safetensors"
+    path.parent.mkdir()
+    m = Combiner(SMALL)
+    if kind == "nan":   # a valid header, NaN weights: what a damaged disk or a diverged run can leave
+        with torch.no_grad():
+            m.output_layer.weight[0, 0] = float("nan")
+    m.save(path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"\x00\xff" * 500)
+    elif kind == "bad-json":
+        path.with_suffix(".json").write_text("{not json")
+    elif kind == "text-file":   # `--combiner /etc/passwd`: read as an original checkpoint
+        path = path.with_name("passwd")
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "directory":
+        path = path.with_name("dir.pt")
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("truncated", "is damaged: not a readable safetensors file"), ("garbage", "not a readable safetensors file"),
+    ("nan", "holds NaN or infinite values"), ("bad-json", "combiner config"),
+    ("text-file", "is not a Combiner checkpoint"), ("directory", "is not a regular file")])
+def test_a_damaged_checkpoint_is_one_clear_error_naming_it(tmp_path, kind, words):
+    path = _damaged(tmp_path, kind)
+    with pytest.raises(ValueError, match=words) as e:
+        Combiner.load(path)
+    shown = str(path.with_suffix(".json") if kind == "bad-json" else path)
+    assert shown in str(e.value) and "\n" not in str(e.value)

@@ -70,3 +70,18 @@ def test_a_rotated_photo_has_one_feature_in_a_folder_and_as_an_upload(tmp_path, 
     assert torch.allclose(indexed, displayed, rtol=2e-3, atol=2e-3)
     cos = torch.nn.functional.cosine_similarity
     assert cos(indexed, unrotated).item() < 0.99   # read unrotated, the photo is another picture
+
+
+def test_open_image_at_a_bounded_size(tmp_path):
+    """What explanations decode: a large JPEG at reduced size (DCT scaling, then a resize), oriented as shown."""
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(tmp_path / "big.jpg", quality=90)
+    Image.new("RGB", (3000, 2000), (30, 30, 200)).save(tmp_path / "big.png")
+    data, upright = _sideways_photo()
+    (tmp_path / "side.jpg").write_bytes(data)
+    assert open_image(tmp_path / "big.jpg", 1024).size == (1024, 768)
+    assert open_image(tmp_path / "big.png", 1024).size == (1024, 683)
+    assert open_image(tmp_path / "big.jpg").size == (4000, 3000)           # no bound: the whole image
+    assert open_image(tmp_path / "side.jpg", 100).size == (60, 100)        # bounded, then turned upright
+    with Image.open(tmp_path / "big.jpg") as im:
+        im.draft(None, (1024, 768))
+        assert im.size == (2000, 1500)   # what open_image asks libjpeg for: 1/2, the most that keeps 1,024 px

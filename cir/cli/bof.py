@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from cir.cli.common import add_data_root, add_verbose
+from cir.cli.common import add_data_root, add_verbose, output_file, positive_int
 from cir.data import catalog_images, resolve_data_root
 from cir.encoders import bof
 from cir.encoders.bof import BOF_WEIGHTS, BofConfig, fit
@@ -23,12 +23,14 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit the vocabulary and PCA on the catalogue's train split")
     add_data_root(f)
     f.add_argument("--split", default="train", help="split to fit on (never test)")
-    f.add_argument("--out", default=str(BOF_WEIGHTS), help="weights file to write (+ .json, .train.json)")
-    f.add_argument("--words", type=int, default=BofConfig.words, help="visual vocabulary size")
-    f.add_argument("--dim", type=int, default=BofConfig.dim, help="output dimension (PCA components)")
-    f.add_argument("--vocab-images", type=int, default=800, help="images whose SIFT descriptors make the vocabulary")
-    f.add_argument("--per-image", type=int, default=64, help="SIFT descriptors sampled per vocabulary image")
-    f.add_argument("--pca-images", type=int, default=2500, help="images the PCA is fitted on")
+    f.add_argument("--out", default=str(BOF_WEIGHTS), type=output_file,
+                   help="weights file to write (+ .json, .train.json)")
+    f.add_argument("--words", type=positive_int, default=BofConfig.words, help="visual vocabulary size")
+    f.add_argument("--dim", type=positive_int, default=BofConfig.dim, help="output dimension (PCA components)")
+    f.add_argument("--vocab-images", type=positive_int, default=800,
+                   help="images whose SIFT descriptors make the vocabulary")
+    f.add_argument("--per-image", type=positive_int, default=64, help="SIFT descriptors sampled per vocabulary image")
+    f.add_argument("--pca-images", type=positive_int, default=2500, help="images the PCA is fitted on")
     f.add_argument("--seed", type=int, default=0, help="random seed (sampling, k-means, PCA)")
     add_verbose(f)
     return p

@@ -1,18 +1,102 @@
 """Flags several commands share, each declared once with one help text: where the data is, which encoder on
 which device, where feature folders are and how a missing one is extracted, logging. (The demo's own options
-are declared in cir.serving.settings, which makes both its flags and its CIR_* variables.)"""
+are declared in cir.serving.settings, which makes both its flags and its CIR_* variables.)
+
+And the argument types that check a value when the command line is parsed, so that a hostile or mistaken
+value is one line and exit code 2 from argparse, before any model or data is loaded: `positive_int`,
+`non_negative_int`, `device`, `image_file` (an existing, non-empty regular file: never a FIFO, which would
+block), `output_file` (not a directory) and `combiner_choice`.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 from pathlib import Path
 
+from cir.combiner import SHIPPED_COMBINERS
 from cir.extraction.local import IndexStore
+from cir.utils import check_device
 
 DATA_ROOT_HELP = ("dataset folder (default: $CIR_DATA_ROOT or ../shared/data, descending into the dataset's usual "
                   "subfolder)")
 ENCODER_HELP = "encoder name: lite, bof (classical, image-only), hf:<id or dir>, openai:<model>"
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 
+
+# ----------------------------------------------------------------------------------------------- argument types
+
+def positive_int(value: str) -> int:
+    """A whole number of 1 or more (epochs, batch sizes, shard sizes, k)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    return n
+
+
+def non_negative_int(value: str) -> int:
+    """A whole number of 0 or more (worker counts, layer counts)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
+def device(value: str) -> str:
+    """A device this machine has (utils.check_device): `--device cuda` without CUDA fails here, not mid-run."""
+    try:
+        return check_device(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def image_file(value: str) -> str:
+    """An existing, non-empty regular file (symlinks followed); checked by stat, so a FIFO is never opened."""
+    try:
+        st = os.stat(value)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {value}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO, a device or a socket)"
+        raise argparse.ArgumentTypeError(f"{value} is {kind}; give an image file")
+    if st.st_size == 0:
+        raise argparse.ArgumentTypeError(f"{value} is empty (0 bytes); give an image file")
+    return value
+
+
+def output_file(value: str) -> str:
+    """A file path to write: not an existing directory, in a folder (made if missing) that is not a file."""
+    path = Path(value)
+    if value.endswith(os.sep) or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a directory; give a file path to write")
+    parent = next((p for p in path.absolute().parents if os.path.lexists(p)), None)
+    if parent is not None and not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {value}: {parent} is not a directory")
+    return value
+
+
+COMBINE_NAMES = ("sum", "image", "text", *SHIPPED_COMBINERS)
+
+
+def combiner_choice(value: str) -> str:
+    """A fusion: sum, image, text, a shipped Combiner's name or a checkpoint file (read when it is loaded)."""
+    if value in COMBINE_NAMES:
+        return value
+    if not os.path.lexists(value):
+        raise argparse.ArgumentTypeError(f"unknown combiner {value!r}: give {', '.join(COMBINE_NAMES)} or a "
+                                         "checkpoint file")
+    if not os.path.isfile(value):
+        raise argparse.ArgumentTypeError(f"combiner checkpoint {value} is not a regular file")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- flags
 
 def add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
@@ -24,7 +108,7 @@ def add_encoder(p: argparse.ArgumentParser, default: str = "lite", note: str = "
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--device", default="auto", type=device, help=DEVICE_HELP)
 
 
 def add_features(p: argparse.ArgumentParser, flag: str = "--features") -> None:
@@ -32,8 +116,8 @@ def add_features(p: argparse.ArgumentParser, flag: str = "--features") -> None:
     p.add_argument(flag, default="features",
                    help="features root: each index is the folder <root>/<dataset>[-<category>]-<split>, extracted "
                         "there when it is missing or stale")
-    p.add_argument("--batch-size", type=int, default=64, help="images per encoder batch when extracting")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch when extracting")
+    p.add_argument("--workers", type=non_negative_int, default=None,
                    help="decoding workers when extracting (default: min(4, cores))")
 
 

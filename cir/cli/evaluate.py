@@ -34,7 +34,17 @@ import argparse
 import json
 from typing import Sequence
 
-from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose, index_store
+from cir.cli.common import (
+    add_data_root,
+    add_device,
+    add_encoder,
+    add_features,
+    add_verbose,
+    combiner_choice,
+    index_store,
+    output_file,
+    positive_int,
+)
 from cir.evaluation.runs import DEFAULT_SPLITS, TASKS, EvalConfig, evaluate
 from cir.utils import run_cli, setup_logging
 
@@ -55,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", nargs="+", default=None,
                    help="FashionIQ categories, in this order (default: every category found); each is "
                         "ranked in its own index")
-    p.add_argument("--combiner", default="combiner",
+    p.add_argument("--combiner", default="combiner", type=combiner_choice,
                    help="composed: how the reference and the caption are fused: a Combiner (combiner, "
                         "combiner-stage1: the shipped checkpoints; or a checkpoint path) or the baselines "
                         "sum (element-wise sum), image (reference only), text (caption only); default: combiner")
@@ -65,15 +75,15 @@ def parser() -> argparse.ArgumentParser:
                         "the other tasks)")
     p.add_argument("--triplet-seed", type=int, default=0,
                    help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
-    p.add_argument("--per-kind", type=int, default=500,
+    p.add_argument("--per-kind", type=positive_int, default=500,
                    help="composed, catalog: at most this many triplets of each kind (cir.catalog.triplets kinds)")
     p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
                    help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
                         "`train.py --phrasings train` never trains on")
-    p.add_argument("--save-rankings", default=None, metavar="FILE",
+    p.add_argument("--save-rankings", default=None, metavar="FILE", type=output_file,
                    help="composed: write a JSON list with the top-50 image names of every query, in "
                         "annotation order (fashioniq: categories in the given order)")
-    p.add_argument("--submission", default=None, metavar="FILE",
+    p.add_argument("--submission", default=None, metavar="FILE", type=output_file,
                    help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
                         "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
                         "(top 3 of the img_set); needed for test1, which has no targets")
@@ -84,10 +94,10 @@ def parser() -> argparse.ArgumentParser:
                    help="how indexes are ranked (cir.index): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
                         "milvus (milvus-lite beside the features, filled by `python3 -m cir.index load`), "
                         "milvus:http://host:19530")
-    p.add_argument("--plot", default=None, metavar="FILE.png",
+    p.add_argument("--plot", default=None, metavar="FILE.png", type=output_file,
                    help="text2image, composed: draw recall@K for K = 1..50 of every method evaluated, and bars of "
                         "the per-kind metrics (catalog kinds, FashionIQ categories), into this PNG")
-    p.add_argument("--compare", nargs="+", default=[], metavar="METHOD",
+    p.add_argument("--compare", nargs="+", default=[], metavar="METHOD", type=combiner_choice,
                    help="composed: also evaluate these methods (as --combiner takes them), each printing its JSON "
                         "line before --combiner's, which stays last; --plot draws them all")
     add_verbose(p)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
-from cir.cli.common import add_data_root, add_encoder, add_verbose
+from cir.cli.common import add_data_root, add_encoder, add_verbose, combiner_choice, image_file, output_file
 from cir.combiner import load_method
 from cir.data import DATASETS, ImageRecord, list_images, resolve_data_root
 from cir.explain import Explainer, query_vector
@@ -49,7 +49,7 @@ def _record(dataset: str, data_root: str | None, name: str, split: str | None) -
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--image", help="the image to explain (a file); or --dataset and --id")
+    p.add_argument("--image", type=image_file, help="the image to explain (a file); or --dataset and --id")
     p.add_argument("--dataset", choices=DATASETS, help="dataset layout the ids belong to")
     add_data_root(p)
     p.add_argument("--split", help="the dataset split to look the ids up in (default: all images)")
@@ -57,11 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a text query (text -> image search)")
     p.add_argument("--reference", help="a reference image id in --dataset (composed query, with --caption)")
     p.add_argument("--caption", help="the relative caption of a composed query")
-    p.add_argument("--combiner", default="combiner",
+    p.add_argument("--combiner", default="combiner", type=combiner_choice,
                    help="fusion of a composed query: combiner, combiner-stage1, sum or a checkpoint path")
     add_encoder(p, note="; lite and hf: ViTs are explained")
-    p.add_argument("--out", help="write the overlay PNG here")
-    p.add_argument("--json", help="write the raw map (grid, score) as JSON here")
+    p.add_argument("--out", type=output_file, help="write the overlay PNG here")
+    p.add_argument("--json", type=output_file, help="write the raw map (grid, score) as JSON here")
     add_verbose(p)
     return p
 
@@ -79,14 +79,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("give a query: --text, or --reference ID with --caption")
     if args.caption and not args.reference:
         raise SystemExit("--caption needs --reference (the image it modifies)")
+    # The Combiner first: a damaged checkpoint is one line before the encoder is loaded.
+    method, combiner = load_method(args.combiner) if args.caption else ("text", None)
     encoder = encoders.load(args.encoder, "cpu")
     explainer = Explainer(encoder)
+
     def lookup(name: str) -> Path:
         return _record(args.dataset, args.data_root, name, args.split).path
 
     image = open_image(Path(args.image) if args.image else lookup(args.id))
     reference = open_image(lookup(args.reference)) if args.reference else None
-    method, combiner = load_method(args.combiner) if args.caption else ("text", None)
     query = query_vector(encoder, args.text, reference, args.caption, method, combiner)
     t0 = time.perf_counter()
     exp = explainer.explain(image, query)

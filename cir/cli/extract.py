@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
-from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose
+from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose, positive_int
 from cir.data import DATASETS, resolve_data_root
 from cir.extraction.job import ExtractResult, check_not_held
 from cir.extraction.local import extract_index, plan_indexes
@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess", default=None, choices=["targetpad", "squarepad", "resize"],
                    help="override the encoder's preprocessing")
     add_device(p)
-    p.add_argument("--shard-size", type=int, default=2048,
+    p.add_argument("--shard-size", type=positive_int, default=2048,
                    help="images per resumable shard (a killed run redoes at most one shard)")
     add_features(p, flag="--out")
     p.add_argument("--overwrite", action="store_true", help="redo the index even if it is up to date")
@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None,
                    help="ray engine: the cluster to use (auto = the one running on this node, or head-ip:6379); "
                         "default $RAY_ADDRESS, else a local Ray started with this machine's cores")
-    p.add_argument("--ray-workers", type=int, default=None,
+    p.add_argument("--ray-workers", type=positive_int, default=None,
                    help="ray engine: encoder actors (default: one per GPU of the cluster, else one per CPU but one)")
     add_verbose(p)
     return p

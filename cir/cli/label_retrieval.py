@@ -7,7 +7,7 @@ import json
 from typing import Sequence
 
 from cir import encoders
-from cir.cli.common import add_data_root, add_encoder, add_features, add_verbose, index_store
+from cir.cli.common import add_data_root, add_encoder, add_features, add_verbose, index_store, positive_int
 from cir.data import catalog_images, resolve_data_root
 from cir.evaluation import label_retrieval
 from cir.evaluation.label_retrieval import LabelClusters, index_folder, label_precision, sample_records
@@ -22,10 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     add_features(p)
     p.add_argument("--label", default="articleType", help="styles.csv column used as the label")
     p.add_argument("--split", default="test", help="split searched by the label queries (train names clusters)")
-    p.add_argument("--train-images", type=int, default=None,
+    p.add_argument("--train-images", type=positive_int, default=None,
                    help="name the clusters from a sample of this many train images (default: all of them)")
     p.add_argument("--query", action="append", default=[], help="a label to retrieve (repeatable)")
-    p.add_argument("-k", type=int, default=10, help="results shown per query")
+    p.add_argument("-k", type=positive_int, default=10, help="results shown per query")
     p.add_argument("--evaluate", action="store_true", help="also print label-query precision over every label")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     add_verbose(p)

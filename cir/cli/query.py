@@ -14,7 +14,7 @@ import sys
 from typing import Sequence
 
 from cir import encoders
-from cir.cli.common import add_data_root, add_device, add_encoder, add_features, index_store
+from cir.cli.common import add_data_root, add_device, add_encoder, add_features, image_file, index_store, positive_int
 from cir.data import DATASETS
 from cir.extraction import open_dataset_index
 from cir.images import open_image
@@ -25,14 +25,15 @@ from cir.utils import run_cli, setup_logging
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("text", nargs="?", default=None, help="a text query (omit when using --image or --ref)")
-    p.add_argument("--image", default=None, help="path of a query image (any photo)")
+    p.add_argument("--image", default=None, type=image_file,
+                   help="path of a query image (any photo; checked before the index is opened or extracted)")
     p.add_argument("--ref", default=None, help="name of an index image to query from (catalogue: the product id)")
     p.add_argument("--dataset", default="catalog", choices=DATASETS, help="dataset layout")
     add_data_root(p)
     p.add_argument("--split", default="all", help="split whose images form the index (catalog: all/train/val/test)")
     add_encoder(p, note="; bof answers --image and --ref only")
     add_features(p)
-    p.add_argument("-k", type=int, default=10, help="number of results")
+    p.add_argument("-k", type=positive_int, default=10, help="number of results")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p

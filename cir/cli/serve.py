@@ -3,6 +3,10 @@
     python3 app.py                                        # extracts the catalogue once if needed, then serves
     python3 app.py --prepare-only && gunicorn -c gunicorn.conf.py 'app:create_app()'   # production (gevent)
 
+`python3 app.py` runs Werkzeug's development server: for one user on localhost. It has one thread per
+connection and drops a connection idle for 15 s, but nothing bounds how many connections it holds; anything
+reachable by others is served by gunicorn (gunicorn.conf.py: gevent workers, I/O timeouts, bounded headers).
+
 `create_app(settings)` loads the encoder, the Combiner checkpoints and every dataset's features once and
 keeps them in `app.extensions["cir"]` (a serving.Engine); nothing lives at module level. `create_app()` with
 no argument reads its settings from the CIR_* environment variables (serving.settings.Settings.from_env),
@@ -53,7 +57,9 @@ def ensure_catalog(settings: Settings) -> None:
 def parser() -> argparse.ArgumentParser:
     """The command line: the dev server's own flags, then one flag per option of Settings."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (0.0.0.0: every interface; this server is for one user: serve "
+                        "others with gunicorn)")
     p.add_argument("--port", type=int, default=5000, help="port to listen on")
     p.add_argument("--no-extract", action="store_true",
                    help="do not extract the catalogue features first; serve whatever indexes exist")
@@ -76,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     app = create_app(settings)
     log.info("serving on http://%s:%d/", args.host, args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("the development server is for one user on localhost (one thread per connection); serve "
+                    "other users with gunicorn -c gunicorn.conf.py 'app:create_app()'")
     app.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False,
             request_handler=QuietRequestHandler)
     return 0

@@ -22,7 +22,16 @@ from dataclasses import fields
 from typing import Any, Sequence, TypeVar
 
 from cir.catalog import triplets
-from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose
+from cir.cli.common import (
+    add_data_root,
+    add_device,
+    add_encoder,
+    add_features,
+    add_verbose,
+    non_negative_int,
+    output_file,
+    positive_int,
+)
 from cir.training.align import train_align
 from cir.training.config import (
     PRESETS,
@@ -52,25 +61,27 @@ def _align_args(a: argparse.ArgumentParser) -> None:
     """`train.py align`'s flags; defaults are AlignConfig's."""
     d = AlignConfig()
     add_data_root(a)
-    a.add_argument("--out", default=d.out, help="where the heads go (a .json config is written beside them)")
+    a.add_argument("--out", default=d.out, type=output_file,
+                   help="where the heads go (a .json config is written beside them)")
     a.add_argument("--cache-dir", default=d.cache_dir, help="cache for frozen-tower features")
-    a.add_argument("--epochs", type=int, default=d.epochs, help="passes over the train images")
-    a.add_argument("--batch", type=int, default=d.batch, help="contrastive batch size (more in-batch negatives)")
+    a.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the train images")
+    a.add_argument("--batch", type=positive_int, default=d.batch,
+                   help="contrastive batch size (more in-batch negatives)")
     a.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (one-cycle schedule)")
     a.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay")
-    a.add_argument("--embed-dim", type=int, default=d.embed_dim, help="shared space size")
-    a.add_argument("--hidden-dim", type=int, default=d.hidden_dim, help="hidden width of the heads")
+    a.add_argument("--embed-dim", type=positive_int, default=d.embed_dim, help="shared space size")
+    a.add_argument("--hidden-dim", type=positive_int, default=d.hidden_dim, help="hidden width of the heads")
     a.add_argument("--dropout", type=float, default=d.dropout, help="dropout in the heads")
-    a.add_argument("--captions-per-image", type=int, default=d.captions_per_image,
+    a.add_argument("--captions-per-image", type=positive_int, default=d.captions_per_image,
                    help="texts per image (product name + attribute descriptions), one drawn per epoch")
     a.add_argument("--name-prob", type=float, default=d.name_prob,
                    help="probability that an image's text in an epoch is its product name, not a description")
     a.add_argument("--colour", default=d.colour, choices=["lab", "hsv"],
                    help="colour descriptor of the image side: lab (CIELAB palette of the item's own pixels plus the "
                         "HSV histogram) or hsv (the histogram alone, as the first heads)")
-    a.add_argument("--palette-size", type=int, default=d.palette_size,
+    a.add_argument("--palette-size", type=positive_int, default=d.palette_size,
                    help="lab: colours in the palette learned from train pixels")
-    a.add_argument("--augment-views", type=int, default=d.augment_views,
+    a.add_argument("--augment-views", type=non_negative_int, default=d.augment_views,
                    help="colour-preserving augmented views of each train image (other backgrounds, crops, flips)")
     a.add_argument("--augment-p", type=float, default=d.augment_p,
                    help="probability an image is seen in an augmented view")
@@ -87,8 +98,10 @@ def _align_args(a: argparse.ArgumentParser) -> None:
     a.add_argument("--photo-batch", type=int, default=d.photo_batch, help="real photos drawn per catalogue batch")
     a.add_argument("--photo-scale", type=float, default=d.photo_scale,
                    help="similarity scale of the photo -> catalogue contrastive loss")
-    a.add_argument("--batch-size", type=int, default=d.batch_size, help="images per tower batch when caching features")
-    a.add_argument("--workers", type=int, default=d.workers, help="decoding workers (default: min(4, cores))")
+    a.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="images per tower batch when caching features")
+    a.add_argument("--workers", type=non_negative_int, default=d.workers,
+                   help="decoding workers (default: min(4, cores))")
     add_device(a)
     a.add_argument("--seed", type=int, default=d.seed, help="seed for texts, shuffling and init")
     add_verbose(a)
@@ -104,18 +117,18 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
                     help="FashionIQ categories to train and validate on (default: every category found)")
     add_encoder(sp, note="; bof has no text side to train")
     add_features(sp)
-    sp.add_argument("--out", default=d.out, help="checkpoint path (.safetensors; .json beside it)")
+    sp.add_argument("--out", default=d.out, type=output_file, help="checkpoint path (.safetensors; .json beside it)")
     sp.add_argument("--cache-dir", default=d.cache_dir, help="where per-epoch resume state is kept")
     sp.add_argument("--preset", default=d.preset, choices=sorted(PRESETS),
                     help="defaults for the options below left unset: project (tuned here) or clip4cir (the "
                          "original scripts: stage 1 AdamW lr 2e-6 batch 512; stage 2 Adam lr 2e-5 batch 1024, "
                          "projection 4x and hidden 8x the feature size, dropout 0.5; both the batch loss)")
-    sp.add_argument("--epochs", type=int, default=d.epochs, help="passes over the train triplets")
+    sp.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the train triplets")
     sp.add_argument("--lr", type=float, default=None, help="learning rate (default: from --preset)")
     sp.add_argument("--optimizer", default=None, choices=["adam", "adamw"], help="default: from --preset")
     sp.add_argument("--weight-decay", type=float, default=None,
                     help="weight decay (default 0 for adam, 0.01 for adamw as torch's AdamW)")
-    sp.add_argument("--batch", type=int, default=None,
+    sp.add_argument("--batch", type=positive_int, default=None,
                     help="triplets per batch (default: from --preset); with --negatives batch the other targets "
                          "of the batch are the negatives")
     sp.add_argument("--negatives", default=None, choices=["gallery", "batch"],
@@ -123,9 +136,9 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
                          "logit scale 100; gallery: this project's, over all train images, on the catalogue "
                          "every item with the wanted attributes a positive (default: gallery on catalog, batch on "
                          "fashioniq/cirr, or the preset's)")
-    sp.add_argument("--per-kind", type=int, default=d.per_kind,
+    sp.add_argument("--per-kind", type=positive_int, default=d.per_kind,
                     help="catalog: train triplets of each kind drawn per epoch (cir.catalog.triplets kinds)")
-    sp.add_argument("--val-per-kind", type=int, default=d.val_per_kind,
+    sp.add_argument("--val-per-kind", type=positive_int, default=d.val_per_kind,
                     help="catalog: val triplets of each kind (fixed seed 0)")
     sp.add_argument("--phrasings", default=d.phrasings, choices=triplets.PHRASINGS,
                     help="catalog: caption templates to train on; 'train' keeps every 4th template unseen, so "
@@ -154,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     _align_args(sub.add_parser("align", help="train the lite encoder's projection heads on the catalogue"))
     t = sub.add_parser("text", help="stage 1: fine-tune the text side on composed triplets (sum fusion)")
     _composed_args(t, TextStageConfig())
-    t.add_argument("--layers", type=int, default=0,
+    t.add_argument("--layers", type=non_negative_int, default=0,
                    help="lite: also fine-tune this many top MiniLM layers (0 = the text head only); "
                         "hf: top text-transformer layers (0 = the whole text encoder)")
     t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
@@ -162,9 +175,9 @@ def parser() -> argparse.ArgumentParser:
     _composed_args(c, CombinerStageConfig())
     c.add_argument("--text-encoder", default="base",
                    help="text side to train on: base, stage1 (weights/lite-text.safetensors) or a checkpoint path")
-    c.add_argument("--projection-dim", type=int, default=None,
+    c.add_argument("--projection-dim", type=positive_int, default=None,
                    help="Combiner projection size (default: from --preset: 512, or 4x the feature size)")
-    c.add_argument("--hidden-dim", type=int, default=None,
+    c.add_argument("--hidden-dim", type=positive_int, default=None,
                    help="Combiner fused/λ branch hidden size (default: from --preset: 1024, or 8x)")
     c.add_argument("--dropout", type=float, default=None,
                    help="Combiner dropout (default: from --preset; the paper's 0.5 underfits the catalogue's "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from pathlib import Path
 
 from cir.data.common import IMAGE_EXTENSIONS, ImageRecord
@@ -14,8 +15,9 @@ def folder_images(root: Path) -> list[ImageRecord]:
     """Every image under ``root`` (recursive), named by its relative posix path, sorted.
 
     Hidden files and folders are skipped: macOS leaves ``._name.jpg`` files that are not images. A file
-    whose relative path is not valid UTF-8 is listed under a ``\\xNN``-escaped name with a ``problem``
-    (names are stored as JSON text and served by the API), so extraction lists it as skipped. Anything that
+    whose relative path is not valid UTF-8, or holds a control character or a line break (a newline: no URL
+    or id of the API may carry one), is listed under an escaped name with a ``problem`` (names are stored as
+    JSON text and served by the API), so extraction lists it as skipped. Anything that
     is not a directory is listed: extraction only opens regular files and skips the rest (FIFOs, devices)
     with the reason, a symlink to a regular file is an image like any other.
     """
@@ -37,12 +39,19 @@ def folder_images(root: Path) -> list[ImageRecord]:
 
 
 def _folder_record(name: str, path: Path) -> ImageRecord:
-    """The record of a listed file; a name that is not UTF-8 (os.walk keeps such bytes as surrogates) is
-    escaped and flagged, since it cannot be written to names.json or sent to a browser as it is."""
+    """The record of a listed file; a name that is not UTF-8 (os.walk keeps such bytes as surrogates) or holds
+    a control character is escaped and flagged, since it cannot be written to names.json, sent to a browser or
+    put in a URL as it is."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
         logger.warning("%s: file name is not valid UTF-8; it will not be indexed", shown)
         return ImageRecord(shown, path, problem="file name is not valid UTF-8; rename it to index it")
+    bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        shown = name.encode("unicode_escape").decode("ascii")
+        logger.warning("%s: file name contains a control character (U+%04X); it will not be indexed", shown, ord(bad))
+        return ImageRecord(shown, path, problem=f"file name contains a control character (U+{ord(bad):04X}); "
+                                                "rename it to index it")
     return ImageRecord(name, path)

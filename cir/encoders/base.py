@@ -15,11 +15,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
-from safetensors.torch import load_file
 
 from cir.encoders.preprocess import Preprocess
 from cir.paths import WEIGHTS_DIR
-from cir.utils import config_from_dict, save_checkpoint
+from cir.utils import check_finite, config_from_dict, load_tensors, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -204,19 +203,26 @@ class BaseEncoder(nn.Module):
         if not path.exists() or not meta_path.exists():
             raise FileNotFoundError(f"text checkpoint {path} (+ {meta_path.name}) not found; "
                                     "make one with `python train.py text` or use 'base'")
-        meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
+        try:
+            meta = config_from_dict(TextCheckpointInfo, json.loads(meta_path.read_text()))
+        except (OSError, ValueError, TypeError, AttributeError) as e:   # not JSON, not an object, fields missing
+            raise ValueError(f"text checkpoint config {meta_path} is damaged: {type(e).__name__}: {e}") from None
         if meta.encoder != self.name:
             raise ValueError(f"text checkpoint {path} was trained for encoder {meta.encoder!r}, not {self.name!r}")
-        return load_file(path)
+        return load_tensors(path, "text checkpoint")   # truncated, garbage or non-finite: ValueError naming it
 
     def _clip4cir_text(self, path: Path) -> dict[str, torch.Tensor]:
         """The text side of a CLIP fine-tuned by CLIP4Cir's scripts ({'CLIP': state_dict} of an OpenAI CLIP);
         its image tower ('visual.*') is left out, so extracted indexes stay valid."""
         if not path.exists():
             raise FileNotFoundError(f"text checkpoint {path} not found")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 -- unpickling hostile bytes raises anything
+            raise ValueError(f"text checkpoint {path} cannot be read by torch.load ({type(e).__name__})") from None
         if not isinstance(obj, dict) or not isinstance(obj.get("CLIP"), dict):
             raise ValueError(f"{path} is not a CLIP4Cir fine-tuned CLIP (a dict whose 'CLIP' entry is the state dict)")
+        check_finite({k: v for k, v in obj["CLIP"].items() if isinstance(v, torch.Tensor)}, f"text checkpoint {path}")
         if not self.name.startswith("openai:"):
             raise ValueError(f"{path} holds OpenAI CLIP weights (as CLIP4Cir saves them): use it with an openai: "
                              f"encoder, not {self.name}")

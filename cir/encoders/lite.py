@@ -15,14 +15,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from cir.encoders import towers
 from cir.encoders.base import BaseEncoder
 from cir.encoders.colour import LAB_EXTRA, hsv_histogram, lab_descriptor
 from cir.encoders.preprocess import LITE_MEAN, LITE_STD, Preprocess
 from cir.encoders.texts import Memo, encode_once
-from cir.utils import config_from_dict, save_checkpoint
+from cir.utils import config_from_dict, load_tensors, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class LiteHeads(nn.Module):
             raise FileNotFoundError(f"lite heads not found at {path} (+ {cfg_path.name}); "
                                     "train them with `python train.py align`")
         heads = cls(LiteConfig.from_dict(json.loads(cfg_path.read_text())))
-        heads.load_state_dict({k: v.float() for k, v in load_file(path).items()})
+        heads.load_state_dict({k: v.float() for k, v in load_tensors(path, "lite heads").items()})  # checked finite
         return heads.eval()
 
 

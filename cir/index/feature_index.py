@@ -1,10 +1,13 @@
-"""FeatureIndex and load_index: a feature folder checked, verified and memory-mapped, with its ranking backend.
+"""FeatureIndex and load_index: a feature folder checked, verified and memory-mapped (or read into memory), with
+its ranking backend.
 
-`load_index(path, backend)` checks the folder is complete and consistent, verifies the files against the
-manifest's checksums (streamed sha256; a mismatch is an IndexLoadError naming the folder and the file),
-memory-maps the features (no copy in RAM per process: the OS page cache is shared) and attaches the backend
-the spec names. Folders written before the extractor recorded checksums load unverified
-(`FeatureIndex.verified` is False, and says so in health and summaries).
+`load_index(path, backend)` checks the folder is complete and consistent (one row per image id), verifies the
+files against the manifest's checksums (sha256; a mismatch is an IndexLoadError naming the folder and the
+file), memory-maps the features (no copy in RAM per process: the OS page cache is shared) or, up to
+`in_memory_max_bytes` (servers), reads them into memory, and attaches the backend the spec names.
+`FeatureIndex.disk_problem()` says when the files on disk have changed since. Folders written before the
+extractor recorded checksums load unverified (`FeatureIndex.verified` is False, and says so in health and
+summaries).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,10 +30,12 @@ from .files import (
     FEATURES_FILE,
     MANIFEST_FILE,
     NAMES_FILE,
+    FileState,
     check_sample,
     features_fingerprint,
     map_features,
     read_norms,
+    read_small_file,
     verify_checksums,
 )
 from .registry import open_backend, parse_backend
@@ -56,6 +62,7 @@ class FeatureIndex:
     raw_error: str | None = None    # why raw features cannot be had (an old folder of a non-unit encoder)
     verified: bool = False          # the files matched the manifest's checksums at load (False: it has none,
                                     # or the index was built in memory)
+    disk: dict[str, FileState] = field(default_factory=dict, repr=False)   # the served files as loaded
     _ids: dict[str, int] | None = field(default=None, repr=False)
     _f32: torch.Tensor | None = field(default=None, repr=False)
     _backend: Any = field(default=None, repr=False)
@@ -132,6 +139,16 @@ class FeatureIndex:
                 self._fingerprint = h.hexdigest()[:32]
         return self._fingerprint
 
+    def disk_problem(self) -> str | None:
+        """None while the folder's files on disk are still those loaded; else what changed (a server keeps
+        serving what it loaded and verified: health reports this)."""
+        changed = [c for c in (state.changed() for state in self.disk.values()) if c]
+        if not changed:
+            return None
+        copy = ("its memory-mapped features may fault: restart the server" if self.mapped is not None else
+                "still serving the copy loaded at start-up; restart the server to load the folder again")
+        return f"{self.path}: {'; '.join(changed)}; {copy} (extract it again if it is damaged)"
+
     def summary(self) -> dict:
         """What `python3 -m cir.index check` prints: size, layout, encoder, fingerprint, verification."""
         out = {"features": str(self.path) if self.path else None, "rows": len(self), "dim": self.dim,
@@ -143,9 +160,9 @@ class FeatureIndex:
         return out
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, raw: bytes | None = None) -> Any:
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(path.read_bytes() if raw is None else raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise IndexLoadError(f"{path.parent}: invalid JSON in {path.name}: {e}") from e
 
@@ -154,6 +171,13 @@ def _check_consistent(path: Path, features: torch.Tensor, names: Any, manifest: 
     if not isinstance(names, list) or len(names) != features.shape[0]:
         raise IndexLoadError(f"{path}: {features.shape[0]} feature rows but "
                              f"{len(names) if isinstance(names, list) else 'no list of'} names")
+    if not all(isinstance(n, str) for n in names):
+        raise IndexLoadError(f"{path}: {NAMES_FILE} must list image ids as strings; extract the folder again")
+    if len(set(names)) != len(names):   # the last row of an id would answer for all of them
+        dup = next(n for n, c in Counter(names).items() if c > 1)
+        raise IndexLoadError(f"{path}: {NAMES_FILE} lists image {dup[:80]!r} {names.count(dup)} times "
+                             f"({len(names) - len(set(names))} duplicate rows in all); each id must name one row: "
+                             "the folder is damaged, extract it again")
     if manifest.get("dim") not in (None, features.shape[1]):
         raise IndexLoadError(f"{path}: manifest says dim {manifest['dim']}, features have {features.shape[1]}")
     if manifest.get("count") not in (None, features.shape[0]):
@@ -161,31 +185,52 @@ def _check_consistent(path: Path, features: torch.Tensor, names: Any, manifest: 
                              f"{features.shape[0]}; the folder is inconsistent, extract it again")
 
 
-def load_index(path: str | os.PathLike, backend: "str | BackendSpec | None" = "exact") -> FeatureIndex:
-    """Load a feature folder (memory-mapped), with a clear error for anything missing, truncated, corrupt,
-    altered or inconsistent, and attach the ranking backend named by `backend` (see index.specs)."""
+def load_index(path: str | os.PathLike, backend: "str | BackendSpec | None" = "exact",
+               in_memory_max_bytes: int = 0) -> FeatureIndex:
+    """Load a feature folder, with a clear error for anything missing, truncated, corrupt, altered or
+    inconsistent, and attach the ranking backend named by `backend` (see index.specs).
+
+    A features file of at most `in_memory_max_bytes` is read into this process's memory (what servers do:
+    truncating or replacing it on disk then cannot crash them); a larger one is memory-mapped (the default,
+    0: always mapped; the OS page cache is shared between processes). Either way the bytes verified against
+    the manifest's checksums are the bytes served when they are in memory.
+    """
     path = Path(path)
     files = {n: path / n for n in (FEATURES_FILE, NAMES_FILE, MANIFEST_FILE)}
-    missing = [n for n, f in files.items() if not f.exists()]
+    missing = [n for n, f in files.items() if not os.path.lexists(f)]
     if missing:
         raise IndexLoadError(f"{path} is not a complete feature folder (missing {', '.join(missing)}); "
                              "run extract_features.py for it")
+    odd = [n for n, f in files.items() if not f.is_file()]
+    if odd:   # a symlink loop or a dangling link, a folder, a FIFO (reading it would block), a device
+        raise IndexLoadError(f"{path}: {', '.join(odd)} is not a regular file (or a link to one); the folder is "
+                             "damaged, extract it again")
     try:
         manifest = _read_json(files[MANIFEST_FILE])
         if not isinstance(manifest, dict):
             raise IndexLoadError(f"{path}: {MANIFEST_FILE} is not a JSON object; extract the folder again")
+        disk = {n: FileState.of(files[n]) for n in (FEATURES_FILE, NAMES_FILE)}   # before reading: see FileState
+        contents = {NAMES_FILE: files[NAMES_FILE].read_bytes()}
+        data = read_small_file(files[FEATURES_FILE], in_memory_max_bytes) if in_memory_max_bytes > 0 else None
+        if data is not None:
+            contents[FEATURES_FILE] = data
+        digests = {n: hashlib.sha256(b).hexdigest() for n, b in contents.items()}
         # First: a damaged or altered file is reported as such, whatever else is wrong with it.
-        verified = verify_checksums(path, manifest)
-        features, mapped = map_features(files[FEATURES_FILE])
-        names = _read_json(files[NAMES_FILE])
+        verified = verify_checksums(path, manifest, digests)
+        features, mapped = map_features(files[FEATURES_FILE], data)
+        names = _read_json(files[NAMES_FILE], contents[NAMES_FILE])
         _check_consistent(path, features, names, manifest)
-        unit = check_sample(files[FEATURES_FILE], features, bool(manifest.get("normalized")))
-        norms = read_norms(files[FEATURES_FILE], features.shape[0])
+        unit = check_sample(files[FEATURES_FILE], features, bool(manifest.get("normalized")),
+                            every_row=data is not None)
+        norms = read_norms(files[FEATURES_FILE], features.shape[0], data)
     except OSError as e:
         raise IndexLoadError(f"{path} is unreadable: {e}") from e
+    sums = manifest["checksums"] if verified else {}
+    for n, state in disk.items():
+        state.sha256 = digests.get(n) or (sums[n].lower() if n in sums else None)   # what changed() compares with
     index = FeatureIndex(features, names, manifest, path=path, mapped=mapped, unit_rows=unit, norms=norms,
                          raw_error=None if norms is not None else _legacy_raw_error(path, manifest),
-                         verified=verified)
+                         verified=verified, disk=disk)
     return with_backend(index, backend)
 
 

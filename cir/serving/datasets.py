@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,16 +95,20 @@ def _source_from_manifest(folder: Path, manifest: dict, **overrides: Any) -> Dat
 
 def discover_datasets(features_root: Path) -> tuple[list[DatasetSource], list[DamagedDataset]]:
     """Every index folder directly under `features_root` that has a manifest: the usable ones, and those
-    whose manifest cannot be read or names no known dataset."""
+    whose manifest cannot be read (a symlink loop, a dangling link, not a regular file, not JSON) or names no
+    known dataset."""
     sources: list[DatasetSource] = []
     damaged: list[DamagedDataset] = []
     if not features_root.is_dir():
         return sources, damaged
     for folder in sorted(p for p in features_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         mf = folder / "manifest.json"
-        if not mf.is_file():
+        if not os.path.lexists(mf):   # no manifest at all: not an index folder
             continue
         try:
+            # stat first: a symlink loop or a dangling link fails here, and a FIFO is never opened (it would block)
+            if not stat.S_ISREG(os.stat(mf).st_mode):
+                raise ValueError("not a regular file")
             manifest = json.loads(mf.read_text())
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
@@ -273,9 +279,12 @@ def cirr_groups(root: Path, split: str | None) -> dict[str, tuple[str, ...]]:
     return groups
 
 
-def load_dataset(source: DatasetSource, data_root: str | None = None, index_backend: str = "exact") -> Dataset:
-    """A dataset with its index ranked by `index_backend`; an unreachable backend leaves it degraded."""
-    index = open_backend_or_placeholder(load_index(source.features), index_backend)
+def load_dataset(source: DatasetSource, data_root: str | None = None, index_backend: str = "exact",
+                 in_memory_max_bytes: int = 0) -> Dataset:
+    """A dataset with its index ranked by `index_backend`; an unreachable backend leaves it degraded. Its
+    features are read into memory up to `in_memory_max_bytes` (index.load_index), else memory-mapped."""
+    index = open_backend_or_placeholder(load_index(source.features, in_memory_max_bytes=in_memory_max_bytes),
+                                        index_backend)
     records, root = _records_for(source, data_root)
     groups = cirr_groups(root, source.split) if source.dataset == "cirr" else {}
     annotations = annotations_for(source.dataset, source.split, source.category, root, records, index.names,
@@ -284,7 +293,8 @@ def load_dataset(source: DatasetSource, data_root: str | None = None, index_back
 
 
 def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str | None = None,
-             index_backend: str = "exact") -> tuple[dict[str, Dataset], list[DamagedDataset]]:
+             index_backend: str = "exact", in_memory_max_bytes: int = 0
+             ) -> tuple[dict[str, Dataset], list[DamagedDataset]]:
     """Every source this encoder can serve, loaded; those that fail are returned as DamagedDataset.
 
     Indexes of another encoder are skipped quietly (a features root may hold several encoders' indexes); one
@@ -299,14 +309,15 @@ def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str 
             log.info("skipping %s: extracted with encoder %s, the demo runs %s", source.name, enc, encoder.name)
             continue
         try:
-            datasets[source.name] = _load_checked(source, encoder, data_root, index_backend)
+            datasets[source.name] = _load_checked(source, encoder, data_root, index_backend, in_memory_max_bytes)
         except (OSError, ValueError) as e:   # IndexLoadError is a ValueError; FileNotFoundError an OSError
             log.warning("skipping %s: %s", source.name, e)
             damaged.append(DamagedDataset(source.name, source.features, str(e)))
     return datasets, damaged
 
 
-def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None, index_backend: str) -> Dataset:
+def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None, index_backend: str,
+                  in_memory_max_bytes: int) -> Dataset:
     if not DATASET_NAME.match(source.name):
         raise ValueError(f"invalid dataset name {source.name!r}: names are letters, digits, '.', '_' and '-'")
     stale = stale_encoder_fields(source.manifest, encoder)
@@ -316,7 +327,7 @@ def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None
     if "decode" not in source.manifest:
         log.warning("%s was extracted before images were read as displayed (EXIF orientation, sRGB): extract it "
                     "again if its photos carry an orientation tag", source.features)
-    ds = load_dataset(source, data_root, index_backend)
+    ds = load_dataset(source, data_root, index_backend, in_memory_max_bytes)
     if ds.index.raw_error:  # composed and sum queries would be mis-scaled: refuse, never guess
         raise IndexLoadError(ds.index.raw_error)
     return ds

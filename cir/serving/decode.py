@@ -2,7 +2,8 @@
 
     decode_upload(data, max_pixels, max_side)  ->  (RGB image of at most max_side px, sniffed format)
 
-- The format is sniffed from the bytes (never the file name) and must be one of UPLOAD_FORMATS.
+- The format is sniffed from the bytes (never the file name) and must be one of UPLOAD_FORMATS; of a
+  multi-frame image (MPO, animated GIF or WebP, multi-page TIFF) only the first frame is decoded.
 - width x height is checked against `max_pixels` from the header, before any pixel is decoded.
 - Large JPEGs are decoded at reduced size (libjpeg's DCT scaling, 1/2 to 1/8: a 48 MP phone photo decodes
   at 1/4, 3 MP, about 9 MB instead of 144 MB). Other formats have no reduced decode, so they are shrunk
@@ -25,7 +26,10 @@ from cir.serving.errors import ApiError, BadInput, TooLarge
 
 log = logging.getLogger("uploads")
 
-UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what PIL may sniff an upload as
+# What PIL may sniff an upload as. MPO is a JPEG followed by more JPEG frames (what many phones write for
+# depth or multi-shot photos): its first frame is the photo, and is all that is decoded.
+UPLOAD_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+JPEG_FORMATS = ("JPEG", "MPO")   # decoded at reduced size by libjpeg's DCT scaling
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -74,7 +78,7 @@ def decode_upload(data: bytes, max_pixels: int, max_side: int) -> tuple[Image.Im
 
 def _small_clean_rgb(im: Image.Image, max_side: int) -> Image.Image:
     """Decode `im` (just opened) as small as possible, then read it as displayed (cir.images) and strip it."""
-    if im.format == "JPEG" and max(im.size) > max_side:
+    if im.format in JPEG_FORMATS and max(im.size) > max_side:
         # DCT scaling: the largest reduction (1/2, 1/4, 1/8) that still leaves the stored size or more.
         w, h = im.size
         scale = max_side / max(w, h)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,8 +54,8 @@ from cir.serving.datasets import (
     read_datasets_file,
     tags_caption,
 )
-from cir.serving.errors import BadInput, NotFound, NotImplementedForModel, ServiceUnavailable
-from cir.serving.inputs import choice, optional_name, parse_bool, parse_int, validate_text
+from cir.serving.errors import BadInput, DamagedModel, NotFound, NotImplementedForModel, ServiceUnavailable
+from cir.serving.inputs import choice, optional_name, parse_bool, parse_int, valid_image_id, validate_text
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore
 
@@ -68,6 +69,8 @@ NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
 METADATA_MODES = NEEDS_CAPTION      # the modes whose typed caption the metadata path reads
 RANK_BLOCK = 32768          # rows per float32 block when scoring every row for a target's rank (16 MB at d=128)
+EXPLAIN_MAX_SIDE = 1024     # explanations decode at most this large: the encoder sees 224 px, the page shows less
+EXPLAIN_WAIT_S = 2.0        # how long an explanation waits for a slot before a 503
 
 
 @dataclass
@@ -203,6 +206,7 @@ class Engine:
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
         self._explainer: Explainer | None = None   # built on the first explanation
+        self._explains = threading.BoundedSemaphore(max(1, settings.explain_concurrency))
         self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
                                    settings.upload_cache_size, self.model_calls)
 
@@ -224,7 +228,8 @@ class Engine:
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)
         sources, damaged = _dataset_sources(settings)
-        datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend)
+        datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend,
+                                    settings.features_in_memory_bytes)
         damaged = {d.name: d for d in [*damaged, *failed]}
         if not datasets:
             raise _nothing_to_serve(settings, encoder, damaged)
@@ -241,7 +246,8 @@ class Engine:
     def warm_up(self) -> None:
         """First calls are slow (lazy allocations, page faults on the mapped features): pay them at start-up.
 
-        No float32 copy of an index is made: search() scans the memory-mapped float16 file.
+        No float32 copy of an index is made: search() scans the float16 features (read into memory up to
+        Settings.features_in_memory_bytes, memory-mapped above).
         """
         q = torch.zeros(1, self.encoder.dim)  # an image-only encoder warms up the search alone
         with self.model_calls():
@@ -256,8 +262,24 @@ class Engine:
         return {name: ds.index.backend.health() for name, ds in self.datasets.items()}
 
     def damaged_report(self) -> dict[str, dict]:
-        """Per dataset that was found but could not be loaded: its folder and why (see DamagedDataset)."""
-        return {name: d.describe() for name, d in self.damaged.items()}
+        """Per dataset that was found but could not be loaded: its folder and why (see DamagedDataset); and per
+        served dataset whose files changed on disk since they were loaded (`"serving": true`: it answers from
+        what was loaded and verified; restarting would load the folder as it is now)."""
+        out = {name: d.describe() for name, d in self.damaged.items()}
+        for name, ds in self.datasets.items():
+            problem = ds.index.disk_problem()
+            if problem:
+                out[name] = {**DamagedDataset(name, ds.source.features, problem).describe(), "serving": True}
+        return out
+
+    def unverified_report(self) -> dict[str, dict]:
+        """Per served dataset whose folder has no checksums (an older extraction): damaged or altered files
+        cannot be detected in it, so health does not call it "ok"."""
+        return {name: {"folder": str(ds.source.features),
+                       "reason": "its manifest records no checksums (extracted by an older version): shuffled "
+                                 "names or overwritten rows would go unnoticed; extract it again "
+                                 "(extract_features.py --overwrite) to have it verified"}
+                for name, ds in self.datasets.items() if not ds.index.verified}
 
     # -- what the page needs to know
 
@@ -292,7 +314,8 @@ class Engine:
         ds = self.dataset(optional_name(params.get("dataset"), "dataset") or self.default_dataset)
         req = SearchRequest(mode=mode, dataset=ds.name,
                             k=parse_int(params.get("k"), "k", 1, self.settings.max_k, self.settings.default_k))
-        ref, upload = optional_name(params.get("reference"), "reference"), optional_name(params.get("upload"), "upload")
+        ref = valid_image_id(params.get("reference"), "reference")
+        upload = valid_image_id(params.get("upload"), "upload")
         if ref is not None and upload is not None:
             raise BadInput("give either a reference image or an upload id, not both")
         if mode in NEEDS_REFERENCE:
@@ -315,7 +338,7 @@ class Engine:
             raise BadInput("composed (Combiner) mode is unavailable: no Combiner checkpoint is loaded "
                            "(train one into weights/combiner.safetensors); use mode 'sum' meanwhile")
         req.combiner, req.text_encoder = comb, None if text == "auto" else text
-        req.target = optional_name(params.get("target"), "target")
+        req.target = valid_image_id(params.get("target"), "target")
         if req.target is not None:
             ds.row(req.target)
         req.metadata = parse_bool(params.get("metadata"), "metadata", self.settings.metadata)
@@ -334,6 +357,7 @@ class Engine:
             t_locked = time.perf_counter()
             query = compose(texts, ref_feats, [req.caption] if req.caption else None, method, combiner)
         t2 = time.perf_counter()
+        _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", comb_name, text_name)
         terms = ds.metadata.terms(req.caption) if req.metadata and req.mode in METADATA_MODES else None
         try:
             scores, ids = search(query, ds.index, req.k, exclude=exclude, boost=terms)
@@ -342,6 +366,8 @@ class Engine:
             target = _target_rank(query, ds, req.target, exclude, hits, group, terms) if req.target else None
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
+        _check_finite([h.score for h in hits] + [s for _, s in group or ()] + ([target.score] if target else []),
+                      f"dataset {ds.name!r}'s scores", comb_name, text_name)
         t3 = time.perf_counter()
         timings = Timings(encode_text_ms=round(texts.ms, 3), text_cached=texts.cached if text_name else None,
                           fuse_ms=round(max(0.0, (t2 - t_locked) * 1000 - texts.ms), 3),
@@ -380,17 +406,30 @@ class Engine:
 
     def explain(self, params: Mapping[str, Any]) -> Explanation:
         """Grad-CAM of the search's score for one result: the /api/search fields plus `result` (an image id
-        of the dataset). Built lazily: the first call exports the explainer's feature-map session."""
+        of the dataset). Built lazily: the first call exports the explainer's feature-map session.
+
+        At most Settings.explain_concurrency explanations run at once in a worker (each holds the model lock
+        for its whole Grad-CAM, so more would only queue searches behind them); the next waits up to
+        EXPLAIN_WAIT_S, then gets 503 with Retry-After. The image is decoded at EXPLAIN_MAX_SIDE at most.
+        """
+        if not self._explains.acquire(timeout=EXPLAIN_WAIT_S):
+            raise ServiceUnavailable("the server is busy explaining other results; try again in a few seconds")
+        try:
+            return self._explain(params)
+        finally:
+            self._explains.release()
+
+    def _explain(self, params: Mapping[str, Any]) -> Explanation:
         req = self.parse(params)
         ds = self.dataset(req.dataset)
-        result = optional_name(params.get("result"), "result")
+        result = valid_image_id(params.get("result"), "result")
         if result is None:
             raise BadInput("give `result`: the id of the result image to explain")
         rec = ds.record(result)
         q = self._query_inputs(req, ds)
         texts = CachedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
         try:
-            image = open_image(rec.path)
+            image = open_image(rec.path, EXPLAIN_MAX_SIDE)
         except FileNotFoundError:
             raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
         except (OSError, ValueError, SyntaxError):   # not a regular file, or not a readable image
@@ -403,7 +442,10 @@ class Engine:
                     raise NotImplementedForModel(str(e)) from None
             query = compose(texts, q.ref_feats, [req.caption] if req.caption else None, q.method,
                                   q.combiner)
-            return self._explainer.explain(image, query)
+            _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", q.comb_name, q.text_name)
+            exp = self._explainer.explain(image, query)
+        _check_finite([exp.score], "the explained score", q.comb_name, q.text_name)
+        return exp
 
     # -- images
 
@@ -425,6 +467,16 @@ class Engine:
                 data = buf.getvalue()
         self.thumbs.put(key, data)
         return data
+
+
+def _check_finite(values: list[float], what: str, combiner: str | None, text: str | None) -> None:
+    """DamagedModel (500) when a value is NaN or infinite: a damaged model or index, named in the log."""
+    if all(math.isfinite(v) for v in values):
+        return
+    log.error("%s holds NaN or infinite values (combiner %s, text encoder %s): a model or an index is damaged",
+              what, combiner, text)
+    raise DamagedModel(f"{what} came out as NaN or infinity: a model or an index on the server is damaged "
+                       "(the server log names it); this request cannot be answered until it is repaired")
 
 
 def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[list[int]] | None,
@@ -460,7 +512,7 @@ def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]
     for name, wanted_side in wanted.items():
         try:
             text_sides[name] = encoder.with_text(TextSide.of(wanted_side))
-        except (FileNotFoundError, ValueError, NotImplementedError) as e:
+        except (OSError, ValueError, NotImplementedError) as e:   # missing, damaged (named), unsupported
             log.warning("text encoder %s unavailable: %s", name, e)
     return text_sides
 
@@ -501,7 +553,7 @@ def _paired_side(want: TextSide, encoder: Encoder, text_sides: dict[str, Encoder
     name = want.name if want.name not in text_sides else want.record
     try:
         text_sides[name] = encoder.with_text(want)
-    except (FileNotFoundError, ValueError, NotImplementedError) as e:
+    except (OSError, ValueError, NotImplementedError) as e:
         log.warning("text encoder %s unavailable: %s", want.record, e)
         return None
     return name

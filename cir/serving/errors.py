@@ -47,3 +47,10 @@ class NotImplementedForModel(ApiError):
     """The loaded model cannot do this (e.g. explanations for an encoder without a Grad-CAM path)."""
 
     status = 501
+
+
+class DamagedModel(ApiError):
+    """The request was fine but a model or an index on the server computed NaN or infinity: a 500 that says so
+    (retrying will not help), never `NaN` written into an answer."""
+
+    status = 500

@@ -81,6 +81,19 @@ def optional_name(value: Any, what: str) -> str | None:
     return value
 
 
+def valid_image_id(value: Any, what: str) -> str | None:
+    """optional_name for an image id (a reference, a target, a result, a path in /img and /thumb): ids never
+    hold a control character or a line break (extraction skips such file names), so one is a 400 saying so,
+    the same on every route."""
+    name = optional_name(value, what)
+    if name is not None:
+        bad = next((ch for ch in name if unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp")), None)
+        if bad is not None:
+            raise BadInput(f"{what} {name[:60]!r} contains a control character (U+{ord(bad):04X}); image ids "
+                           "never do")
+    return name
+
+
 def choice(value: Any, what: str, options: Collection[str], default: str | None = None) -> str | None:
     """One of `options` (or `default` when the value is missing); BadInput naming the valid ones otherwise."""
     name = optional_name(value, what)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 from cir.encoders import Encoder
 from cir.paths import REPO_DIR
 from cir.serving.uploads import default_upload_dir
+from cir.utils import check_device
 
 MB = 1024 * 1024
 BOOTSTRAP_MODES = ("local", "cdn")   # where the page's Bootstrap comes from (cir.web.assets)
@@ -120,7 +121,7 @@ class Settings:
         "indexes were extracted with)",
         env="CIR_ENCODER", flag="--encoder")
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...", env="CIR_DEVICE",
-                         flag="--device")
+                         flag="--device", parse=check_device)
     datasets_file: Path | None = option(
         None, "JSON list of datasets to serve ([{\"features\": DIR, \"name\": ..., \"data_root\": ...}]); default: "
         "every index folder under the features root", env="CIR_DATASETS_FILE", flag="--datasets-file",
@@ -171,7 +172,7 @@ class Settings:
         "worker, see serving.engine.set_worker_threads", env="CIR_QUERY_THREADS", flag="--query-threads",
         parse=integer, metavar="N")
     index_backend: str = option(
-        "exact", "how every dataset is ranked (index/): exact (scan of the memory-mapped features), faiss "
+        "exact", "how every dataset is ranked (index/): exact (scan of the float16 features), faiss "
         "(HNSW or IVF-PQ by size, built and saved beside the features), faiss:hnsw?efSearch=128, milvus "
         "(milvus-lite file beside the features, filled by `python3 -m cir.index load`), milvus:http://host:19530",
         env="CIR_INDEX_BACKEND", flag="--index-backend", metavar="SPEC")
@@ -180,6 +181,15 @@ class Settings:
         "names and attributes (the metadata path: boosts, and penalties for negated words) unless a request says "
         "metadata: false; datasets without metadata are unaffected", env="CIR_METADATA", flag="--metadata",
         parse=boolean)
+    explain_concurrency: int = option(
+        1, "explanations computed at once per worker (each holds the model for its whole Grad-CAM, so searches "
+        "wait behind it); the next waits 2 s, then gets 503", env="CIR_EXPLAIN_CONCURRENCY",
+        flag="--explain-concurrency", parse=integer, metavar="N")
+    features_in_memory_bytes: int = option(
+        256 * MB, "feature files up to this size are read into each worker's memory instead of memory-mapped, "
+        "in MB: a file truncated or replaced under the server cannot crash it then (a mapped one can: SIGBUS); "
+        "the catalogue's is about 5 MB; 0: always map", env="CIR_FEATURES_IN_MEMORY_MB",
+        flag="--features-in-memory-mb", parse=megabytes, metavar="MB")
     warm_up: bool = option(True, "run one query per text encoder and dataset at start-up", env="CIR_WARM_UP",
                            flag="--warm-up", parse=boolean)
     bootstrap: str = option(
@@ -200,6 +210,8 @@ class Settings:
             ("default_k", 1 <= self.default_k <= self.max_k, f"between 1 and max_k ({self.max_k})"),
             ("query_threads", self.query_threads is None or self.query_threads >= 0, "0 or more"),
             ("thumb_size", self.thumb_size > 0, "positive"),
+            ("features_in_memory_bytes", self.features_in_memory_bytes >= 0, "0 or more"),
+            ("explain_concurrency", self.explain_concurrency > 0, "positive"),
             ("bootstrap", self.bootstrap in BOOTSTRAP_MODES, f"one of {', '.join(BOOTSTRAP_MODES)}"),
         ) if not ok]
         if problems:

@@ -12,12 +12,13 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request, send_file, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from cir.paths import REPO_DIR
 from cir.serving.datasets import Dataset
 from cir.serving.engine import Engine, Hit, SearchRequest, SearchResult
 from cir.serving.errors import ApiError, BadInput, NotFound
-from cir.serving.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, optional_name, parse_int, validate_text
+from cir.serving.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, valid_image_id, validate_text
 from cir.serving.settings import MB, Settings
 from cir.web import assets
 from cir.web.guards import install_guards, parse_json_object
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     install_guards(app, max_upload_bytes=settings.max_upload_bytes, upload_max_age_s=settings.upload_ttl_s,
                    csp=assets.content_security_policy(settings.bootstrap))
     app.json.sort_keys = False  # keep results in rank order and fields in a readable order
+    app.url_map.converters["anypath"] = AnyPathConverter   # before the blueprint's rules use it
     app.extensions["cir"] = engine
     app.register_blueprint(bp)
     app.register_blueprint(assets.bp)
@@ -132,13 +134,16 @@ def index() -> str:
 def health() -> Response:
     """Liveness (always 200 while the process serves) and readiness per dataset: "degraded" when an index
     backend cannot serve (e.g. its Milvus server is down), with the reason in `backends`, or when a dataset
-    was found but could not be loaded, with its folder and the reason in `damaged`."""
+    was found but could not be loaded or its files changed on disk since, with its folder and the reason in
+    `damaged`; else "unverified" when a served folder has no checksums (listed in `unverified`); else "ok"."""
     eng = _engine()
     backends = eng.health()
-    damaged = eng.damaged_report()
-    status = "ok" if all(b["ok"] for b in backends.values()) and not damaged else "degraded"
+    damaged, unverified = eng.damaged_report(), eng.unverified_report()
+    status = ("degraded" if not all(b["ok"] for b in backends.values()) or damaged else
+              "unverified" if unverified else "ok")
     return jsonify({"status": status, "encoder": eng.encoder.name, "datasets": list(eng.datasets),
-                    "backends": backends, "damaged": damaged, "combiners": list(eng.combiners),
+                    "backends": backends, "damaged": damaged, "unverified": unverified,
+                    "combiners": list(eng.combiners),
                     "text_encoders": list(eng.text_sides), "uptime_s": round(time.time() - eng.metrics.started, 1)})
 
 
@@ -202,7 +207,7 @@ def random_images(name: str) -> Response:
 def captions(name: str) -> Response:
     """The annotated relative captions of a reference (serving.annotations), each with its target."""
     ds = _engine().dataset(name)
-    ref = optional_name(request.args.get("reference"), "reference")
+    ref = valid_image_id(request.args.get("reference"), "reference")
     if ref is None:
         raise BadInput("give the reference image: /api/datasets/<name>/captions?reference=ID")
     ds.row(ref)
@@ -245,12 +250,14 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
 @bp.post("/api/upload")
 def api_upload() -> tuple[Response, int]:
     eng = _engine()
-    f = request.files.get("file") or request.files.get("image")
-    if f is not None:
+    if request.mimetype == "multipart/form-data":
+        f = request.files.get("file") or request.files.get("image")
+        if f is None:
+            raise BadInput("no file in the upload: send the image in a multipart field named 'file'")
         data = f.read(eng.settings.max_upload_bytes + 1)
-    elif request.mimetype == "multipart/form-data":
-        raise BadInput("no file in the upload: send the image in a multipart field named 'file'")
     else:
+        # The raw image is the body, whatever its Content-Type says: `curl --data-binary @photo.jpg` sends
+        # application/x-www-form-urlencoded, and parsing it as a form (request.files) would consume it.
         data = request.get_data()
     res = eng.uploads.add(data)
     eng.metrics.upload()
@@ -261,18 +268,25 @@ def api_upload() -> tuple[Response, int]:
 _IMMUTABLE = 86400  # image files never change under an id: let browsers cache them for a day
 
 
-@bp.get("/img/<name>/<path:image_id>")
+class AnyPathConverter(PathConverter):
+    """<path:...> that also matches a newline (werkzeug's `.` does not), so that an id holding one reaches the
+    view and gets the same 400 as in a search, instead of a 404 'no such route'."""
+
+    regex = "[^/](?s:.)*?"
+
+
+@bp.get("/img/<name>/<anypath:image_id>")
 def image(name: str, image_id: str) -> Response:
-    rec = _engine().dataset(name).record(image_id)
+    rec = _engine().dataset(name).record(valid_image_id(image_id, "image id") or "")
     if not rec.path.is_file():
         raise NotFound(f"the file of image {image_id!r} is missing on the server")
     return send_file(rec.path, max_age=_IMMUTABLE)
 
 
-@bp.get("/thumb/<name>/<path:image_id>")
+@bp.get("/thumb/<name>/<anypath:image_id>")
 def thumb(name: str, image_id: str) -> Response:
     eng = _engine()
-    rec = eng.dataset(name).record(image_id)
+    rec = eng.dataset(name).record(valid_image_id(image_id, "image id") or "")
     return _thumb_response(eng, ("d", name, image_id), rec.path)
 
 

@@ -411,6 +411,16 @@ def test_folder_images(tmp_path):
         folder_images(tmp_path / "missing")
 
 
+def test_folder_names_with_control_characters_are_flagged(tmp_path):
+    """A newline in a file name would become an id that no URL of the API can carry: listed, never indexed."""
+    for rel in ("ok.jpg", "two\nlines.jpg", "tab\there.png"):
+        (tmp_path / rel).write_bytes(b"x")
+    records = {r.name: r for r in folder_images(tmp_path)}
+    assert records["ok.jpg"].problem == ""
+    assert "control character (U+000A)" in records["two\\nlines.jpg"].problem
+    assert "control character (U+0009)" in records["tab\\there.png"].problem
+
+
 # -----------------------------------------------------------------------------
 # data root
 

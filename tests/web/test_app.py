@@ -81,6 +81,7 @@ def test_page_health_and_static(client):
     assert client.get("/static/app.css").status_code == 200
     h = client.get("/api/health").get_json()
     assert h["status"] == "ok" and h["encoder"] == "lite" and set(h["datasets"]) == {"catalog-test", "cirr-val"}
+    assert h["damaged"] == {} and h["unverified"] == {}   # extracted with checksums, unchanged on disk
 
 
 def test_datasets_modes_and_models(client):

@@ -1,7 +1,8 @@
 """The demo app under hostile input, through Flask's test client (and, where the server itself matters, the
 development server on a local port): wrong types, odd JSON, oversized and chunked bodies, broken images,
-a full disk, busy decoders, and the security headers on every response. Each case is a reproduced attack:
-none may answer 500."""
+a full disk, busy decoders, and the security headers on every response; from issue 20, raw uploads sent as a
+form, MPO photos, ids with a newline and stalled requests on the development server. Each case is a reproduced
+attack: none may answer 500. (The JSON depth scan and unreadable bodies: test_guards.py.)"""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,7 @@ from cir.serving import uploads as uploads_module
 from cir.serving.settings import Settings
 from cir.web.app import create_app
 from cir.web.assets import CDN_ORIGIN, content_security_policy
-from cir.web.guards import MAX_BODY_BYTES, QuietRequestHandler, install_guards
+from cir.web.guards import DEV_IO_TIMEOUT_S, MAX_BODY_BYTES, QuietRequestHandler, install_guards
 
 TTL_S = 1800
 
@@ -318,3 +319,71 @@ def test_install_guards_on_a_bare_app():
     r = c.post("/echo", data=b"x" * 101)
     assert r.status_code == 413 and json.loads(r.data)["status"] == 413
     assert CDN_ORIGIN in r.headers["Content-Security-Policy"]
+
+
+# ----------------------------------------------------------------------------------------------- issue 20, item 8
+
+def _jpeg(size=(640, 480), colour=(30, 120, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_a_raw_upload_sent_as_a_form_is_the_image(client):
+    """`curl --data-binary @photo.jpg` says application/x-www-form-urlencoded: the body is still the image."""
+    r = client.post("/api/upload", data=_jpeg(), content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 201 and r.get_json()["format"] == "JPEG", r.get_json()
+    r = client.post("/api/upload", data=_jpeg(), content_type="image/jpeg")
+    assert r.status_code == 201, r.get_json()
+    _bad(client.post("/api/upload", data=b"", content_type="application/x-www-form-urlencoded"), 400, "empty")
+
+
+def test_a_two_frame_mpo_is_its_first_frame(client):
+    """What many phones write: a JPEG followed by a second frame (depth, multi-shot)."""
+    buf = io.BytesIO()
+    first, second = Image.new("RGB", (2000, 1500), (220, 20, 20)), Image.new("RGB", (2000, 1500), (20, 20, 220))
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert im.format == "MPO" and im.n_frames == 2
+    r = client.post("/api/upload", data={"file": (io.BytesIO(buf.getvalue()), "phone.jpg")})
+    up = r.get_json()
+    assert r.status_code == 201 and up["format"] == "MPO" and max(up["width"], up["height"]) == 1024, up
+    with Image.open(io.BytesIO(client.get(up["url"]).data)) as stored:
+        red, _, blue = stored.convert("RGB").getpixel((10, 10))
+    assert red > 200 and blue < 40   # the first frame's red, not the second's blue
+
+
+@pytest.mark.parametrize("bad_id", ["10000\n", "a\nb", "x\r\ny", "nul\x00"])
+def test_ids_with_a_control_character_are_400_everywhere(client, bad_id):
+    words = "contains a control character"
+    _bad(_search(client, mode="image", reference=bad_id), 400, words)
+    _bad(_search(client, mode="text", caption="red", target=bad_id), 400, words)
+    quoted = bad_id.replace("\n", "%0A").replace("\r", "%0D").replace("\x00", "%00")
+    for route in ("img", "thumb"):
+        _bad(client.get(f"/{route}/catalog-test/{quoted}"), 400, words)
+    _bad(client.get(f"/api/datasets/catalog-test/captions?reference={quoted}"), 400, words)
+
+
+def test_the_development_server_drops_a_stalled_request(app, monkeypatch):
+    """Half a header, or a body promised and never sent: the development server gives up after its I/O timeout
+    (1 s here; a 400 for the body) instead of holding a thread for ever."""
+    assert QuietRequestHandler.timeout == DEV_IO_TIMEOUT_S and 0 < DEV_IO_TIMEOUT_S <= 60   # it has one
+    monkeypatch.setattr(QuietRequestHandler, "timeout", 1)
+    srv = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietRequestHandler)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with socket.create_connection(("127.0.0.1", srv.server_port), timeout=30) as s:
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: loc")
+            assert s.recv(1024) == b""   # closed by the server, long before this socket's own 30 s
+        for head in (b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n",       # a body promised, never sent
+                     b"Content-Length: 2\r\nContent-Length: 100\r\n\r\n{}"):        # two lengths, the longer one
+            with socket.create_connection(("127.0.0.1", srv.server_port), timeout=30) as s:
+                s.sendall(b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + head)
+                answer = b""
+                while part := s.recv(65536):
+                    answer += part
+            assert b"HTTP/1.1 400" in answer, answer[:300]
+    finally:
+        srv.shutdown()
+        thread.join(10)
