@@ -40,6 +40,7 @@ from cir.data import catalog_images, resolve_data_root  # noqa: E402
 from cir.encoders.texts import CachedTexts  # noqa: E402
 from cir.evaluation.protocols import composed_catalog  # noqa: E402
 from cir.extraction.local import ensure_index, index_name  # noqa: E402
+from cir.index import Metadata  # noqa: E402
 from cir.paths import WEIGHTS_DIR  # noqa: E402
 from cir.training.config import CombinerStageConfig, record  # noqa: E402
 from cir.training.stages import train_combiner  # noqa: E402
@@ -47,6 +48,7 @@ from cir.utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("bench_generalisation")
 ROWS = ("image only", "caption as text", "wish typed as text", "sum", "Combiner taught", "Combiner held out")
+META_ROWS = ("sum + metadata", "Combiner held out + metadata")   # --metadata: the metadata path, apart
 # Config fields that do not change what a checkpoint learned: a reused one may differ in them.
 NOT_COMPARED = {"out", "cache_dir", "device", "workers", "batch_size", "verbose", "restart"}
 
@@ -61,7 +63,14 @@ def parse_args() -> argparse.Namespace:
                    f"{d.epochs})")
     p.add_argument("--per-kind", type=int, default=800,
                    help=f"train triplets of each kind drawn per epoch (train.py's: {d.per_kind})")
-    p.add_argument("--test-per-kind", type=int, default=500, help="test triplets of each kind (seed 0)")
+    p.add_argument("--test-per-kind", type=int, default=500, help="evaluated triplets of each kind (seed 0)")
+    p.add_argument("--split", default="test", choices=("val", "test"),
+                   help="split evaluated on: test for the reported tables, val to choose a setting (--text-residual)")
+    p.add_argument("--metadata", action="store_true",
+                   help="also the metadata path (cir.index.metadata) on top of sum and the held-out Combiner, in a "
+                        "table of its own")
+    p.add_argument("--text-residual", type=float, default=None,
+                   help="weight of the caption's own text score the Combiners train with (default: train.py's)")
     p.add_argument("--combiner-out", default=None,
                    help="folder keeping the Combiners (<family>.safetensors, taught.safetensors); one already there "
                         "trained with the same settings and budget is evaluated without retraining (default: a "
@@ -77,7 +86,7 @@ def parse_args() -> argparse.Namespace:
 def stage_config(args: argparse.Namespace, out_dir: Path, name: str, exclude: tuple[str, ...]) -> CombinerStageConfig:
     """train.py combiner's defaults, with this benchmark's budget and paths and the kinds left out."""
     return CombinerStageConfig(epochs=args.epochs, per_kind=args.per_kind, exclude_kinds=exclude,
-                               out=str(out_dir / f"{name}.safetensors"), cache_dir=str(out_dir / "cache"),
+                               out=str(out_dir / f"{name}.safetensors"), text_residual=args.text_residual,
                                features=args.features, data_root=args.data_root, device=args.device)
 
 
@@ -101,8 +110,9 @@ def trained(cfg: CombinerStageConfig, feature_dim: int) -> Path:
 
 
 def family_metrics(texts, index, records: list, trips: list, wishes: list[str], taught: Path,
-                   held: Path) -> dict[str, dict]:
-    """composed_catalog's metrics of every row on one family's test triplets."""
+                   held: Path, metadata: Metadata | None = None) -> dict[str, dict]:
+    """composed_catalog's metrics of every row on one family's test triplets (and the metadata path's rows on
+    top of sum and the held-out Combiner, when `metadata` is given)."""
     wished = [replace(t, caption=w) for t, w in zip(trips, wishes)]
     runs = {"image only": (trips, "image"), "caption as text": (trips, "text"), "wish typed as text": (wished, "text"),
             "sum": (trips, "sum"), "Combiner taught": (trips, str(taught)), "Combiner held out": (trips, str(held))}
@@ -110,7 +120,23 @@ def family_metrics(texts, index, records: list, trips: list, wishes: list[str], 
     for label, (ts, spec) in runs.items():
         method, combiner = load_method(spec)
         out[label] = composed_catalog(texts, index, records, ts, method, combiner).metrics
+    for label in META_ROWS if metadata else ():  # the metadata path on top, reported apart
+        method, combiner = load_method(runs[label.removesuffix(" + metadata")][1])
+        out[label] = composed_catalog(texts, index, records, trips, method, combiner, metadata).metrics
     return out
+
+
+def metadata_table(results: dict[str, dict]) -> list[str]:
+    """Markdown: attr@10 of the metadata path on top of sum and the held-out Combiner, per family."""
+    lines = ["| family (attr@10) | sum | " + " | ".join(META_ROWS) + " | held out + metadata minus max(sum, image) "
+             "| held out + metadata as % of text-typed |", "|---|---:|" + "---:|" * (len(META_ROWS) + 2)]
+    for family, rows in results.items():
+        v = {label: rows[label]["attr@10"] for label in ("sum", "image only", "wish typed as text", *META_ROWS)}
+        held = v["Combiner held out + metadata"]
+        share = f"{100 * held / v['wish typed as text']:.0f}%" if v["wish typed as text"] else "n/a"
+        lines.append(f"| {family} | {v['sum']:.1f} | " + " | ".join(f"{v[r]:.1f}" for r in META_ROWS)
+                     + f" | {held - max(v['sum'], v['image only']):+.1f} | {share} |")
+    return lines
 
 
 def family_table(results: dict[str, dict], metric: str) -> list[str]:
@@ -153,16 +179,17 @@ def main() -> None:
     args = parse_args()
     setup_logging()
     root = resolve_data_root("catalog", args.data_root)
-    records = catalog_images(root, "test")
+    records = catalog_images(root, args.split)
     d = CombinerStageConfig()
     encoder = encoders.load(d.encoder, "cpu", text=d.text_encoder)
-    index = ensure_index(records, encoder, Path(args.features) / index_name("catalog", "test"),
-                         info={"dataset": "catalog", "split": "test", "data_root": str(root)})
+    index = ensure_index(records, encoder, Path(args.features) / index_name("catalog", args.split),
+                         info={"dataset": "catalog", "split": args.split, "data_root": str(root)})
     trips = triplets.generate(records, seed=0, per_kind=args.test_per_kind)
     attrs = {r.name: r.attrs for r in records}
     rng = random.Random(0)
     wishes = [wish_text(t, attrs[t.reference], rng) for t in trips]
     texts = CachedTexts(encoder)  # the captions and wishes of every row encoded once
+    metadata = Metadata.from_records(records, index.names) if args.metadata else None
     results = {}
     with scratch(args.combiner_out) as folder:
         out_dir = Path(folder)
@@ -171,11 +198,14 @@ def main() -> None:
             held = trained(stage_config(args, out_dir, family, FAMILIES[family]), encoder.dim)
             rows = [i for i, t in enumerate(trips) if t.kind in FAMILIES[family]]
             results[family] = family_metrics(texts, index, records, [trips[i] for i in rows],
-                                             [wishes[i] for i in rows], taught, held)
-    print(f"\nLeave-kinds-out, {args.epochs} epochs x {args.per_kind} triplets per kind; test split, "
+                                             [wishes[i] for i in rows], taught, held, metadata)
+    print(f"\nLeave-kinds-out, {args.epochs} epochs x {args.per_kind} triplets per kind; {args.split} split, "
           f"{len(index)} images, {args.test_per_kind} triplets per kind at most\n")
     for metric in ("attr@10", "R@10"):
         print("\n".join(family_table(results, metric)) + "\n")
+    if metadata:
+        print(f"The metadata path on top (cir.index.metadata, weight {metadata.weight}, max_df {metadata.max_df}):\n")
+        print("\n".join(metadata_table(results)) + "\n")
     print("\n".join(kinds_table(results)) + "\n")
     print(json.dumps({"epochs": args.epochs, "per_kind": args.per_kind, "families": {
         f: {"kinds": FAMILIES[f], **{label: {k: m[k] for k in ("queries", "R@10", "attr@10", "attr@10_ceiling")}

@@ -184,7 +184,8 @@ def parser() -> argparse.ArgumentParser:
                         "~6k triplets per epoch, 0.2 does not)")
     c.add_argument("--text-residual", type=float, default=None,
                    help="weight of the caption's own text score in the Combiner's output, trained with it (default: "
-                        "from --preset: 1.0 project, 0 clip4cir = the paper's Combiner)")
+                        "from --preset: 0 in both, the paper's Combiner; > 0 trades taught edits for untaught ones, "
+                        "docs/benchmarks.md)")
     return p
 
 

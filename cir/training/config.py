@@ -22,7 +22,7 @@ from cir.utils import content_key
 PRESETS: dict[str, dict[str, dict]] = {
     "project": {"text": {"lr": 3e-4, "batch": 256, "optimizer": "adam"},
                 "combiner": {"lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
-                             "hidden_dim": 1024, "dropout": 0.2, "text_residual": 1.0}},
+                             "hidden_dim": 1024, "dropout": 0.2, "text_residual": 0.0}},
     "clip4cir": {"text": {"lr": 2e-6, "batch": 512, "optimizer": "adamw", "negatives": "batch"},
                  "combiner": {"lr": 2e-5, "batch": 1024, "optimizer": "adam", "projection_dim": "4x",
                               "hidden_dim": "8x", "dropout": 0.5, "negatives": "batch", "text_residual": 0.0}},

@@ -118,7 +118,7 @@ class CatalogData(TrainData):
         self.train = self.indexes["train"]
         self.photos = {s: references.real_photos(encoder, cfg.store, cfg.data_root, s) if cfg.photo_triplets else None
                        for s in ("train", "val")}
-        self._refs = self._reference_matrix()
+        self._refs: torch.Tensor | None = None  # made when training asks (reference_matrix)
         self._held_changes = families.held_out_changes(cfg.exclude_kinds)
         if cfg.exclude_kinds:
             log.info("leaving out triplet kinds (train and val): %s; changes no kind left teaches (photo and "
@@ -161,6 +161,8 @@ class CatalogData(TrainData):
         return torch.cat(parts)
 
     def reference_matrix(self) -> torch.Tensor:
+        if self._refs is None:
+            self._refs = self._reference_matrix()
         return self._refs
 
     def _make_epoch(self, epoch: int) -> list[Item]:

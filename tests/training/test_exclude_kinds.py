@@ -37,8 +37,10 @@ def data_of(monkeypatch, catalog_root):
     monkeypatch.setattr(CatalogData, "index", lambda self, recs, name, **info: NameIndex(recs))
 
     def make(exclude: tuple[str, ...]) -> CatalogData:
+        # Only the kinds' triplets: no photo-like views, real photos or name edits (they need an encoder).
         return CatalogData(None, CombinerStageConfig(data_root=str(catalog_root), per_kind=30, val_per_kind=30,
-                                                     exclude_kinds=exclude))
+                                                     exclude_kinds=exclude, photo_like=0.0, photo_triplets=0,
+                                                     name_edits=0))
     return make
 
 
