@@ -430,6 +430,10 @@ def test_screenshot_composed_search(screenshot_server, page, tmp_path):
     expect(page.locator("#grid-info")).to_contain_text(f"matching “{SCREENSHOT_REFERENCE}”")  # the filtered grid
     page.locator(f"#ref-grid .thumb-card[data-id='{SCREENSHOT_REFERENCE}']").click()
     page.fill("#caption", SCREENSHOT_CAPTION)
+    if not whole_catalogue:
+        # The test split has 9 red shoes in all: the shop-words boost of "red" lifts red items of other types above
+        # the other shoes there; the README's picture (the whole catalogue) keeps the default, the switch on.
+        page.uncheck("#metadata-toggle")
     page.click("#search-btn")
     results = page.locator("#results")
     expect(results).to_have_attribute("data-mode", "composed")
