@@ -26,26 +26,24 @@ DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 
 # ----------------------------------------------------------------------------------------------- argument types
 
-def positive_int(value: str) -> int:
-    """A whole number of 1 or more (epochs, batch sizes, shard sizes, k)."""
+def _int_at_least(value: str, least: int) -> int:
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {n}")
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be {least} or more, not {n}")
     return n
+
+
+def positive_int(value: str) -> int:
+    """A whole number of 1 or more (epochs, batch sizes, shard sizes, k)."""
+    return _int_at_least(value, 1)
 
 
 def non_negative_int(value: str) -> int:
     """A whole number of 0 or more (worker counts, layer counts)."""
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
-    return n
+    return _int_at_least(value, 0)
 
 
 def device(value: str) -> str:
