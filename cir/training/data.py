@@ -172,9 +172,8 @@ class CatalogData(TrainData):
         idx, n = self.train, len(self.train)
         rng = random.Random(seed)
         photo_like = n if self.cfg.photo_like else None  # where the photo-like rows start
-        items = [Item(idx.id_of(t.reference) + (photo_like if photo_like and rng.random() < self.cfg.photo_like
-                                                 else 0), idx.id_of(t.target), t.caption, triplets.condition_key(t))
-                 for t in trips if t.reference in idx and t.target in idx]
+        items = [Item(self._ref_row(t.reference, photo_like, rng), idx.id_of(t.target), t.caption,
+                      triplets.condition_key(t)) for t in trips if t.reference in idx and t.target in idx]
         if self.photos["train"] is not None and "colour" not in self._held_changes:
             photos, labels = self.photos["train"]
             start = n * (2 if photo_like else 1)
@@ -193,8 +192,13 @@ class CatalogData(TrainData):
                                             phrasings=self.cfg.phrasings) if e.family not in self._held_changes]
         edits = edits[:self.cfg.name_edits]
         sat = name_edits.satisfying(edits, self.attrs["train"])
-        return [Item(idx.id_of(e.reference) + (photo_like if photo_like and rng.random() < self.cfg.photo_like else 0),
-                     idx.id_of(e.target), e.caption, rows=np.flatnonzero(s)) for e, s in zip(edits, sat)]
+        return [Item(self._ref_row(e.reference, photo_like, rng), idx.id_of(e.target), e.caption,
+                     rows=np.flatnonzero(s)) for e, s in zip(edits, sat)]
+
+    def _ref_row(self, name: str, photo_like: int | None, rng: random.Random) -> int:
+        """A train reference's row: its photo-like view's (offset `photo_like`) a --photo-like share of the time."""
+        row = self.train.id_of(name)
+        return row + photo_like if photo_like and rng.random() < self.cfg.photo_like else row
 
     def positives(self, items: Sequence[Item], rows: torch.Tensor) -> torch.Tensor:
         """Half the mass on the own target, half spread over every train item satisfying the triplet's condition
