@@ -14,8 +14,12 @@ Settings read from the environment, where a deployment differs from this machine
     GUNICORN_IO_TIMEOUT      seconds a request body or a response write may stall before the connection is
                              dropped (default 15)
     GUNICORN_SERVER_HEADER   what the Server response header says (default "cir-demo": no product, no version)
+    GUNICORN_PER_CLIENT_CONNECTIONS  open connections one client address may hold per worker (default 64; 0: no
+                             limit, which is what to set behind a proxy: every connection then comes from it)
 gunicorn's own flags given on the command line override everything here.
 """
+import collections
+import contextlib
 import os
 
 import gunicorn
@@ -34,7 +38,7 @@ def _int_env(name: str, default: int) -> int:
 
 
 class GeventWorker(ggevent.GeventWorker):
-    """gunicorn's gevent worker, monkey-patching with aggressive=False.
+    """gunicorn's gevent worker, monkey-patching with aggressive=False, with a per-client connection limit.
 
     gunicorn's patch_all() is aggressive: it deletes select.epoll, and trio (imported under transformers by
     huggingface_hub's httpx) reads select.epoll at import time, so every worker failed to boot with
@@ -42,10 +46,37 @@ class GeventWorker(ggevent.GeventWorker):
     sockets, locks, sleeps) is still cooperative.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._per_client: collections.Counter = collections.Counter()   # address -> connections open now
+
     def patch(self) -> None:
         monkey.patch_all(aggressive=False)
         # As gunicorn's patch(): re-wrap the listening sockets as gevent sockets.
         self.sockets = [gsocket.socket(s.FAMILY, gsocket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]
+
+    def handle(self, listener, client, addr) -> None:
+        """Serve the connection unless its address already holds PER_CLIENT_CONNECTIONS of this worker's.
+
+        worker_connections bounds the total: one address re-opening half-sent requests as fast as they are
+        closed could hold all of them, and everyone else waited in the listen queue (2,500 such connections
+        made every normal search take over a second). Refused connections get a 503 and are closed at once.
+        """
+        peer = addr[0] if isinstance(addr, tuple) and addr else None
+        held = self._per_client
+        if PER_CLIENT_CONNECTIONS and peer is not None and held[peer] >= PER_CLIENT_CONNECTIONS:
+            with contextlib.suppress(OSError):
+                client.settimeout(0)   # never wait on a client that does not read
+                client.send(TOO_MANY)
+            client.close()
+            return
+        held[peer] += 1
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            held[peer] -= 1
+            if held[peer] <= 0:
+                del held[peer]
 
 
 # Listen on every interface by default, as the README's line always did; put a proxy in front for TLS.
@@ -86,6 +117,14 @@ preload_app = False
 control_socket_disable = True
 
 IO_TIMEOUT = float(_int_env("GUNICORN_IO_TIMEOUT", 15))
+# Connections one client address may hold open per worker (GeventWorker.handle). A browser opens at most 6 per
+# host; 64 leaves room for a whole office behind one NAT address, and an attacker's flood from one address then
+# holds at most 64 x workers of the 1000 x workers slots. Behind a proxy every connection comes from the proxy's
+# address: set 0 there and limit per client in the proxy (docs/serving.md has an nginx recipe).
+PER_CLIENT_CONNECTIONS = _int_env("GUNICORN_PER_CLIENT_CONNECTIONS", 64)
+_TOO_MANY_BODY = b"too many open connections from your address\n"
+TOO_MANY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY))
 # One request per connection (the answer says "Connection: close"). A gevent or gthread worker keeps a
 # kept-alive connection to itself, so clients spread unevenly over the workers stay uneven: with 16
 # persistent clients one worker queued most of them (p99 ~1 s against ~0.4 s). A new connection per request

@@ -108,7 +108,9 @@ class Explainer:
     """Grad-CAM for one encoder. Only the head is differentiated: the tower's feature map is computed once
     (by ONNX Runtime where the encoder uses it), then the gradient flows from the score to that map alone."""
 
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, threads: int | None = None):
+        """`threads`: ONNX Runtime threads of the feature-map session (None: its default, every core; the
+        server gives 1, as its workers run one torch thread each)."""
         if isinstance(encoder, HFClipEncoder):   # a ViT: Grad-CAM over the last block's patch tokens
             self.encoder, self._ort = encoder, None
             return
@@ -120,7 +122,7 @@ class Explainer:
         self._maps = _FeatureMap(encoder.tower.net).eval()
         self._ort = None
         if getattr(encoder, "_ort", None) is not None:  # the encoder runs ONNX: so do the feature maps
-            self._ort = encoder._ort.__class__(self._maps, encoder.cfg.image_size)
+            self._ort = encoder._ort.__class__(self._maps, encoder.cfg.image_size, threads)
 
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """Preprocessed [1, 3, S, S] -> the last conv activation [1, C, h, w], float32 on CPU, no graph."""

@@ -11,13 +11,15 @@ import numpy as np
 
 
 class LRU:
-    """A thread-safe least-recently-used map of at most `size` entries (size 0 disables it)."""
+    """A thread-safe least-recently-used map of at most `size` entries (size 0 disables it) and, where
+    `max_bytes` is set, at most that many bytes of values (each value's len(); one larger is not kept)."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, max_bytes: int = 0):
+        self.size, self.max_bytes = size, max_bytes
         self._data: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        self.bytes = 0
 
     def get(self, key: Any) -> Any:
         with self._lock:
@@ -29,13 +31,23 @@ class LRU:
             return None
 
     def put(self, key: Any, value: Any) -> None:
-        if self.size <= 0:
+        if self.size <= 0 or (self.max_bytes and len(value) > self.max_bytes):
             return
         with self._lock:
+            if key in self._data:
+                self.bytes -= self._weight(self._data.pop(key))
             self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
+            self.bytes += self._weight(value)
+            while len(self._data) > self.size or (self.max_bytes and self.bytes > self.max_bytes):
+                self.bytes -= self._weight(self._data.popitem(last=False)[1])
+
+    def _weight(self, value: Any) -> int:
+        return len(value) if self.max_bytes else 0
+
+    def stats(self) -> dict:
+        """Entries, bytes held (with max_bytes), hits and misses so far."""
+        with self._lock:
+            return {"entries": len(self._data), "bytes": self.bytes, "hits": self.hits, "misses": self.misses}
 
     def __len__(self) -> int:
         return len(self._data)

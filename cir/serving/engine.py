@@ -40,8 +40,7 @@ from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose, load_method
 from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
-from cir.explain import Explainer, Explanation
-from cir.images import as_displayed, open_image
+from cir.images import as_displayed
 from cir.index import BackendUnavailable, Terms, parse_backend, search
 from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import (
@@ -54,7 +53,8 @@ from cir.serving.datasets import (
     read_datasets_file,
     tags_caption,
 )
-from cir.serving.errors import BadInput, DamagedModel, NotFound, NotImplementedForModel, ServiceUnavailable
+from cir.serving.errors import BadInput, DamagedModel, NotFound, ServiceUnavailable
+from cir.serving.explanations import Explanations, Rendered
 from cir.serving.inputs import choice, optional_name, parse_bool, parse_int, valid_image_id, validate_text
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore
@@ -69,8 +69,6 @@ NEEDS_REFERENCE = {"composed", "sum", "image"}
 NEEDS_CAPTION = {"composed", "sum", "text"}
 METADATA_MODES = NEEDS_CAPTION      # the modes whose typed caption the metadata path reads
 RANK_BLOCK = 32768          # rows per float32 block when scoring every row for a target's rank (16 MB at d=128)
-EXPLAIN_MAX_SIDE = 1024     # explanations decode at most this large: the encoder sees 224 px, the page shows less
-EXPLAIN_WAIT_S = 2.0        # how long an explanation waits for a slot before a 503
 
 
 @dataclass
@@ -205,8 +203,8 @@ class Engine:
         self.text_cache = LRU(settings.text_cache_size)
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
-        self._explainer: Explainer | None = None   # built on the first explanation
-        self._explains = threading.BoundedSemaphore(max(1, settings.explain_concurrency))
+        self.explanations = Explanations(encoder, self.model_calls, settings.explain_concurrency,
+                                         settings.explain_cache_bytes)
         self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
                                    settings.upload_cache_size, self.model_calls)
 
@@ -404,22 +402,10 @@ class Engine:
                        f"results with {req.text_encoder} may be worse")
         return _QueryInputs(method, ref_feats, exclude, combiner, comb_name, text_name, warning)
 
-    def explain(self, params: Mapping[str, Any]) -> Explanation:
+    def explain(self, params: Mapping[str, Any], fmt: str = "png") -> Rendered:
         """Grad-CAM of the search's score for one result: the /api/search fields plus `result` (an image id
-        of the dataset). Built lazily: the first call exports the explainer's feature-map session.
-
-        At most Settings.explain_concurrency explanations run at once in a worker (each holds the model lock
-        for its whole Grad-CAM, so more would only queue searches behind them); the next waits up to
-        EXPLAIN_WAIT_S, then gets 503 with Retry-After. The image is decoded at EXPLAIN_MAX_SIDE at most.
-        """
-        if not self._explains.acquire(timeout=EXPLAIN_WAIT_S):
-            raise ServiceUnavailable("the server is busy explaining other results; try again in a few seconds")
-        try:
-            return self._explain(params)
-        finally:
-            self._explains.release()
-
-    def _explain(self, params: Mapping[str, Any]) -> Explanation:
+        of the dataset), rendered as `fmt` (png: the overlay; json: the raw map). See serving.explanations:
+        bounded, off the model lock, cached."""
         req = self.parse(params)
         ds = self.dataset(req.dataset)
         result = valid_image_id(params.get("result"), "result")
@@ -427,25 +413,18 @@ class Engine:
             raise BadInput("give `result`: the id of the result image to explain")
         rec = ds.record(result)
         q = self._query_inputs(req, ds)
-        texts = CachedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
-        try:
-            image = open_image(rec.path, EXPLAIN_MAX_SIDE)
-        except FileNotFoundError:
-            raise NotFound(f"the file of image {rec.name!r} is missing on the server") from None
-        except (OSError, ValueError, SyntaxError):   # not a regular file, or not a readable image
-            raise NotFound(f"the file of image {rec.name!r} on the server cannot be read") from None
-        with self.model_calls():
-            if self._explainer is None:
-                try:
-                    self._explainer = Explainer(self.encoder)
-                except NotImplementedError as e:
-                    raise NotImplementedForModel(str(e)) from None
-            query = compose(texts, q.ref_feats, [req.caption] if req.caption else None, q.method,
-                                  q.combiner)
-            _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", q.comb_name, q.text_name)
-            exp = self._explainer.explain(image, query)
-        _check_finite([exp.score], "the explained score", q.comb_name, q.text_name)
-        return exp
+        key = (ds.name, rec.name, req.mode, req.reference, req.upload, req.caption, q.comb_name, q.text_name)
+
+        def query() -> torch.Tensor:
+            texts = CachedTexts(self.text_sides[q.text_name or "base"], self.text_cache, q.text_name or "base")
+            vector = compose(texts, q.ref_feats, [req.caption] if req.caption else None, q.method, q.combiner)
+            _check_finite(vector.reshape(-1).tolist(), f"the {req.mode} query", q.comb_name, q.text_name)
+            return vector
+
+        def check(score: float) -> None:
+            _check_finite([score], "the explained score", q.comb_name, q.text_name)
+
+        return self.explanations.render(key, (rec.name, rec.path), query, fmt, check)
 
     # -- images
 

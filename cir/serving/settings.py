@@ -182,9 +182,12 @@ class Settings:
         "metadata: false; datasets without metadata are unaffected", env="CIR_METADATA", flag="--metadata",
         parse=boolean)
     explain_concurrency: int = option(
-        1, "explanations computed at once per worker (each holds the model for its whole Grad-CAM, so searches "
-        "wait behind it); the next waits 2 s, then gets 503", env="CIR_EXPLAIN_CONCURRENCY",
+        1, "explanations computed at once per worker, each on a low-priority thread of its own so that searches "
+        "keep the CPU; the next waits 2 s, then gets 503", env="CIR_EXPLAIN_CONCURRENCY",
         flag="--explain-concurrency", parse=integer, metavar="N")
+    explain_cache_bytes: int = option(
+        32 * MB, "rendered explanations kept in memory per worker, in MB (a catalogue overlay is ~100 KB); "
+        "0: none", env="CIR_EXPLAIN_CACHE_MB", flag="--explain-cache-mb", parse=megabytes, metavar="MB")
     features_in_memory_bytes: int = option(
         256 * MB, "feature files up to this size are read into each worker's memory instead of memory-mapped, "
         "in MB: a file truncated or replaced under the server cannot crash it then (a mapped one can: SIGBUS); "
@@ -212,6 +215,7 @@ class Settings:
             ("thumb_size", self.thumb_size > 0, "positive"),
             ("features_in_memory_bytes", self.features_in_memory_bytes >= 0, "0 or more"),
             ("explain_concurrency", self.explain_concurrency > 0, "positive"),
+            ("explain_cache_bytes", self.explain_cache_bytes >= 0, "0 or more"),
             ("bootstrap", self.bootstrap in BOOTSTRAP_MODES, f"one of {', '.join(BOOTSTRAP_MODES)}"),
         ) if not ok]
         if problems:

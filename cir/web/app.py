@@ -152,7 +152,8 @@ def metrics() -> Response:
     eng = _engine()
     cache = eng.text_cache
     return jsonify({**eng.metrics.snapshot(),
-                    "text_cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses}})
+                    "text_cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+                    "explanation_cache": eng.explanations.cache.stats()})
 
 
 @bp.get("/api/datasets")
@@ -176,10 +177,8 @@ def dataset(name: str) -> Response:
 @bp.post("/api/explain")
 def api_explain() -> Response:
     """Grad-CAM of one result's score: the /api/search fields plus `result`; a PNG overlay, or ?format=json."""
-    exp = _engine().explain(_params())
-    if request.args.get("format") == "json":
-        return jsonify(exp.to_json())
-    return Response(exp.png(), mimetype="image/png")
+    out = _engine().explain(_params(), "json" if request.args.get("format") == "json" else "png")
+    return Response(out.body, mimetype=out.mimetype, headers={"X-Cache": "hit" if out.cached else "miss"})
 
 
 @bp.get("/api/datasets/<name>/images")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from cir.combiner import Combiner
 from cir.data import folder_images
 from cir.extraction import ensure_index
-from cir.serving import engine as engine_module
+from cir.serving import explanations as explanations_module
 from cir.serving.engine import PairedCombiner
 from cir.serving.settings import Settings
 from cir.utils import save_tensors, sha256_file
@@ -201,13 +201,14 @@ def test_explanations_decode_at_the_size_they_need_and_are_bounded(demo_world, t
     with Image.open(io.BytesIO(client.post("/api/explain", json=body).data)) as png:
         assert png.size == (1024, 768)
     eng = app.extensions["cir"]
-    monkeypatch.setattr(engine_module, "EXPLAIN_WAIT_S", 0.05)
-    assert eng._explains.acquire(timeout=1)
+    monkeypatch.setattr(explanations_module, "EXPLAIN_WAIT_S", 0.05)
+    body["caption"] = "a blue shirt"   # not rendered yet: the cache cannot answer it
+    assert eng.explanations._slots.acquire(timeout=1)
     try:
         busy = client.post("/api/explain?format=json", json=body)
         assert busy.status_code == 503 and "busy explaining" in busy.get_json()["message"]
         assert busy.headers["Retry-After"] == "5"
         assert client.post("/api/search", json=body).status_code == 200   # searches are not held
     finally:
-        eng._explains.release()
+        eng.explanations._slots.release()
     assert client.post("/api/explain?format=json", json=body).status_code == 200

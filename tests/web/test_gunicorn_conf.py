@@ -6,6 +6,7 @@ bench_load.py), not tests; nothing here asserts a duration.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -126,17 +127,15 @@ def _get(port: int, timeout: float) -> http.client.HTTPResponse:
     return resp
 
 
-@pytest.mark.slow
-def test_server_answers_while_partial_requests_are_held(tmp_path):
-    """One gevent worker, 8 connections holding half a header: a request is still answered (the old sync line
-    answered nothing until they closed), without a version banner, and the server drops the idle ones."""
+@contextlib.contextmanager
+def _trivial_server(tmp_path, **env_over: str):
+    """gunicorn.conf.py with one worker serving TRIVIAL_APP on a free port; yields the port."""
     (tmp_path / "trivial_app.py").write_text(TRIVIAL_APP)
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("GUNICORN_")}, **env_over}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(CONF), "-w", "1", "-b", f"127.0.0.1:{port}",
                              "--chdir", str(tmp_path), "trivial_app:app"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    held = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -147,18 +146,56 @@ def test_server_answers_while_partial_requests_are_held(tmp_path):
                 assert proc.poll() is None, proc.stderr.read().decode()
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.2)
-        for _ in range(8):
-            s = socket.create_connection(("127.0.0.1", port), timeout=30)
-            s.sendall(b"GET / HTTP/1.1\r\nHost: loc")
-            held.append(s)
-        resp = _get(port, 20)
-        assert resp.status == 200 and resp.body == b"cir-demo"  # SERVER_SOFTWARE as the app sees it
-        assert resp.getheader("Server") == "cir-demo" and resp.getheader("Connection") == "close"
-        # The server gives up on each half-sent request (after `keepalive` seconds): recv sees the close.
-        for s in held:
-            assert s.recv(1024) == b""
+        yield port
     finally:
-        for s in held:
-            s.close()
         proc.terminate()
         proc.wait(30)
+
+
+def _half_header(port: int, source: str = "127.0.0.1") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: loc")
+    return s
+
+
+@pytest.mark.slow
+def test_server_answers_while_partial_requests_are_held(tmp_path):
+    """One gevent worker, 8 connections holding half a header: a request is still answered (the old sync line
+    answered nothing until they closed), without a version banner, and the server drops the idle ones."""
+    held = []
+    with _trivial_server(tmp_path) as port:
+        try:
+            held = [_half_header(port) for _ in range(8)]
+            resp = _get(port, 20)
+            assert resp.status == 200 and resp.body == b"cir-demo"  # SERVER_SOFTWARE as the app sees it
+            assert resp.getheader("Server") == "cir-demo" and resp.getheader("Connection") == "close"
+            # The server gives up on each half-sent request (after `keepalive` seconds): recv sees the close.
+            for s in held:
+                assert s.recv(1024) == b""
+        finally:
+            for s in held:
+                s.close()
+
+
+@pytest.mark.slow
+def test_one_address_cannot_take_every_connection(tmp_path):
+    """With a limit of 4 per address, a 5th connection from the flooding address is answered 503 and closed
+    at once, another address is served meanwhile, and the flooder is served again as soon as it lets go."""
+    held = []
+    with _trivial_server(tmp_path, GUNICORN_PER_CLIENT_CONNECTIONS="4") as port:
+        try:
+            held = [_half_header(port, "127.0.0.2") for _ in range(4)]
+            time.sleep(0.5)   # the worker has accepted them
+            refused = _half_header(port, "127.0.0.2")
+            answer = refused.recv(1024)
+            assert answer.startswith(b"HTTP/1.1 503") and b"too many open connections" in answer
+            refused.close()
+            assert _get(port, 10).status == 200     # 127.0.0.1 is another client
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.5)
+        again = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+        again.sendall(b"GET / HTTP/1.1\r\nHost: loc\r\n\r\n")
+        assert again.recv(1024).startswith(b"HTTP/1.1 200")
+        again.close()
