@@ -186,8 +186,9 @@ class Settings:
         "keep the CPU; the next waits 2 s, then gets 503", env="CIR_EXPLAIN_CONCURRENCY",
         flag="--explain-concurrency", parse=integer, metavar="N")
     explain_cache_bytes: int = option(
-        32 * MB, "rendered explanations kept in memory per worker, in MB (a catalogue overlay is ~100 KB); "
-        "0: none", env="CIR_EXPLAIN_CACHE_MB", flag="--explain-cache-mb", parse=megabytes, metavar="MB")
+        32 * MB, "rendered explanations kept in memory per worker, in MB (a catalogue overlay is ~30 KB, a "
+        "1,024-px one up to ~2 MB); 0: none", env="CIR_EXPLAIN_CACHE_MB", flag="--explain-cache-mb",
+        parse=megabytes, metavar="MB")
     features_in_memory_bytes: int = option(
         256 * MB, "feature files up to this size are read into each worker's memory instead of memory-mapped, "
         "in MB: a file truncated or replaced under the server cannot crash it then (a mapped one can: SIGBUS); "
