@@ -29,10 +29,10 @@ import platform  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cir.cli.serve import ensure_catalog  # noqa: E402
 from cir.combiner import SHIPPED_COMBINERS, Combiner, CombinerConfig  # noqa: E402
 from cir.data import catalog_images, resolve_data_root  # noqa: E402
 from cir.paths import REPO_DIR  # noqa: E402
+from cir.serving.prepare import ensure_catalog  # noqa: E402
 from cir.serving.settings import Settings  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 from cir.web.app import create_app  # noqa: E402

@@ -2,6 +2,13 @@
 
     python3 app.py                                        # extracts the catalogue once if needed, then serves
     python3 app.py --prepare-only && gunicorn -c gunicorn.conf.py 'app:create_app()'   # production (gevent)
+    python3 app.py --reextract-unverified                 # also extracts again every folder without checksums
+
+Before serving (and with --prepare-only), the prepare step (cir.serving.prepare) extracts the catalogue index
+features/catalog-all when it is missing or stale, and again, in place, when it has no checksums (an older
+extraction) or is damaged; the old files stay until the new ones are complete. Other feature folders
+without checksums (FashionIQ, CIRR, image folders) are not extracted again unasked, since that can take many
+minutes: a warning lists each with the command that does it, and --reextract-unverified does them all.
 
 `python3 app.py` runs Werkzeug's development server: for one user on localhost. It has one thread per
 connection and drops a connection idle for 15 s, but nothing bounds how many connections it holds; anything
@@ -31,27 +38,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Sequence
 
-from cir import encoders
-from cir.extraction import IndexStore, index_name, open_dataset_index
+from cir.serving.prepare import REEXTRACT_FLAG, prepare
 from cir.serving.settings import Settings
 from cir.utils import run_cli, setup_logging
 from cir.web.app import create_app
 from cir.web.guards import QuietRequestHandler
 
 log = logging.getLogger("app")
-
-
-def ensure_catalog(settings: Settings) -> None:
-    """Extract the whole catalogue's features (features/catalog-all) unless they are up to date."""
-    if settings.encoder_obj is None:
-        settings.encoder_obj = encoders.load(settings.encoder, settings.device)
-    store = IndexStore(Path(settings.features_root))
-    log.info("checking the catalogue index %s (extracting it takes about two minutes the first time)",
-             store.root / index_name("catalog", "all"))
-    open_dataset_index(settings.encoder_obj, "catalog", "all", store, settings.data_root)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,9 +57,16 @@ def parser() -> argparse.ArgumentParser:
                         "others with gunicorn)")
     p.add_argument("--port", type=int, default=5000, help="port to listen on")
     p.add_argument("--no-extract", action="store_true",
-                   help="do not extract the catalogue features first; serve whatever indexes exist")
+                   help="skip the prepare step: do not extract the catalogue features first (nor check the "
+                        "other folders); serve whatever indexes exist")
     p.add_argument("--prepare-only", action="store_true",
-                   help="extract the catalogue features if missing, then exit (run before gunicorn)")
+                   help="run the prepare step, then exit (run before gunicorn): extract the catalogue features "
+                        "if missing, or again if they have no checksums or are damaged; list the other folders "
+                        "without checksums")
+    p.add_argument(REEXTRACT_FLAG, action="store_true",
+                   help="in the prepare step, also extract again, in place, every other feature folder the "
+                        "server would load whose manifest records no checksums (an older extraction: served "
+                        "unverified); this can take many minutes per FashionIQ or CIRR split")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     Settings.add_arguments(p.add_argument_group(
         "settings", "each also read from its environment variable (a flag given wins), as create_app() does"))
@@ -75,9 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    if args.no_extract and args.reextract_unverified:
+        p.error(f"{REEXTRACT_FLAG} is part of the prepare step, which --no-extract skips: drop one of them")
     settings = Settings.from_args(args)
     if not args.no_extract:
-        ensure_catalog(settings)
+        prepare(settings, args.reextract_unverified)
     if args.prepare_only:
         return 0
     app = create_app(settings)

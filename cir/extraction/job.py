@@ -294,12 +294,14 @@ class ExtractJob:
 
 
 def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | os.PathLike, *,
-             batch_size: int, shard_size: int, overwrite: bool) -> ExtractJob | ExtractResult:
+             batch_size: int, shard_size: int, overwrite: bool, redo: bool = False) -> ExtractJob | ExtractResult:
     """Check the inputs, lock out_dir and prepare out_dir/.partial/ for a run.
 
     Returns the finished ExtractResult instead (without taking the lock) when out_dir already holds this very
-    job's output. Partial work of another job (other inputs or settings) is discarded; that of this job is kept to
-    resume. OutputLockedError, before anything is touched, when another extraction holds out_dir.
+    job's output, unless `overwrite` or `redo`. Partial work of another job (other inputs or settings) is
+    discarded; that of this job is kept to resume, under `redo` too: a folder extracted again because it has
+    no checksums or is damaged (app.py does) resumes where an interrupted redo stopped, which `overwrite`
+    (start afresh) does not. OutputLockedError, before anything is touched, when another extraction holds out_dir.
     """
     out_dir = Path(out_dir)
     names = [r.name for r in records]
@@ -310,11 +312,11 @@ def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | 
     key = job_key(encoder_desc, names, shard_size, batch_size)
     # A finished folder is only read: no lock, so a current index on a read-only mount (or one another
     # extraction is writing next to) can still be opened. Checked again once locked, in case a run just ended.
-    if (done := _finished(out_dir, key, overwrite)) is not None:
+    if (done := _finished(out_dir, key, overwrite or redo)) is not None:
         return done
     lock = OutputLock(out_dir)
     try:
-        if (done := _finished(out_dir, key, overwrite)) is not None:
+        if (done := _finished(out_dir, key, overwrite or redo)) is not None:
             lock.release()
             return done
         job = ExtractJob(out_dir, records, names, encoder_desc, key, shard_size, lock)
@@ -325,10 +327,11 @@ def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | 
     return job
 
 
-def _finished(out_dir: Path, key: str, overwrite: bool) -> ExtractResult | None:
-    """The result recorded in out_dir when it already holds this very job's output (and no --overwrite)."""
+def _finished(out_dir: Path, key: str, again: bool) -> ExtractResult | None:
+    """The result recorded in out_dir when it already holds this very job's output (and it is not to be
+    extracted `again`: --overwrite, or a redo whose old manifest may not even be readable)."""
     manifest_path = out_dir / MANIFEST_FILE
-    if overwrite or not manifest_path.exists():
+    if again or not manifest_path.exists():
         return None
     old = json.loads(manifest_path.read_text())
     if old.get("job_key") != key:

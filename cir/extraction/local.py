@@ -5,6 +5,7 @@ command asks for. `IndexStore` and `open_dataset_index` are the one way the comm
 open a dataset's index. The folder's format and the job (files, shards, lock) are extraction.job's."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -17,22 +18,26 @@ from tqdm import tqdm
 from cir.data import ImageRecord, fashioniq_categories, list_images, resolve_data_root
 from cir.encoders import Encoder
 from cir.extraction.job import ExtractJob, ExtractResult, default_workers, iter_batches, open_job
-from cir.index import FeatureIndex, load_index
+from cir.index import FeatureIndex, IndexLoadError, load_index
+from cir.index.files import MANIFEST_FILE
 
 log = logging.getLogger("extract")
 
 
 def extract_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str | os.PathLike,
                   *, batch_size: int = 64, workers: int | None = None, shard_size: int = 2048,
-                  overwrite: bool = False, info: dict | None = None,
+                  overwrite: bool = False, redo: bool = False, info: dict | None = None,
                   _stop_after_shards: int | None = None) -> ExtractResult:
     """Encode `records` with `encoder` into `out_dir` (features.safetensors, names.json, manifest.json).
 
     Resumable: finished shards live in out_dir/.partial/ until the final files are written. One run at a
-    time per folder (extraction.job.OutputLockedError otherwise). `_stop_after_shards` simulates a kill (tests only).
+    time per folder (extraction.job.OutputLockedError otherwise). `overwrite` redoes a finished folder from
+    scratch; `redo` extracts it again too but resumes an interrupted redo (see extraction.job.open_job). Either
+    way the old files are replaced only when the new ones are complete. `_stop_after_shards` simulates a kill
+    (tests only).
     """
     job = open_job(records, encoder.describe(), out_dir, batch_size=batch_size, shard_size=shard_size,
-                   overwrite=overwrite)
+                   overwrite=overwrite, redo=redo)
     if isinstance(job, ExtractResult):
         return job
     with job:  # holds the folder's lock until the files are written or the run fails
@@ -105,11 +110,13 @@ class IndexStore:
     batch_size: int = 64                # images per encoder batch, when an index must be extracted
     workers: int | None = None          # decoding workers, when an index must be extracted (None: min(4, cores))
 
-    def open(self, records: Sequence[ImageRecord], encoder: Encoder, name: str, **info: Any) -> FeatureIndex:
-        """The index of `records` in the folder `name`: loaded when up to date, else extracted there first;
-        `info` (dataset, split, data_root ...) goes into its manifest."""
+    def open(self, records: Sequence[ImageRecord], encoder: Encoder, name: str, redo: bool = False,
+             **info: Any) -> FeatureIndex:
+        """The index of `records` in the folder `name`: loaded when up to date, else extracted there first
+        (`redo`: extracted again even when up to date); `info` (dataset, split, data_root ...) goes into its
+        manifest."""
         return ensure_index(records, encoder, Path(self.root) / name, batch_size=self.batch_size,
-                            workers=self.workers, info=info)
+                            workers=self.workers, redo=redo, info=info)
 
 
 @dataclass
@@ -123,10 +130,35 @@ class DatasetIndex:
 
 
 def open_dataset_index(encoder: Encoder, dataset: str, split: str | None, store: IndexStore,
-                       data_root: str | os.PathLike | None = None, category: str | None = None) -> DatasetIndex:
-    """The index of one split of a dataset (one FashionIQ category), extracted first when missing or stale."""
+                       data_root: str | os.PathLike | None = None, category: str | None = None,
+                       redo: bool = False) -> DatasetIndex:
+    """The index of one split of a dataset (one FashionIQ category), extracted first when missing or stale, or
+    when `redo` (reextract_reason says why a finished one should be)."""
     root = resolve_data_root(dataset, data_root)
     records = list_images(dataset, root, split, [category] if category else None)
     name = index_name(dataset, split, category, root)
     info = {"dataset": dataset, "split": split, "data_root": str(root), **({"category": category} if category else {})}
-    return DatasetIndex(store.open(records, encoder, name, **info), records, root, name)
+    return DatasetIndex(store.open(records, encoder, name, redo=redo, **info), records, root, name)
+
+
+def reextract_reason(folder: str | os.PathLike, verify: bool = True) -> str | None:
+    """Why the finished feature folder `folder` should be extracted again: its manifest records no checksums
+    (an older extraction: served unverified), or, with `verify`, it does not load (damaged or altered files,
+    checked against its checksums: about 1 s per GB). None when it is fine, or when it has no manifest (never
+    finished: it needs extracting, which extraction does by itself, not extracting again)."""
+    folder = Path(folder)
+    if not os.path.lexists(folder / MANIFEST_FILE):
+        return None
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        manifest = None   # load_index says what is wrong with it
+    if isinstance(manifest, dict) and "checksums" not in manifest:
+        return "its manifest records no checksums (extracted by an older version): it is served unverified"
+    if not verify:
+        return None
+    try:
+        load_index(folder)
+    except IndexLoadError as e:
+        return str(e)
+    return None

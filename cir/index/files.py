@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Mapping
@@ -184,11 +185,24 @@ def check_sample(path: Path, features: torch.Tensor, normalized: bool, every_row
 
 # ----------------------------------------------------------------------------------------------- checksums
 
+def reextract_command(folder: Path, manifest: Mapping) -> str:
+    """The command that extracts `folder` again, shell-quoted, from what its manifest recorded: dataset, split,
+    FashionIQ category, images root and encoder (the default lite is left out), with --overwrite.
+    extract_features.py names its output folder from these (extraction.index_name): a renamed folder is
+    rewritten under its original name."""
+    args = ["python3", "extract_features.py"]
+    for flag, key in (("--dataset", "dataset"), ("--split", "split"), ("--categories", "category"),
+                      ("--data-root", "data_root")):
+        if isinstance(manifest.get(key), str):
+            args += [flag, manifest[key]]
+    if isinstance(manifest.get("encoder"), str) and manifest["encoder"] != "lite":
+        args += ["--encoder", manifest["encoder"]]
+    return shlex.join([*args, "--out", str(folder.parent), "--overwrite"])
+
+
 def _reextract_hint(folder: Path, manifest: dict) -> str:
-    """How to rebuild a folder: the extraction command with --overwrite, with what its manifest knows."""
-    args = " ".join(f"--{k} {manifest[k]}" for k in ("dataset", "split") if isinstance(manifest.get(k), str))
-    return (f"extract it again: python3 extract_features.py {args + ' ' if args else ''}--out {folder.parent} "
-            "--overwrite")
+    """How to rebuild a folder, for error messages."""
+    return f"extract it again: {reextract_command(folder, manifest)}"
 
 
 def verify_checksums(folder: Path, manifest: dict, digests: Mapping[str, str] | None = None) -> bool:

@@ -123,6 +123,15 @@ def discover_datasets(features_root: Path) -> tuple[list[DatasetSource], list[Da
     return sources, damaged
 
 
+def dataset_sources(features_root: Path, datasets_file: Path | None = None
+                    ) -> tuple[list[DatasetSource], list[DamagedDataset]]:
+    """The datasets a server is given: those listed in `datasets_file` when set, else every index folder
+    found under `features_root` (with the damaged ones found there)."""
+    if datasets_file:
+        return read_datasets_file(Path(datasets_file), Path(features_root)), []
+    return discover_datasets(Path(features_root))
+
+
 def read_datasets_file(path: Path, features_root: Path) -> list[DatasetSource]:
     """Datasets listed in a JSON file: a list (or {"datasets": [...]}) of objects with `features` (an index
     folder, relative to the file or to the features root) and optionally name, label, dataset, split,
@@ -249,8 +258,9 @@ class Dataset:
                 "has_metadata": bool(self.metadata)}
 
 
-def _records_for(source: DatasetSource, data_root: str | None) -> tuple[list[ImageRecord], Path]:
-    """The dataset's image records, from an explicit data root, else the one recorded at extraction."""
+def records_for(source: DatasetSource, data_root: str | None) -> tuple[list[ImageRecord], Path]:
+    """The dataset's image records and their root: an explicit data root, else the one recorded at extraction
+    (what the server loads, and what app.py extracts again)."""
     if source.dataset == "folder":
         root = source.data_root if source.data_root else Path(data_root or ".")
         return folder_images(root), root
@@ -285,7 +295,7 @@ def load_dataset(source: DatasetSource, data_root: str | None = None, index_back
     features are read into memory up to `in_memory_max_bytes` (index.load_index), else memory-mapped."""
     index = open_backend_or_placeholder(load_index(source.features, in_memory_max_bytes=in_memory_max_bytes),
                                         index_backend)
-    records, root = _records_for(source, data_root)
+    records, root = records_for(source, data_root)
     groups = cirr_groups(root, source.split) if source.dataset == "cirr" else {}
     annotations = annotations_for(source.dataset, source.split, source.category, root, records, index.names,
                                   f"dataset {source.name!r}")
@@ -304,9 +314,9 @@ def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str 
     datasets: dict[str, Dataset] = {}
     damaged: list[DamagedDataset] = []
     for source in sources:
-        enc = source.manifest.get("encoder")
-        if enc not in (None, encoder.name) or source.manifest.get("dim") not in (None, encoder.dim):
-            log.info("skipping %s: extracted with encoder %s, the demo runs %s", source.name, enc, encoder.name)
+        if not of_encoder(source, encoder):
+            log.info("skipping %s: extracted with encoder %s, the demo runs %s", source.name,
+                     source.manifest.get("encoder"), encoder.name)
             continue
         try:
             datasets[source.name] = _load_checked(source, encoder, data_root, index_backend, in_memory_max_bytes)
@@ -314,6 +324,13 @@ def load_all(sources: Iterable[DatasetSource], encoder: Encoder, data_root: str 
             log.warning("skipping %s: %s", source.name, e)
             damaged.append(DamagedDataset(source.name, source.features, str(e)))
     return datasets, damaged
+
+
+def of_encoder(source: DatasetSource, encoder: Encoder) -> bool:
+    """Whether `source` was extracted with this encoder (name and dimension; a manifest without them: assumed
+    so): a features root may hold several encoders' indexes, and a server only loads its own."""
+    return (source.manifest.get("encoder") in (None, encoder.name)
+            and source.manifest.get("dim") in (None, encoder.dim))
 
 
 def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None, index_backend: str,

@@ -42,15 +42,14 @@ from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
 from cir.images import as_displayed
 from cir.index import BackendUnavailable, Terms, parse_backend, search
+from cir.index.files import reextract_command
 from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import (
     DamagedDataset,
     Dataset,
-    DatasetSource,
-    discover_datasets,
+    dataset_sources,
     load_all,
     rank_group,
-    read_datasets_file,
     tags_caption,
 )
 from cir.serving.errors import BadInput, DamagedModel, NotFound, ServiceUnavailable
@@ -225,7 +224,7 @@ class Engine:
         text_sides = _load_text_sides(settings, encoder)
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)
-        sources, damaged = _dataset_sources(settings)
+        sources, damaged = dataset_sources(settings.features_root, settings.datasets_file)
         datasets, failed = load_all(sources, encoder, settings.data_root, settings.index_backend,
                                     settings.features_in_memory_bytes)
         damaged = {d.name: d for d in [*damaged, *failed]}
@@ -275,8 +274,9 @@ class Engine:
         cannot be detected in it, so health does not call it "ok"."""
         return {name: {"folder": str(ds.source.features),
                        "reason": "its manifest records no checksums (extracted by an older version): shuffled "
-                                 "names or overwritten rows would go unnoticed; extract it again "
-                                 "(extract_features.py --overwrite) to have it verified"}
+                                 "names or overwritten rows would go unnoticed; extract it again to have it "
+                                 "verified: " + reextract_command(ds.source.features, ds.source.manifest)
+                                 + " (or start python3 app.py with --reextract-unverified)"}
                 for name, ds in self.datasets.items() if not ds.index.verified}
 
     # -- what the page needs to know
@@ -536,12 +536,6 @@ def _paired_side(want: TextSide, encoder: Encoder, text_sides: dict[str, Encoder
         log.warning("text encoder %s unavailable: %s", want.record, e)
         return None
     return name
-
-
-def _dataset_sources(settings: Settings) -> tuple[list[DatasetSource], list[DamagedDataset]]:
-    if settings.datasets_file:
-        return read_datasets_file(Path(settings.datasets_file), Path(settings.features_root)), []
-    return discover_datasets(Path(settings.features_root))
 
 
 def _nothing_to_serve(settings: Settings, encoder: Encoder, damaged: Mapping[str, DamagedDataset]) -> Exception:

@@ -269,3 +269,25 @@ def test_lock_of_a_killed_process_is_released(tmp_path):
         child.kill()  # a crash: no clean-up code runs in the holder
         child.wait(timeout=60)
     OutputLock(tmp_path).release()  # the kernel dropped the dead holder's lock
+
+
+def test_redo_keeps_the_old_folder_until_done_and_resumes(subset, lite_encoder, tmp_path):
+    """redo (app.py's re-extraction of a folder without checksums): the old files stay as they were while it
+    runs and after it is interrupted, the next redo resumes its shards, and the folder ends up checksummed
+    with the same rows. A plain run would call the old folder up to date and leave it unverified."""
+    kw = dict(batch_size=8, workers=0, shard_size=8)
+    out = tmp_path / "idx"
+    extract_index(subset[:24], lite_encoder, out, **kw)
+    manifest = json.loads((out / "manifest.json").read_text())
+    write_json(out / "manifest.json", {k: v for k, v in manifest.items() if k != "checksums"})  # an older version
+    old = {f: (out / f).read_bytes() for f in ("features.safetensors", "names.json", "manifest.json")}
+    assert extract_index(subset[:24], lite_encoder, out, **kw).seconds == 0.0   # "up to date"
+    with pytest.raises(KeyboardInterrupt):
+        extract_index(subset[:24], lite_encoder, out, redo=True, _stop_after_shards=2, **kw)
+    assert {f: (out / f).read_bytes() for f in old} == old   # interrupted: the old folder, untouched
+    assert not load_index(out).verified
+    res = extract_index(subset[:24], lite_encoder, out, redo=True, **kw)
+    assert res.resumed_shards == 2 and res.count == 24
+    again = load_index(out)
+    assert again.verified and (out / "names.json").read_bytes() == old["names.json"]
+    assert (out / "features.safetensors").read_bytes() == old["features.safetensors"]   # same rows, same bytes

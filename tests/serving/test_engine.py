@@ -151,6 +151,9 @@ def test_folders_without_checksums_are_unverified_not_ok(demo_world, tmp_path):
     assert h["status"] == "unverified" and list(h["unverified"]) == ["cirr-val"] and not h["damaged"]
     assert h["unverified"]["cirr-val"]["folder"] == str(root / "cirr-val")
     assert "records no checksums" in h["unverified"]["cirr-val"]["reason"]
+    # with the command that extracts exactly this folder again, from what its manifest recorded
+    assert (f"python3 extract_features.py --dataset cirr --split val --data-root {demo_world['features_root'].parent}"
+            f"/cirr_dataset --out {root} --overwrite" in h["unverified"]["cirr-val"]["reason"])
 
 
 def test_duplicate_ids_are_damaged_even_with_a_recomputed_checksum(demo_world, tmp_path):

@@ -630,7 +630,8 @@ def test_cli_help_explains_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--data-root", "--features", "--datasets-file", "--encoder", "--device",
                  "--combiner", "--text-encoder", "--upload-dir", "--max-upload-mb", "--max-pixels", "--no-extract",
-                 "--prepare-only", "--query-threads", "--default-dataset", "-k", "--text-cache", "--index-backend"):
+                 "--prepare-only", "--query-threads", "--default-dataset", "-k", "--text-cache", "--index-backend",
+                 "--reextract-unverified"):
         assert flag in out
     for name, opt in Settings.options():  # every option with a flag has one, naming its variable
         assert (opt.flag is None or opt.flag in out) and (opt.env is None or f"${opt.env}" in out), name
