@@ -2,6 +2,7 @@
 command is explain.py; what the map means is in its help and the docs)."""
 from __future__ import annotations
 
+import copy
 import io
 import logging
 from dataclasses import dataclass
@@ -104,6 +105,21 @@ class _FeatureMap(nn.Module):
         return self.net.extract_features(x)
 
 
+class _ResNetParts:
+    """An openai: RN tower split at its attention pool: `trunk` (stem and residual stages, the tower's own
+    forward with the pool swapped for an identity) and `pool`. The trunk shares the tower's weights; swapping
+    the pool on a shallow copy, not a hook on the shared tower, keeps concurrent explanations apart."""
+
+    def __init__(self, visual: nn.Module):
+        self.trunk = copy.copy(visual)
+        self.trunk._modules = dict(visual._modules)   # a copy of the child table: the tower keeps its pool
+        self.trunk._modules["attnpool"] = nn.Identity()
+        pool = visual.attnpool
+        self.dtype = next(pool.parameters()).dtype
+        # float16 towers (openai on CUDA): differentiate a float32 copy of the small pool, not in half precision
+        self.pool = pool if self.dtype == torch.float32 else copy.deepcopy(pool).float()
+
+
 class Explainer:
     """Grad-CAM for one encoder. Only the head is differentiated: the tower's feature map is computed once
     (by ONNX Runtime where the encoder uses it), then the gradient flows from the score to that map alone."""
@@ -111,16 +127,18 @@ class Explainer:
     def __init__(self, encoder: Encoder, threads: int | None = None):
         """`threads`: ONNX Runtime threads of the feature-map session (None: its default, every core; the
         server gives 1, as its workers run one torch thread each)."""
+        self.encoder, self._ort, self._rn = encoder, None, None
         if isinstance(encoder, HFClipEncoder):   # a ViT: Grad-CAM over the last block's patch tokens
-            self.encoder, self._ort = encoder, None
+            return
+        visual = getattr(getattr(encoder, "model", None), "visual", None)
+        if visual is not None and isinstance(getattr(visual, "attnpool", None), nn.Module):  # openai: RN
+            self._rn = _ResNetParts(visual)
             return
         if not isinstance(encoder, LiteEncoder):
             raise NotImplementedError(
-                f"explanations are implemented for the lite and hf: (ViT) encoders only, not {encoder.name}: "
-                "the openai: towers (RN: the last residual stage) are not wired yet")
-        self.encoder = encoder
+                f"explanations are implemented for the lite, hf: (ViT) and openai: RN encoders only, not "
+                f"{encoder.name}")
         self._maps = _FeatureMap(encoder.tower.net).eval()
-        self._ort = None
         if getattr(encoder, "_ort", None) is not None:  # the encoder runs ONNX: so do the feature maps
             self._ort = encoder._ort.__class__(self._maps, encoder.cfg.image_size, threads)
 
@@ -141,6 +159,8 @@ class Explainer:
             raise ValueError(f"the query has {q.shape[1]} dimensions; the {enc.name} encoder's have {enc.dim}")
         if isinstance(enc, HFClipEncoder):
             return self._explain_vit(image, pixels, q)
+        if self._rn is not None:
+            return self._explain_rn(image, pixels, q)
         size = enc.preprocess.size
         acts = self.feature_map(pixels).requires_grad_(True)
         votes = torch.ones(1, size, size, requires_grad=True)   # each pixel's colour vote, differentiated
@@ -174,9 +194,29 @@ class Explainer:
         patches, grads = tokens.detach()[0, 1:].float().cpu(), grads[0, 1:].float().cpu()  # no class token
         side = round(patches.shape[0] ** 0.5)
         cells = (grads.mean(0) * patches).sum(1).reshape(side, side)
-        size = enc.preprocess.size
+        return self._from_cells(image, cells, score)
+
+    def _explain_rn(self, image: Image.Image, pixels: torch.Tensor, q: torch.Tensor) -> Explanation:
+        """Grad-CAM on an openai: RN tower: the feature map is the last residual stage's output, the input of
+        the attention pool (image_size / 32 cells a side, 9x9 for RN50x4); the stages run once without a graph,
+        the gradient flows from the score through the pool alone."""
+        rn, dev = self._rn, self.encoder.device
+        with torch.no_grad():
+            acts = rn.trunk(pixels.to(dev, rn.dtype)).float()
+        acts.requires_grad_(True)
+        with torch.enable_grad():
+            emb = F.normalize(rn.pool(acts).float(), dim=-1)   # the tower's encode_image, then unit length
+            score = (emb.cpu() @ q.T)[0, 0]
+            (grads,) = torch.autograd.grad(score, (acts,))
+        cells = (grads.mean((2, 3), keepdim=True) * acts.detach()).sum(1)[0].float().cpu()
+        return self._from_cells(image, cells, score)
+
+    def _from_cells(self, image: Image.Image, cells: torch.Tensor, score: torch.Tensor) -> Explanation:
+        """Grad-CAM cells [h, w] (before the relu) -> the Explanation over the image and the model's view."""
+        pre = self.encoder.preprocess
+        size = pre.size
         view = F.relu(F.interpolate(cells[None, None], (size, size), mode="bilinear", align_corners=False)[0, 0])
-        heat = to_image_frame(view, enc.preprocess, image.width, image.height)
+        heat = to_image_frame(view, pre, image.width, image.height)
         grid = F.adaptive_avg_pool2d(view[None, None], GRID)[0, 0]
         return Explanation(heat=_scaled(heat), grid=_scaled(grid), cnn=_scaled(F.relu(cells)),
                            score=float(score.detach()), image=image)

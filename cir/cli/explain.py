@@ -16,9 +16,9 @@ What it means and what it does not:
     of the score has no feature map and is not in the picture. The map shows the EfficientNet side.
   * A map is scaled to its own maximum: compare where heat is within one map, not heat between maps. The
     score itself (in --json / the API's JSON) says how well the image matches.
-  * Backends: lite (EfficientNet-Lite0's head conv, plus its colour votes) and hf: CLIP ViTs (the patch
-    tokens entering the last block, reshaped to their grid). openai: raises NotImplementedError (its RN
-    towers' last residual stage is not wired yet).
+  * Backends: lite (EfficientNet-Lite0's head conv, plus its colour votes), hf: CLIP ViTs (the patch
+    tokens entering the last block, reshaped to their grid) and openai: RN towers (the last residual stage,
+    the input of the attention pool: 9x9 for RN50x4). openai: ViTs raise NotImplementedError (use hf:).
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--caption", help="the relative caption of a composed query")
     p.add_argument("--combiner", default="combiner", type=combiner_choice,
                    help="fusion of a composed query: combiner, combiner-stage1, sum or a checkpoint path")
-    add_encoder(p, note="; lite and hf: ViTs are explained")
+    add_encoder(p, note="; lite, hf: ViTs and openai: RN towers are explained")
     p.add_argument("--out", type=output_file, help="write the overlay PNG here")
     p.add_argument("--json", type=output_file, help="write the raw map (grid, score) as JSON here")
     add_verbose(p)
