@@ -217,15 +217,15 @@ def parser() -> argparse.ArgumentParser:
                    help="text side to train on: base, stage1 (weights/lite-text.safetensors), a checkpoint path, or "
                         "a CLIP fine-tuned by CLIP4Cir's clip_fine_tune.py (.pt)")
     c.add_argument("--projection-dim", type=positive_int, default=None,
-                   help="Combiner projection size (default: from --preset: 512, or 4x the feature size)")
+                   help="Combiner projection size (default: from --preset: 512, 4x the feature size, or 2560)")
     c.add_argument("--hidden-dim", type=positive_int, default=None,
-                   help="Combiner fused/λ branch hidden size (default: from --preset: 1024, or 8x)")
+                   help="Combiner fused/λ branch hidden size (default: from --preset: 1024, 8x, or 5120)")
     c.add_argument("--dropout", type=float, default=None,
                    help="Combiner dropout (default: from --preset; the paper's 0.5 underfits the catalogue's "
                         "~6k triplets per epoch, 0.2 does not)")
     c.add_argument("--text-residual", type=float, default=None,
                    help="weight of the caption's own text score in the Combiner's output, trained with it (default: "
-                        "from --preset: 0 in both, the paper's Combiner; > 0 trades taught edits for untaught ones, "
+                        "from --preset: 0 in each, the paper's Combiner; > 0 trades taught edits for untaught ones, "
                         "docs/benchmarks.md)")
     return p
 
