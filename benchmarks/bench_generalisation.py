@@ -42,7 +42,7 @@ from cir.evaluation.protocols import composed_catalog  # noqa: E402
 from cir.extraction.local import ensure_index, index_name  # noqa: E402
 from cir.index import Metadata  # noqa: E402
 from cir.paths import WEIGHTS_DIR  # noqa: E402
-from cir.training.config import CombinerStageConfig, record  # noqa: E402
+from cir.training.config import PRESETS, CombinerStageConfig, record  # noqa: E402
 from cir.training.stages import train_combiner  # noqa: E402
 from cir.utils import setup_logging  # noqa: E402
 
@@ -60,7 +60,7 @@ def parse_args() -> argparse.Namespace:
                    help="kind families to hold out, one Combiner each (default: all: " + ", ".join(FAMILY_NAMES)
                         + ")")
     p.add_argument("--epochs", type=int, default=8, help="training epochs of every Combiner (train.py's: "
-                   f"{d.epochs})")
+                   f"{PRESETS[d.preset]['combiner']['epochs']})")
     p.add_argument("--per-kind", type=int, default=800,
                    help=f"train triplets of each kind drawn per epoch (train.py's: {d.per_kind})")
     p.add_argument("--test-per-kind", type=int, default=500, help="evaluated triplets of each kind (seed 0)")

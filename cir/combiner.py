@@ -128,9 +128,10 @@ class Combiner(nn.Module):
         """Logits of each fused query against each target (the papers' batch-based classification)."""
         return self.logit_scale * self.combine_features(image, text) @ F.normalize(target.float(), dim=-1).T
 
-    def save(self, path: str | os.PathLike) -> None:
-        """safetensors weights (float16: half the size, no measurable loss) + the JSON config beside them."""
-        save_checkpoint(path, {k: v.half() for k, v in self.state_dict().items()}, self.cfg, "combiner")
+    def save(self, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> None:
+        """safetensors weights + the JSON config beside them; float16 by default (half the size, no measurable
+        loss), float32 for exactly the trained numbers. load reads either."""
+        save_checkpoint(path, {k: v.to(dtype) for k, v in self.state_dict().items()}, self.cfg, "combiner")
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Combiner":

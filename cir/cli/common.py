@@ -4,8 +4,8 @@ are declared in cir.serving.settings, which makes both its flags and its CIR_* v
 
 And the argument types that check a value when the command line is parsed, so that a hostile or mistaken
 value is one line and exit code 2 from argparse, before any model or data is loaded: `positive_int`,
-`non_negative_int`, `device`, `image_file` (an existing, non-empty regular file: never a FIFO, which would
-block), `output_file` (not a directory) and `combiner_choice`.
+`non_negative_int`, `target_ratio`, `device`, `image_file` (an existing, non-empty regular file: never a FIFO,
+which would block), `output_file` (not a directory) and `combiner_choice`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import os
 import stat
 from pathlib import Path
 
+from cir.cli.original import aliases, openai_name
 from cir.combiner import SHIPPED_COMBINERS
+from cir.encoders.preprocess import DEFAULT_TARGET_RATIO, PREPROCESS_MODES
 from cir.extraction.local import IndexStore
 from cir.utils import check_device
 
@@ -44,6 +46,17 @@ def positive_int(value: str) -> int:
 def non_negative_int(value: str) -> int:
     """A whole number of 0 or more (worker counts, layer counts)."""
     return _int_at_least(value, 0)
+
+
+def target_ratio(value: str) -> float:
+    """TargetPad's ratio: a number of 1 or more (under 1 every image would be padded on its long side too)."""
+    try:
+        r = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {value!r}") from None
+    if not r >= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return r
 
 
 def device(value: str) -> str:
@@ -100,21 +113,50 @@ def add_data_root(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help=DATA_ROOT_HELP)
 
 
-def add_encoder(p: argparse.ArgumentParser, default: str = "lite", note: str = "") -> None:
-    """--encoder; `note` says what this command does with it (e.g. which kinds it accepts)."""
+def add_encoder(p: argparse.ArgumentParser, default: str = "lite", note: str = "",
+                original: tuple[str, ...] = ()) -> None:
+    """--encoder; `note` says what this command does with it (e.g. which kinds it accepts). `original`: the
+    CLIP4Cir scripts this command stands for, whose --clip-model-name NAME it takes as --encoder openai:NAME."""
     p.add_argument("--encoder", default=default, help=f"{ENCODER_HELP} (default: {default}){note}")
+    for name in aliases("--encoder", *original) if original else []:
+        p.add_argument(name, dest="encoder", type=openai_name, default=argparse.SUPPRESS, metavar="NAME",
+                       help="the original scripts' flag: --encoder openai:NAME")
+
+
+def add_transform(p: argparse.ArgumentParser, default_note: str = "the encoder's own",
+                  extra: tuple[str, ...] = ()) -> None:
+    """--transform and --target-ratio (CLIP4Cir's flags of the same names), declared once for training,
+    evaluation and extraction; `extra` names older spellings of --transform this command keeps."""
+    p.add_argument("--transform", *extra, default=None, choices=PREPROCESS_MODES,
+                   help="image preprocessing: targetpad (pad the short side when long/short >= --target-ratio), "
+                        "squarepad (pad to a square), clip (CLIP's own: resize the short side, centre-crop), resize "
+                        f"(squash to a square); default: {default_note}")
+    p.add_argument("--target-ratio", type=target_ratio, default=None,
+                   help=f"targetpad's aspect ratio (default {DEFAULT_TARGET_RATIO}, CLIP4Cir's)")
+
+
+def add_dtype(p: argparse.ArgumentParser, what: str) -> None:
+    """--dtype: how `what` is stored."""
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"],
+                   help=f"storage of {what}: float16 (default: half the size; feature rows exact to ~1e-3) or "
+                        "float32 (exactly the numbers computed)")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", type=device, help=DEVICE_HELP)
 
 
-def add_features(p: argparse.ArgumentParser, flag: str = "--features") -> None:
-    """The features root and how a missing or stale index under it is extracted (batch size, workers)."""
+def add_features(p: argparse.ArgumentParser, flag: str = "--features", batch_default: int | None = 64,
+                 original: tuple[str, ...] = ()) -> None:
+    """The features root and how a missing or stale index under it is extracted (batch size, workers);
+    `original`: the CLIP4Cir scripts this command stands for (their --clip-bs is --batch-size)."""
     p.add_argument(flag, default="features",
                    help="features root: each index is the folder <root>/<dataset>[-<category>]-<split>, extracted "
                         "there when it is missing or stale")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch when extracting")
+    p.add_argument("--batch-size", *aliases("--batch-size", *original) if original else [], type=positive_int,
+                   default=batch_default, dest="batch_size",
+                   help="images per encoder batch when extracting (the original scripts' --clip-bs; not their "
+                        f"--batch-size, which is --batch here); default: {batch_default or 'from --preset'}")
     p.add_argument("--workers", type=non_negative_int, default=None,
                    help="decoding workers when extracting (default: min(4, cores))")
 
@@ -125,4 +167,4 @@ def add_verbose(p: argparse.ArgumentParser) -> None:
 
 def index_store(args: argparse.Namespace) -> IndexStore:
     """The IndexStore the flags of add_features name."""
-    return IndexStore(Path(args.features), args.batch_size, args.workers)
+    return IndexStore(Path(args.features), args.batch_size, args.workers, getattr(args, "dtype", "float16"))

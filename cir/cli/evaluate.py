@@ -17,11 +17,13 @@ composed: (reference image, relative caption) -> target, the query made by combi
              <category>_R@10/R@50, their averages and "average" = their mean. The reference stays in the
              ranking, as in the original evaluation.
   cirr       R@1/5/10/50 with the reference removed, Rsubset@1/2/3 among the query's img_set members
-             (reference removed), avg = (R@5 + Rsubset@1) / 2. test1 has no targets: --submission writes
+             (reference removed), avg = (R@5 + Rsubset@1) / 2, and mean_arithmetic / mean_harmonic /
+             mean_geometric of those seven (CLIP4Cir's selection). test1 has no targets: --submission writes
              the evaluation server's two files, recall_submission_<name>.json and
              recall_subset_submission_<name>.json, beside the given path.
   An annotation whose captions are all empty (the real files hold a few) is queried with its reference
-  image alone, with a warning; the count is reported as "empty_captions".
+  image alone, with a warning; the count is reported as "empty_captions" (--empty-captions encode: as
+  CLIP4Cir, the empty text is encoded and fused instead).
 --save-rankings writes the top-50 image names of every query, in annotation order. --plot FILE.png draws
 recall@K (K = 1..50) and the per-kind bars; --compare M... evaluates more composed methods into the same plot.
 Index features come from extracted files under --features when present, else are extracted (and kept).
@@ -37,14 +39,18 @@ from typing import Sequence
 from cir.cli.common import (
     add_data_root,
     add_device,
+    add_dtype,
     add_encoder,
     add_features,
+    add_transform,
     add_verbose,
     combiner_choice,
     index_store,
     output_file,
     positive_int,
 )
+from cir.cli.original import SUB, VAL, aliases
+from cir.evaluation.protocols import EMPTY_CAPTIONS
 from cir.evaluation.runs import DEFAULT_SPLITS, TASKS, EvalConfig, evaluate
 from cir.utils import run_cli, setup_logging
 
@@ -55,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=TASKS,
                    help="what to measure: product name -> photo, photo -> similar photos, or composed "
                         "retrieval (reference image + relative caption -> target)")
-    p.add_argument("--dataset", default="catalog", choices=list(DEFAULT_SPLITS),
+    p.add_argument("--dataset", default="catalog", choices=list(DEFAULT_SPLITS), type=str.lower,
                    help="dataset: catalog (all tasks; composed uses generated triplets), fashioniq or cirr "
                         "(composed only, from their annotation files)")
     add_data_root(p)
@@ -69,10 +75,10 @@ def parser() -> argparse.ArgumentParser:
                    help="composed: how the reference and the caption are fused: a Combiner (combiner, "
                         "combiner-stage1: the shipped checkpoints; or a checkpoint path) or the baselines "
                         "sum (element-wise sum), image (reference only), text (caption only); default: combiner")
-    p.add_argument("--text-encoder", default=None,
+    p.add_argument("--text-encoder", *aliases("--text-encoder", VAL, SUB), default=None,
                    help="text side of the encoder: base, stage1 (shipped stage-1 checkpoint) or a checkpoint "
-                        "path (default: the one the combiner was trained with; base for sum/image/text and "
-                        "the other tasks)")
+                        "path, or a CLIP fine-tuned by CLIP4Cir (.pt) (default: the one the combiner was trained "
+                        "with; base for sum/image/text and the other tasks)")
     p.add_argument("--triplet-seed", type=int, default=0,
                    help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
     p.add_argument("--per-kind", type=positive_int, default=500,
@@ -87,8 +93,14 @@ def parser() -> argparse.ArgumentParser:
                    help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
                         "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
                         "(top 3 of the img_set); needed for test1, which has no targets")
-    add_encoder(p, note="; bof: image2image only")
+    add_encoder(p, note="; bof: image2image only", original=(VAL, SUB))
     add_features(p)
+    add_transform(p)
+    add_dtype(p, "the features extracted here")
+    p.add_argument("--empty-captions", default="image", choices=EMPTY_CAPTIONS,
+                   help="composed: a query whose caption is empty is its reference image alone (image, default) or, "
+                        "as CLIP4Cir, the fusion with the text encoder's features of \"\" (encode; FashionIQ's two "
+                        "captions are then joined literally, as the original: 'Red and ')")
     add_device(p)
     p.add_argument("--index-backend", default="exact", metavar="SPEC",
                    help="how indexes are ranked (cir.index): exact (default), faiss[:hnsw|ivfpq][?param=value...], "
@@ -111,7 +123,8 @@ def config(args: argparse.Namespace) -> EvalConfig:
                       combiner=args.combiner, text_encoder=args.text_encoder, triplet_seed=args.triplet_seed,
                       per_kind=args.per_kind, phrasings=args.phrasings, save_rankings=args.save_rankings,
                       submission=args.submission, encoder=args.encoder, device=args.device, store=index_store(args),
-                      index_backend=args.index_backend, plot=args.plot, compare=tuple(args.compare))
+                      index_backend=args.index_backend, plot=args.plot, compare=tuple(args.compare),
+                      transform=args.transform, target_ratio=args.target_ratio, empty_captions=args.empty_captions)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,10 @@
     python extract_features.py --dataset catalog --split test --out features
 
 writes, per index, a folder `features/<dataset>[-<category>]-<split>/` with
-  features.safetensors  L2-normalised float16 features [N, dim] (tensor "features") and the float32 norm of
-                        each raw feature [N] (tensor "norms"): rows * norms = the encoder's raw output, what
-                        the Combiner and sum fusion take (CLIP4Cir feeds raw CLIP features, ranks normalised)
+  features.safetensors  L2-normalised features [N, dim] (tensor "features"; float16, or float32 with
+                        --dtype float32) and the float32 norm of each raw feature [N] (tensor "norms"): rows *
+                        norms = the encoder's raw output, what the Combiner and sum fusion take (CLIP4Cir feeds
+                        raw CLIP features, ranks normalised)
   names.json            the N image names, in row order
   manifest.json         encoder, dim, preprocessing, count, skipped images and why, sha256 checksums of the
                         two other files; written last
@@ -27,7 +28,16 @@ from pathlib import Path
 from typing import Sequence
 
 from cir import encoders
-from cir.cli.common import add_data_root, add_device, add_encoder, add_features, add_verbose, positive_int
+from cir.cli.common import (
+    add_data_root,
+    add_device,
+    add_dtype,
+    add_encoder,
+    add_features,
+    add_transform,
+    add_verbose,
+    positive_int,
+)
 from cir.data import DATASETS, resolve_data_root
 from cir.extraction.job import ExtractResult, check_not_held
 from cir.extraction.local import extract_index, plan_indexes
@@ -49,8 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", nargs="*", default=None,
                    help="FashionIQ categories (default: every category found); one index per category")
     add_encoder(p)
-    p.add_argument("--preprocess", default=None, choices=["targetpad", "squarepad", "resize"],
-                   help="override the encoder's preprocessing")
+    add_transform(p, extra=("--preprocess",))
+    add_dtype(p, "the feature rows (the norms are float32 either way)")
     add_device(p)
     p.add_argument("--shard-size", type=positive_int, default=2048,
                    help="images per resumable shard (a killed run redoes at most one shard)")
@@ -82,23 +92,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, _, _ in plans:
         check_not_held(Path(args.out) / name)  # a folder being written: say so now, not after loading the encoder
     if args.engine == "local":
-        encoder = encoders.load(args.encoder, args.device, preprocess=args.preprocess)
+        encoder = encoders.load(args.encoder, args.device, preprocess=args.transform, target_ratio=args.target_ratio)
         for name, records, info in plans:
             res = extract_index(records, encoder, Path(args.out) / name, batch_size=args.batch_size,
                                 workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
-                                info={**info, "data_root": str(root)})
+                                info={**info, "data_root": str(root)}, dtype=args.dtype)
             _print_result(res)
         return 0
     # The driver's copy only describes the encoder and preprocesses nothing: CPU, so it holds no GPU
     # that an actor needs. The actors load the same encoder from its name and options.
-    spec = EncoderSpec(args.encoder, args.preprocess)
+    spec = EncoderSpec(args.encoder, args.transform, target_ratio=args.target_ratio)
     encoder = spec.load("cpu")
     with ray_session(args.ray_address):
         for name, records, info in plans:
             res = extract_index_ray(records, encoder, spec, Path(args.out) / name, batch_size=args.batch_size,
                                     shard_size=args.shard_size, overwrite=args.overwrite,
                                     info={**info, "data_root": str(root)}, device=args.device,
-                                    workers=args.ray_workers)
+                                    workers=args.ray_workers, dtype=args.dtype)
             _print_result(res)
     return 0
 

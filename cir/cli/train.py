@@ -25,16 +25,21 @@ from cir.catalog import triplets
 from cir.cli.common import (
     add_data_root,
     add_device,
+    add_dtype,
     add_encoder,
     add_features,
+    add_transform,
     add_verbose,
     non_negative_int,
     output_file,
     positive_int,
 )
+from cir.cli.original import COMB, FT, aliases
+from cir.evaluation.protocols import EMPTY_CAPTIONS
 from cir.training.align import train_align
 from cir.training.config import (
     PRESETS,
+    SELECT_CHOICES,
     TRAIN_DATASETS,
     AlignConfig,
     CombinerStageConfig,
@@ -107,24 +112,32 @@ def _align_args(a: argparse.ArgumentParser) -> None:
     add_verbose(a)
 
 
+ORIGINAL_SCRIPT = {"text": (FT,), "combiner": (COMB,)}   # the CLIP4Cir script each stage stands for
+
+
 def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
     """Flags shared by both composed stages; defaults are the stage config's (None ones come from --preset)."""
-    sp.add_argument("--dataset", default=d.dataset, choices=TRAIN_DATASETS,
+    original = ORIGINAL_SCRIPT[d.cmd]
+    sp.add_argument("--dataset", default=d.dataset, choices=TRAIN_DATASETS, type=str.lower,
                     help="what to train on: the catalogue's generated triplets, FashionIQ or CIRR (train split; "
                          "validation on val)")
     add_data_root(sp)
     sp.add_argument("--categories", nargs="*", default=None,
                     help="FashionIQ categories to train and validate on (default: every category found)")
-    add_encoder(sp, note="; bof has no text side to train")
-    add_features(sp)
+    add_encoder(sp, note="; bof has no text side to train", original=original)
+    add_features(sp, batch_default=None, original=original)
     sp.add_argument("--out", default=d.out, type=output_file, help="checkpoint path (.safetensors; .json beside it)")
     sp.add_argument("--cache-dir", default=d.cache_dir, help="where per-epoch resume state is kept")
-    sp.add_argument("--preset", default=d.preset, choices=sorted(PRESETS),
-                    help="defaults for the options below left unset: project (tuned here) or clip4cir (the "
-                         "original scripts: stage 1 AdamW lr 2e-6 batch 512; stage 2 Adam lr 2e-5 batch 1024, "
-                         "projection 4x and hidden 8x the feature size, dropout 0.5; both the batch loss)")
-    sp.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the train triplets")
-    sp.add_argument("--lr", type=float, default=None, help="learning rate (default: from --preset)")
+    sp.add_argument("--preset", default=d.preset, choices=list(PRESETS),
+                    help="defaults for the options left unset: project (tuned here), clip4cir (the CLIP4Cir "
+                         "README's commands: stage 1 100 epochs, AdamW lr 2e-6, batch 128; stage 2 300 epochs, Adam "
+                         "lr 2e-5, batch 4096, projection 4x and hidden 8x the feature size, dropout 0.5, --clip-bs "
+                         "32; both the batch loss, targetpad 1.25) or clip4cir-argparse (the scripts' own defaults: "
+                         "batch 512 / 1024, 300 epochs, stage 2 validated every 3rd epoch); docs/training.md")
+    sp.add_argument("--epochs", *aliases("--epochs", *original), type=positive_int, default=None,
+                    help="passes over the train triplets (default: from --preset)")
+    sp.add_argument("--lr", *aliases("--lr", *original), type=float, default=None,
+                    help="learning rate (default: from --preset)")
     sp.add_argument("--optimizer", default=None, choices=["adam", "adamw"], help="default: from --preset")
     sp.add_argument("--weight-decay", type=float, default=None,
                     help="weight decay (default 0 for adam, 0.01 for adamw as torch's AdamW)")
@@ -158,7 +171,34 @@ def _composed_args(sp: argparse.ArgumentParser, d: ComposedConfig) -> None:
     add_device(sp)
     sp.add_argument("--seed", type=int, default=d.seed, help="seed for triplets, caption draws, shuffling and init")
     sp.add_argument("--restart", action="store_true", help="ignore saved resume state and start over")
+    _run_args(sp, original)
     add_verbose(sp)
+
+
+def _run_args(sp: argparse.ArgumentParser, original: tuple[str, ...]) -> None:
+    """The composed stages' flags named as CLIP4Cir's scripts name them: preprocessing, validation, selection,
+    what is kept on disk."""
+    add_transform(sp, default_note="from --preset (clip4cir: targetpad), else the encoder's own")
+    sp.add_argument("--validation-frequency", type=positive_int, default=None, metavar="N",
+                    help="validate the first epoch, then every N-th (only those can be kept; default: from --preset, "
+                         "1 but clip4cir-argparse's stage 2: 3)")
+    sp.add_argument("--select", default=None, choices=SELECT_CHOICES,
+                    help="how the best epoch is picked: catalog r10+attr10; fashioniq average (mean R@10 + R@50 over "
+                         "the categories, as the original); cirr arithmetic, harmonic or geometric mean of R@1/5/10/50 "
+                         "and Rsubset@1/2/3 (the original's three) or r5+rs1 (R@5 + Rsubset@1); default: from "
+                         "--preset (clip4cir: arithmetic) or the dataset's first")
+    sp.add_argument("--empty-captions", default=None, choices=EMPTY_CAPTIONS,
+                    help="validation queries whose caption is empty: image (the reference alone, this project's) or "
+                         "encode (the text encoder encodes \"\", as the original); default: from --preset")
+    sp.add_argument("--save-training", action="store_true",
+                    help="also keep every validated epoch's checkpoint (<out stem>.epochNNN.safetensors) and the last "
+                         "training state (<out stem>.last.pt), which --resume continues from")
+    sp.add_argument("--save-best", action="store_true",
+                    help="accepted for the original scripts' command lines: the best epoch is always --out")
+    sp.add_argument("--resume", nargs="?", const="last", default=None, metavar="STATE",
+                    help="continue a run from a training state (default: --save-training's <out stem>.last.pt), e.g. "
+                         "with more --epochs; the other settings must be the run's")
+    add_dtype(sp, "the checkpoints and of the features extracted here")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -173,18 +213,19 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
     c = sub.add_parser("combiner", help="stage 2: train the Combiner on frozen cached features")
     _composed_args(c, CombinerStageConfig())
-    c.add_argument("--text-encoder", default="base",
-                   help="text side to train on: base, stage1 (weights/lite-text.safetensors) or a checkpoint path")
+    c.add_argument("--text-encoder", *aliases("--text-encoder", COMB), default="base",
+                   help="text side to train on: base, stage1 (weights/lite-text.safetensors), a checkpoint path, or "
+                        "a CLIP fine-tuned by CLIP4Cir's clip_fine_tune.py (.pt)")
     c.add_argument("--projection-dim", type=positive_int, default=None,
-                   help="Combiner projection size (default: from --preset: 512, or 4x the feature size)")
+                   help="Combiner projection size (default: from --preset: 512, 4x the feature size, or 2560)")
     c.add_argument("--hidden-dim", type=positive_int, default=None,
-                   help="Combiner fused/λ branch hidden size (default: from --preset: 1024, or 8x)")
+                   help="Combiner fused/λ branch hidden size (default: from --preset: 1024, 8x, or 5120)")
     c.add_argument("--dropout", type=float, default=None,
                    help="Combiner dropout (default: from --preset; the paper's 0.5 underfits the catalogue's "
                         "~6k triplets per epoch, 0.2 does not)")
     c.add_argument("--text-residual", type=float, default=None,
                    help="weight of the caption's own text score in the Combiner's output, trained with it (default: "
-                        "from --preset: 0 in both, the paper's Combiner; > 0 trades taught edits for untaught ones, "
+                        "from --preset: 0 in each, the paper's Combiner; > 0 trades taught edits for untaught ones, "
                         "docs/benchmarks.md)")
     return p
 

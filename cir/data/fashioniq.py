@@ -118,13 +118,16 @@ def _cleaned(captions: Sequence[str]) -> list[str]:
     return [c for c in cleaned if c]
 
 
-def fiq_caption(captions: Sequence[str]) -> str:
+def fiq_caption(captions: Sequence[str], literal: bool = False) -> str:
     """FashionIQ's two relative captions as one query text, as CLIP4Cir's evaluation joins them.
 
     "<first, cleaned and capitalised> and <second, cleaned>", cleaning = strip('.?, '). The real files
     hold a few entries with one empty caption: the other one (cleaned) is used alone rather than
-    " and <...>", and "" is returned when none has any text.
+    " and <...>", and "" is returned when none has any text. `literal` joins them exactly as the original
+    does whatever they hold ("Red and ", " and "): `--empty-captions encode`.
     """
+    if literal and len(captions) >= 2:
+        return f"{captions[0].strip('.?, ').capitalize()} and {captions[1].strip('.?, ')}"
     cleaned = _cleaned(captions)
     if len(cleaned) >= 2:
         return f"{cleaned[0].capitalize()} and {cleaned[1]}"

@@ -53,18 +53,24 @@ def available_models() -> list[str]:
 
 def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess: str | None = None,
          heads: str | os.PathLike | None = None, runtime: str = "auto",
-         text: "str | os.PathLike | TextSide | None" = None) -> "BaseEncoder | bof.BofEncoder":
+         text: "str | os.PathLike | TextSide | None" = None,
+         target_ratio: float | None = None) -> "BaseEncoder | bof.BofEncoder":
     """Load an encoder by name (see `available_models()`).
 
-    preprocess overrides the backend's default preprocessing mode; heads points the lite encoder at other
-    trained heads (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime;
-    text picks the text side: "base", "stage1" or a checkpoint path from `train.py text`.
+    preprocess overrides the backend's default preprocessing mode (PREPROCESS_MODES: CLIP4Cir's --transform)
+    and target_ratio its TargetPad ratio (default 1.25); heads points the lite encoder at other trained heads
+    (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime; text picks the text
+    side: "base", "stage1" or a checkpoint path from `train.py text`.
     """
     if name == "bof":  # image-only, CPU (OpenCV); heads: another fitted vocabulary/PCA file
-        if preprocess is not None:
-            raise ValueError("the bof encoder has its own preprocessing (a square resize): drop --preprocess")
+        if preprocess is not None or target_ratio is not None:
+            raise ValueError("the bof encoder has its own preprocessing (a square resize): drop --transform and "
+                             "--target-ratio")
         return load_bof(heads).with_text(text)
-    return _load(name, device, preprocess, heads, runtime).with_text(text)
+    encoder = _load(name, device, preprocess, heads, runtime)
+    if target_ratio is not None:  # set after loading: every backend builds its Preprocess with the default ratio
+        encoder.preprocess = encoder.preprocess.with_mode(target_ratio=target_ratio)
+    return encoder.with_text(text)
 
 
 def _load(name: str, device: str | torch.device, preprocess: str | None, heads: str | os.PathLike | None,

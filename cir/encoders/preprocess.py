@@ -1,9 +1,9 @@
 """Image preprocessing shared by every encoder: PIL image -> normalised float tensor [3, size, size].
 
 Reproduces CLIP4Cir's torchvision pipelines with PIL/numpy only (torchvision is not required):
-TargetPad or SquarePad, then Resize(size, bicubic) of the short side, CenterCrop(size), ToTensor and
-Normalize, with torchvision's integer arithmetic, so the pixels match the original's. Also holds the
-normalisation constants of the CLIP and lite encoders.
+TargetPad or SquarePad (or no padding: `clip`, CLIP's own pipeline), then Resize(size, bicubic) of the short
+side, CenterCrop(size), ToTensor and Normalize, with torchvision's integer arithmetic, so the pixels match the
+original's. Also holds the normalisation constants of the CLIP and lite encoders.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # EfficientNet-Lite was trained on (x - 127) / 128 of 0..255 pixels.
 LITE_MEAN = (127.0 / 255,) * 3
 LITE_STD = (128.0 / 255,) * 3
-PREPROCESS_MODES = ("targetpad", "squarepad", "resize")
-
+# The first three are the original scripts' --transform choices; resize (a square squash) is this project's.
+PREPROCESS_MODES = ("targetpad", "squarepad", "clip", "resize")
+DEFAULT_TARGET_RATIO = 1.25   # CLIP4Cir's --target-ratio
 
 
 def resized_size(w: int, h: int, size: int) -> tuple[int, int]:
@@ -42,20 +43,28 @@ class Preprocess:
 
     targetpad: CLIP4Cir's TargetPad: when max/min side >= `target_ratio`, pad the short side (each side by
     int((long / target_ratio - short) / 2)) so the ratio comes down to about `target_ratio`;
-    squarepad: pad each side by int((long - short) / 2), nearly a square; both then resize the short side
-    to `size` and centre-crop. resize: squash to size x size. `fill` is black (the original) or the
-    median colour of the image's border ("edge").
+    squarepad: pad each side by int((long - short) / 2), nearly a square; clip: no padding (CLIP's own
+    preprocess: the long side's overflow is cropped away); these three then resize the short side to `size`
+    and centre-crop. resize: squash to size x size. `fill` is black (the original) or the median colour of
+    the image's border ("edge").
     """
 
     def __init__(self, mode: str = "targetpad", size: int = 224, mean: Sequence[float] = CLIP_MEAN,
-                 std: Sequence[float] = CLIP_STD, target_ratio: float = 1.25, fill: str = "black"):
+                 std: Sequence[float] = CLIP_STD, target_ratio: float = DEFAULT_TARGET_RATIO, fill: str = "black"):
         if mode not in PREPROCESS_MODES:
             raise ValueError(f"unknown preprocessing {mode!r}; valid: {', '.join(PREPROCESS_MODES)}")
         if fill not in ("black", "edge"):
             raise ValueError(f"unknown fill {fill!r}; valid: black, edge")
+        if not target_ratio >= 1:  # a ratio under 1 would pad every image, the long side included
+            raise ValueError(f"target_ratio must be 1 or more, not {target_ratio}")
         self.mode, self.size, self.target_ratio, self.fill = mode, size, target_ratio, fill
         self.mean = np.asarray(mean, np.float32).reshape(3, 1, 1)
         self.std = np.asarray(std, np.float32).reshape(3, 1, 1)
+
+    def with_mode(self, mode: str | None = None, target_ratio: float | None = None) -> "Preprocess":
+        """The same size, normalisation and fill with another mode and/or target ratio (None: unchanged)."""
+        return Preprocess(mode or self.mode, self.size, self.mean.ravel().tolist(), self.std.ravel().tolist(),
+                          self.target_ratio if target_ratio is None else target_ratio, self.fill)
 
     def describe(self) -> dict:
         """The settings, JSON-serialisable (recorded in feature files)."""

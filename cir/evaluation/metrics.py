@@ -64,3 +64,24 @@ def recall_subset_at_k(ranked: Sequence[Sequence[str]], targets: Sequence[str | 
             hits[k] += target in members and target in sub[:k]
     n = max(len(targets), 1)
     return {f"Rsubset@{k}": round(100 * hits[k] / n, 2) for k in ks}
+
+
+# CIRR's seven metrics, as CLIP4Cir's scripts average them to pick a checkpoint (validate.py's order).
+CIRR_SEVEN = ("Rsubset@1", "Rsubset@2", "Rsubset@3", "R@1", "R@5", "R@10", "R@50")
+CIRR_MEANS = ("arithmetic", "harmonic", "geometric")
+
+
+def cirr_means(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The arithmetic, harmonic and geometric means of the seven CIRR metrics (CIRR_SEVEN, in %), keyed
+    mean_<kind>. The harmonic and geometric means of a set holding a 0 are 0 (as Python's statistics gives for
+    the harmonic one; the geometric one would raise there)."""
+    xs = [float(metrics[k]) for k in CIRR_SEVEN]
+    n = len(xs)
+    arithmetic = sum(xs) / n
+    if min(xs) <= 0:
+        harmonic = geometric = 0.0
+    else:
+        harmonic = n / sum(1 / x for x in xs)
+        geometric = float(np.exp(np.mean(np.log(xs))))
+    return {"mean_arithmetic": round(arithmetic, 4), "mean_harmonic": round(harmonic, 4),
+            "mean_geometric": round(geometric, 4)}

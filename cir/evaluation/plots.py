@@ -96,13 +96,14 @@ def eval_plot_data(title: str, runs: Mapping[str, tuple[Mapping, Mapping[str, li
 
 def training_plot_data(history: Sequence[Mapping]) -> dict[str, list[float]]:
     """series name -> values per epoch from a .train.json history: "epoch", "loss", and every validation
-    metric (R@K, attr@K, Rsubset@K, averages ...); bookkeeping columns (seconds, counts) are left out."""
+    metric (R@K, attr@K, Rsubset@K, averages ...); bookkeeping columns (seconds, counts) are left out. An epoch
+    that was not validated (--validation-frequency) has NaN there: a gap in the curve."""
     skip = {"epoch", "loss", "seconds", "triplets", "queries", "empty_captions"}
     names = [k for k in dict.fromkeys(k for row in history for k in row)
-             if k not in skip and all(isinstance(row.get(k), (int, float)) for row in history)]
+             if k not in skip and all(isinstance(row.get(k, 0.0), (int, float)) for row in history)]
     out = {"epoch": [float(row.get("epoch", i + 1)) for i, row in enumerate(history)],
            "loss": [float(row["loss"]) for row in history if "loss" in row]}
-    out.update({k: [float(row[k]) for row in history] for k in names})
+    out.update({k: [float(row.get(k, float("nan"))) for row in history] for k in names})
     return out
 
 

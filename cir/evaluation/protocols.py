@@ -20,7 +20,13 @@ from cir.combiner import compose
 from cir.data import ImageRecord, Triplet, list_images
 from cir.data.fashioniq import fashioniq_image_records, fiq_caption
 from cir.encoders import CaptionEncoder
-from cir.evaluation.metrics import attribute_precision_at_k, match_shares, recall_at_k, recall_subset_at_k
+from cir.evaluation.metrics import (
+    attribute_precision_at_k,
+    cirr_means,
+    match_shares,
+    recall_at_k,
+    recall_subset_at_k,
+)
 from cir.evaluation.plots import recall_curve
 from cir.evaluation.submission import CIRR_SUBSET_TOP, TOP
 from cir.extraction.local import index_name
@@ -86,24 +92,68 @@ def reference_features(names: Sequence[str], index: FeatureIndex,
     return out
 
 
+EMPTY_CAPTIONS = ("image", "encode")   # what a query with an empty caption becomes (--empty-captions)
+
+
 def compose_queries(encoder: CaptionEncoder, ref_feats: torch.Tensor, captions: Sequence[str], method: str,
-                    combiner=None, batch: int = 256) -> tuple[torch.Tensor, int]:
+                    combiner=None, batch: int = 256, empty_captions: str = "image") -> tuple[torch.Tensor, int]:
     """Query features [B,d] via combiner.compose, in caption batches; returns (queries, empty captions).
 
-    A query with an empty caption has nothing to compose: it becomes its reference image alone.
+    A query with an empty caption has nothing to compose: by default ("image") it becomes its reference image
+    alone; "encode" does what CLIP4Cir does, the text encoder encodes "" (its start and end tokens) and the
+    fusion runs as for any caption.
     """
+    if empty_captions not in EMPTY_CAPTIONS:
+        raise ValueError(f"unknown empty_captions {empty_captions!r}; valid: {', '.join(EMPTY_CAPTIONS)}")
     out = torch.zeros(len(captions), ref_feats.shape[1])
     empty = [i for i, c in enumerate(captions) if not c.strip()]
-    full = [i for i, c in enumerate(captions) if c.strip()]
+    full = list(range(len(captions))) if empty_captions == "encode" else [i for i in range(len(captions))
+                                                                           if captions[i].strip()]
     if empty:
-        log.warning("%d quer%s with an empty caption: querying with the reference image alone",
-                    len(empty), "y" if len(empty) == 1 else "ies")
+        log.warning("%d quer%s with an empty caption: %s", len(empty), "y" if len(empty) == 1 else "ies",
+                    "encoding the empty text, as CLIP4Cir" if empty_captions == "encode"
+                    else "querying with the reference image alone")
+    if empty and empty_captions == "image":
         out[empty] = compose(encoder, ref_feats[empty], None, "image")
+    texts = _WithEmptyText(encoder) if empty and empty_captions == "encode" else encoder
     for lo in range(0, len(full), batch):
         rows = full[lo:lo + batch]
         caps = None if method == "image" else [captions[i] for i in rows]
-        out[rows] = compose(encoder, ref_feats[rows], caps, method, combiner).float()
+        out[rows] = compose(texts, ref_feats[rows], caps, method, combiner).float()
     return out, len(empty)
+
+
+class _WithEmptyText:
+    """An encoder's encode_texts that also encodes "" (CLIP4Cir's empty captions). Encoders refuse an empty
+    query from users, so the empty text goes to the model's own text call (BaseEncoder._encode_texts), reached
+    through the wrappers (CachedTexts) that hold it; the training text side (TrainingTexts) encodes it itself."""
+
+    def __init__(self, encoder: CaptionEncoder):
+        self.encoder, self.dim = encoder, encoder.dim
+        self._empty: torch.Tensor | None = None
+
+    def encode_texts(self, texts: Sequence[str], raw: bool = False) -> torch.Tensor:
+        texts = [t.strip() for t in texts]
+        full = [i for i, t in enumerate(texts) if t]
+        out = torch.zeros(len(texts), self.dim)
+        if full:
+            out[full] = self.encoder.encode_texts([texts[i] for i in full], raw=True).float()
+        if len(full) < len(texts):
+            out[[i for i, t in enumerate(texts) if not t]] = self.empty_text()
+        return out if raw else torch.nn.functional.normalize(out, dim=-1)
+
+    def empty_text(self) -> torch.Tensor:
+        """Raw features [d] of the empty text, encoded once."""
+        if self._empty is None:
+            try:
+                self._empty = self.encoder.encode_texts([""], raw=True)[0].float()
+            except ValueError:  # refused by a BaseEncoder: call the model under it
+                model = self.encoder
+                while not hasattr(model, "_encode_texts") and hasattr(model, "encoder"):
+                    model = model.encoder
+                with torch.inference_mode():
+                    self._empty = model._encode_texts([""])[0].float().cpu()
+        return self._empty
 
 
 def _target_ids(index: FeatureIndex, targets: Sequence[str]) -> torch.Tensor:
@@ -233,11 +283,13 @@ def composed_name_edits(encoder: CaptionEncoder, index: FeatureIndex, records: S
 
 def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureIndex],
                        triplets: Sequence[Triplet], method: str, combiner=None,
-                       extra: Mapping[str, FeatureIndex] | None = None) -> ComposedResult:
+                       extra: Mapping[str, FeatureIndex] | None = None,
+                       empty_captions: str = "image") -> ComposedResult:
     """FashionIQ: each category's queries ranked in its own index, reference kept (as CLIP4Cir).
 
     extra[category] holds features of references outside that category's index. Metrics need targets
-    (the test split has none: then only the rankings are produced).
+    (the test split has none: then only the rankings are produced). empty_captions "encode" joins the two
+    captions literally, as the original ("Red and " when the second is empty), and encodes whatever results.
     """
     cats = list(dict.fromkeys(t.category for t in triplets))
     unknown = [c for c in cats if c not in indexes]
@@ -252,7 +304,8 @@ def composed_fashioniq(encoder: CaptionEncoder, indexes: Mapping[str, FeatureInd
         ts = [triplets[i] for i in pos]
         index = indexes[c]
         refs = reference_features([t.reference for t in ts], index, (extra or {}).get(c))
-        queries, empty = compose_queries(encoder, refs, [fiq_caption(t.captions) for t in ts], method, combiner)
+        texts = [fiq_caption(t.captions, literal=empty_captions == "encode") for t in ts]
+        queries, empty = compose_queries(encoder, refs, texts, method, combiner, empty_captions=empty_captions)
         metrics["empty_captions"] += empty
         _, ids = search(queries, index, TOP)
         for i, names in zip(pos, _names(index, ids)):
@@ -278,13 +331,15 @@ def group_rankings(queries: torch.Tensor, index: FeatureIndex, references: Seque
 
 
 def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequence[Triplet], method: str,
-                  combiner=None) -> ComposedResult:
-    """CIRR: R@1/5/10/50 (reference removed), Rsubset@1/2/3 and avg = (R@5 + Rsubset@1) / 2.
+                  combiner=None, empty_captions: str = "image") -> ComposedResult:
+    """CIRR: R@1/5/10/50 (reference removed), Rsubset@1/2/3, avg = (R@5 + Rsubset@1) / 2 and the arithmetic,
+    harmonic and geometric means of those seven (CLIP4Cir's checkpoint selection: metrics.cirr_means).
 
     Without targets (test1) only rankings, subset rankings and pair ids are produced (for --submission).
     """
     refs = reference_features([t.reference for t in triplets], index)
-    queries, empty = compose_queries(encoder, refs, [t.captions[0] for t in triplets], method, combiner)
+    queries, empty = compose_queries(encoder, refs, [t.captions[0] for t in triplets], method, combiner,
+                                     empty_captions=empty_captions)
     _, ids = search(queries, index, TOP, exclude=[index.id_of(t.reference) for t in triplets])
     subset = group_rankings(queries, index, [t.reference for t in triplets], [t.group for t in triplets])
     metrics: dict = {"queries": len(triplets), "empty_captions": empty}
@@ -296,6 +351,7 @@ def composed_cirr(encoder: CaptionEncoder, index: FeatureIndex, triplets: Sequen
         metrics.update(recall_subset_at_k(subset, targets, [t.group for t in triplets], (1, 2, 3),
                                           [t.reference for t in triplets]))
         metrics["avg"] = round((metrics["R@5"] + metrics["Rsubset@1"]) / 2, 2)
+        metrics.update(cirr_means(metrics))
     return ComposedResult(metrics, _names(index, ids), subset, [t.pair_id for t in triplets], curves)
 
 

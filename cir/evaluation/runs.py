@@ -16,6 +16,7 @@ from cir.data import list_images, load_triplets, resolve_data_root
 from cir.encoders import BASE_TEXT, Encoder, TextSide
 from cir.evaluation.plots import draw_eval, eval_plot_data
 from cir.evaluation.protocols import (
+    EMPTY_CAPTIONS,
     ComposedResult,
     composed_catalog,
     composed_cirr,
@@ -58,6 +59,9 @@ class EvalConfig:
     index_backend: str = "exact"                # how indexes are ranked (cir.index backends)
     plot: str | None = None                     # text2image, composed: recall@K curves into this PNG
     compare: tuple[str, ...] = ()               # composed: more fusion methods, evaluated the same way
+    transform: str | None = None                # image preprocessing (PREPROCESS_MODES; None: the encoder's own)
+    target_ratio: float | None = None           # targetpad's ratio (None: 1.25)
+    empty_captions: str = "image"               # composed: a query with an empty caption: image alone | encode ""
 
     def resolved(self) -> EvalConfig:
         """The config checked (ValueError naming the flag), with its default split filled in."""
@@ -78,6 +82,8 @@ class EvalConfig:
             raise ValueError(f"--task {self.task} needs the catalogue's attributes: use --dataset catalog")
         if self.submission and self.dataset != "cirr":
             raise ValueError("--submission writes CIRR evaluation-server files; use it with --dataset cirr")
+        if self.empty_captions not in EMPTY_CAPTIONS:
+            raise ValueError(f"unknown --empty-captions {self.empty_captions!r}; valid: {', '.join(EMPTY_CAPTIONS)}")
         return replace(self, split=self.split or DEFAULT_SPLITS[self.dataset])
 
 
@@ -96,7 +102,7 @@ def evaluate(cfg: EvalConfig, report: Callable[[dict], None] = lambda metrics: N
 
 def run_catalog_task(cfg: EvalConfig) -> Run:
     """--task text2image or image2image on a catalogue split."""
-    encoder = encoders.load(cfg.encoder, cfg.device, text=cfg.text_encoder)
+    encoder = load_encoder(cfg, cfg.text_encoder)
     ds = open_dataset_index(encoder, cfg.dataset, cfg.split, cfg.store, cfg.data_root)
     index = with_backend(ds.index, cfg.index_backend)
     t0, curves = time.time(), {}
@@ -107,6 +113,11 @@ def run_catalog_task(cfg: EvalConfig) -> Run:
     return {"task": cfg.task, "dataset": cfg.dataset, "split": cfg.split, "encoder": encoder.name,
             "index_size": len(index), "index_backend": parse_backend(cfg.index_backend).public, **metrics,
             "seconds": round(time.time() - t0, 2)}, curves
+
+
+def load_encoder(cfg: EvalConfig, text: "str | TextSide | None") -> Encoder:
+    """--encoder with --transform / --target-ratio and the text side `text`."""
+    return encoders.load(cfg.encoder, cfg.device, text=text, preprocess=cfg.transform, target_ratio=cfg.target_ratio)
 
 
 def load_text_side(combiner: Combiner | None, text_encoder: str | None) -> TextSide:
@@ -140,12 +151,12 @@ def _composed_protocol(cfg: EvalConfig, root: Path, data: list, build: Callable,
         return composed_catalog(encoder, index, data, trips, method, combiner), len(index)
     if cfg.dataset == "fashioniq":
         indexes, extra = fashioniq_indexes(data, root, cfg.split, build)
-        result = composed_fashioniq(encoder, indexes, data, method, combiner, extra)
+        result = composed_fashioniq(encoder, indexes, data, method, combiner, extra, cfg.empty_captions)
         result.metrics["index_sizes"] = {c: len(i) for c, i in indexes.items()}
         return result, sum(len(i) for i in indexes.values())
     if cfg.dataset == "cirr":
         index = build(list_images("cirr", root, cfg.split), index_name("cirr", cfg.split))
-        return composed_cirr(encoder, index, data, method, combiner), len(index)
+        return composed_cirr(encoder, index, data, method, combiner, cfg.empty_captions), len(index)
     raise ValueError(f"unknown dataset {cfg.dataset!r} for --task composed; valid: catalog, fashioniq, cirr")
 
 
@@ -160,7 +171,7 @@ def run_composed(cfg: EvalConfig) -> Run:
         if not data:
             raise ValueError(f"no {cfg.dataset} {cfg.split} annotations under {root}")
     method, combiner = load_method(cfg.combiner)
-    encoder = encoders.load(cfg.encoder, cfg.device, text=load_text_side(combiner, cfg.text_encoder))
+    encoder = load_encoder(cfg, load_text_side(combiner, cfg.text_encoder))
     if combiner is not None:
         check_compatible(combiner.cfg, encoder)   # a Combiner asked for by name must fit: ValueError otherwise
 

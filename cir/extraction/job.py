@@ -183,22 +183,29 @@ class ExtractResult:
     resumed_shards: int = 0
 
 
-def job_key(encoder_desc: dict, names: Sequence[str], shard_size: int, batch_size: int) -> str:
+def job_key(encoder_desc: dict, names: Sequence[str], shard_size: int, batch_size: int,
+            dtype: str = "float16") -> str:
     """Identifies the work of a run: a resume is only valid for the very same inputs and settings."""
-    # the decoding policy too: features of images read another way (e.g. unrotated) are never resumed or reused
-    h = hashlib.sha256(json.dumps([encoder_desc, shard_size, batch_size, FORMAT_VERSION, DECODE_POLICY],
-                                  sort_keys=True).encode())
+    # the decoding policy too: features of images read another way (e.g. unrotated) are never resumed or reused;
+    # the storage dtype only when not the default, so folders written before it existed stay current
+    parts = [encoder_desc, shard_size, batch_size, FORMAT_VERSION, DECODE_POLICY] + ([dtype] if dtype != "float16"
+                                                                                     else [])
+    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode())
     for n in names:
         # surrogatepass: a name that is not valid Unicode must not crash the run (valid names: same bytes)
         h.update(n.encode("utf-8", "surrogatepass") + b"\0")
     return h.hexdigest()
 
 
-def split_raw(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw features [B,d] -> (float16 unit rows, float32 norms [B]): what a feature file stores."""
+FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}   # what --dtype may store
+
+
+def split_raw(raw: torch.Tensor, dtype: str = "float16") -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw features [B,d] -> (unit rows in `dtype`, float32 norms [B]): what a feature file stores. float16
+    halves the file (rows are exact to ~1e-3); float32 keeps every digit the encoder gave."""
     raw = raw.float()
     norms = raw.norm(dim=1)
-    return (raw / norms.clamp_min(1e-12).unsqueeze(1)).half(), norms
+    return (raw / norms.clamp_min(1e-12).unsqueeze(1)).to(FEATURE_DTYPES[dtype]), norms
 
 
 @dataclass
@@ -214,6 +221,7 @@ class ExtractJob:
     key: str
     shard_size: int
     lock: OutputLock | None = field(default=None, repr=False)
+    dtype: str = "float16"              # of the stored unit rows (FEATURE_DTYPES)
 
     def __enter__(self) -> ExtractJob:
         return self
@@ -255,10 +263,10 @@ class ExtractJob:
 
     def write_shard(self, s: int, feats: list[torch.Tensor], kept: list[str], skipped: list[dict],
                     dim: int) -> None:
-        """Store one finished shard: the kept rows' raw features (float32, row order) as float16 unit rows
-        plus float32 norms, their names, the skips."""
+        """Store one finished shard: the kept rows' raw features (float32, row order) as unit rows (float16, or
+        float32 by --dtype) plus float32 norms, their names, the skips."""
         shard_file, meta_file = self.shard_files(s)
-        rows, norms = split_raw(torch.cat(feats) if feats else torch.zeros(0, dim))
+        rows, norms = split_raw(torch.cat(feats) if feats else torch.zeros(0, dim), self.dtype)
         # The meta file is written last: a shard counts as done only when both exist.
         save_tensors(shard_file, {"features": rows, "norms": norms})
         write_json(meta_file, {"names": kept, "skipped": skipped})
@@ -274,7 +282,7 @@ class ExtractJob:
             meta = json.loads(meta_file.read_text())
             kept += meta["names"]
             skipped += meta["skipped"]
-        x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=torch.float16)
+        x = torch.cat(feats) if feats else torch.zeros(0, dim, dtype=FEATURE_DTYPES[self.dtype])
         n = torch.cat(norms) if norms else torch.zeros(0)
         save_tensors(self.out_dir / FEATURES_FILE, {"features": x, "norms": n}, metadata={"format": "pt"})
         write_json(self.out_dir / NAMES_FILE, kept)
@@ -282,7 +290,7 @@ class ExtractJob:
         # what index.load_index verifies: manifest["checksums"][file] = sha256 hex of the final file
         checksums = {f: sha256_file(self.out_dir / f) for f in CHECKSUMMED_FILES}
         manifest = {**self.desc, **(info or {}), "count": len(kept), "skipped_count": len(skipped),
-                    "skipped": skipped, "dtype": "float16", "normalized": True, "norms": True,
+                    "skipped": skipped, "dtype": self.dtype, "normalized": True, "norms": True,
                     "format_version": FORMAT_VERSION, "decode": DECODE_POLICY, "job_key": self.key,
                     "checksums": checksums}
         write_json(self.out_dir / MANIFEST_FILE, manifest)  # last: its presence means the folder is complete
@@ -294,7 +302,8 @@ class ExtractJob:
 
 
 def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | os.PathLike, *,
-             batch_size: int, shard_size: int, overwrite: bool, redo: bool = False) -> ExtractJob | ExtractResult:
+             batch_size: int, shard_size: int, overwrite: bool, redo: bool = False,
+             dtype: str = "float16") -> ExtractJob | ExtractResult:
     """Check the inputs, lock out_dir and prepare out_dir/.partial/ for a run.
 
     Returns the finished ExtractResult instead (without taking the lock) when out_dir already holds this very
@@ -309,7 +318,9 @@ def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | 
         check_images(records)  # none exists: a wrong --data-root, not a few bad files
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate image names in the index for {out_dir.name}")
-    key = job_key(encoder_desc, names, shard_size, batch_size)
+    if dtype not in FEATURE_DTYPES:
+        raise ValueError(f"unknown feature dtype {dtype!r}; valid: {', '.join(FEATURE_DTYPES)}")
+    key = job_key(encoder_desc, names, shard_size, batch_size, dtype)
     # A finished folder is only read: no lock, so a current index on a read-only mount (or one another
     # extraction is writing next to) can still be opened. Checked again once locked, in case a run just ended.
     if (done := _finished(out_dir, key, overwrite or redo)) is not None:
@@ -319,7 +330,7 @@ def open_job(records: Sequence[ImageRecord], encoder_desc: dict, out_dir: str | 
         if (done := _finished(out_dir, key, overwrite or redo)) is not None:
             lock.release()
             return done
-        job = ExtractJob(out_dir, records, names, encoder_desc, key, shard_size, lock)
+        job = ExtractJob(out_dir, records, names, encoder_desc, key, shard_size, lock, dtype)
         _prepare_partial(job.partial, key, overwrite)
     except BaseException:
         lock.release()

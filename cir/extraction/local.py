@@ -27,8 +27,10 @@ log = logging.getLogger("extract")
 def extract_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str | os.PathLike,
                   *, batch_size: int = 64, workers: int | None = None, shard_size: int = 2048,
                   overwrite: bool = False, redo: bool = False, info: dict | None = None,
+                  dtype: str = "float16",
                   _stop_after_shards: int | None = None) -> ExtractResult:
-    """Encode `records` with `encoder` into `out_dir` (features.safetensors, names.json, manifest.json).
+    """Encode `records` with `encoder` into `out_dir` (features.safetensors, names.json, manifest.json), the
+    unit rows stored in `dtype` (float16 or float32).
 
     Resumable: finished shards live in out_dir/.partial/ until the final files are written. One run at a
     time per folder (extraction.job.OutputLockedError otherwise). `overwrite` redoes a finished folder from
@@ -37,7 +39,7 @@ def extract_index(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str
     (tests only).
     """
     job = open_job(records, encoder.describe(), out_dir, batch_size=batch_size, shard_size=shard_size,
-                   overwrite=overwrite, redo=redo)
+                   overwrite=overwrite, redo=redo, dtype=dtype)
     if isinstance(job, ExtractResult):
         return job
     with job:  # holds the folder's lock until the files are written or the run fails
@@ -109,6 +111,7 @@ class IndexStore:
     root: Path = Path("features")       # the features root: one subfolder per index
     batch_size: int = 64                # images per encoder batch, when an index must be extracted
     workers: int | None = None          # decoding workers, when an index must be extracted (None: min(4, cores))
+    dtype: str = "float16"              # of the unit rows extracted (float32: exact, twice the size)
 
     def open(self, records: Sequence[ImageRecord], encoder: Encoder, name: str, redo: bool = False,
              **info: Any) -> FeatureIndex:
@@ -116,7 +119,7 @@ class IndexStore:
         (`redo`: extracted again even when up to date); `info` (dataset, split, data_root ...) goes into its
         manifest."""
         return ensure_index(records, encoder, Path(self.root) / name, batch_size=self.batch_size,
-                            workers=self.workers, redo=redo, info=info)
+                            workers=self.workers, redo=redo, info=info, dtype=self.dtype)
 
 
 @dataclass

@@ -76,9 +76,11 @@ class EncoderSpec:
     preprocess: str | None = None
     heads: str | None = None
     runtime: str = "auto"
+    target_ratio: float | None = None
 
     def load(self, device: str = "auto") -> Encoder:
-        return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime)
+        return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime,
+                             target_ratio=self.target_ratio)
 
 
 # ----------------------------------------------------------------------------------------------- the two stages
@@ -190,7 +192,7 @@ def plan_actors(ray, device: str = "auto", workers: int | None = None, decode_cp
 def extract_index_ray(records: Sequence[ImageRecord], encoder: Encoder, spec: EncoderSpec,
                       out_dir: str | os.PathLike, *, batch_size: int = 64, shard_size: int = 2048,
                       overwrite: bool = False, info: dict | None = None, device: str = "auto",
-                      workers: int | None = None, decode_cpus: float = 0.5,
+                      workers: int | None = None, decode_cpus: float = 0.5, dtype: str = "float16",
                       _stop_after_shards: int | None = None) -> ExtractResult:
     """Like extract_features.extract_index, through Ray Data (see the module docstring); same output files,
     same lock (extraction.job.OutputLockedError when another run holds out_dir).
@@ -202,7 +204,8 @@ def extract_index_ray(records: Sequence[ImageRecord], encoder: Encoder, spec: En
     """
     ray = import_ray()
     desc = encoder.describe()
-    job = open_job(records, desc, out_dir, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite)
+    job = open_job(records, desc, out_dir, batch_size=batch_size, shard_size=shard_size, overwrite=overwrite,
+                   dtype=dtype)
     if isinstance(job, ExtractResult):
         return job
     with job:  # holds the folder's lock until the files are written or the run fails

@@ -4,7 +4,8 @@
                triplets fixed; every item satisfying a triplet's condition is a positive of the gallery objective
     fashioniq  the annotation files' train triplets, the two captions randomised each epoch as CLIP4Cir does;
                validation: the FashionIQ protocol on val (R@10 / R@50 per category and their average)
-    cirr       the train split's triplets (cap.rc2.train.json); validation: the CIRR protocol on val
+    cirr       the train split's triplets (cap.rc2.train.json); validation: the CIRR protocol on val, the best
+               epoch picked by --select (the means of its seven metrics, or R@5 + Rsubset@1)
 
 Every split's images are extracted once into a feature folder (IndexStore.open) by the encoder
 being trained, and read raw (FeatureIndex.raw_matrix): what the Combiner and sum fusion take. The test splits
@@ -41,7 +42,7 @@ from cir.evaluation.protocols import compose_queries, composed_cirr, composed_fa
 from cir.extraction import index_name
 from cir.index import FeatureIndex, search
 from cir.training import references
-from cir.training.config import TRAIN_DATASETS, ComposedConfig
+from cir.training.config import SELECT_KEYS, TRAIN_DATASETS, ComposedConfig
 
 log = logging.getLogger("train")
 
@@ -60,7 +61,6 @@ class TrainData:
     """The shared interface: the train index, each epoch's items, soft targets, validation."""
 
     dataset: str
-    score_keys: tuple[str, ...]     # validation metrics whose sum picks the best epoch
     train: FeatureIndex
 
     def __init__(self, encoder: Encoder, cfg: ComposedConfig):
@@ -96,7 +96,16 @@ class TrainData:
         encode_texts(texts, raw=True): the frozen or the training text side)."""
         raise NotImplementedError
 
-    def score(self, metrics: dict) -> float:
+    @property
+    def score_keys(self) -> tuple[str, ...]:
+        """The validation metrics whose sum picks the best epoch (--select: config.SELECT_KEYS)."""
+        rules = SELECT_KEYS[self.dataset]
+        return rules[self.cfg.select] if self.cfg.select in rules else next(iter(rules.values()))
+
+    def score(self, metrics: dict) -> float | None:
+        """What the best epoch maximises; None for an epoch that was not validated (--validation-frequency)."""
+        if not all(k in metrics for k in self.score_keys):
+            return None
         return sum(metrics[k] for k in self.score_keys)
 
 
@@ -104,7 +113,7 @@ class CatalogData(TrainData):
     """Catalogue triplets (catalog.triplets) over the train and val splits, with references as shoppers give
     them (training.references): photo-like views of the train images and real photos with colour captions."""
 
-    dataset, score_keys = "catalog", ("R@10", "attr@10")
+    dataset = "catalog"
 
     def __init__(self, encoder: Encoder, cfg: ComposedConfig):
         super().__init__(encoder, cfg)
@@ -153,7 +162,7 @@ class CatalogData(TrainData):
         if self.cfg.photo_like:
             recs = {r.name: r for r in self.records["train"]}
             view = references.photo_like_features(self.encoder, [recs[n] for n in self.train.names],
-                                                  Path(self.cfg.cache_dir), self.cfg.seed, 1, self.cfg.batch_size,
+                                                  Path(self.cfg.cache_dir), self.cfg.seed, 1, self.cfg.store.batch_size,
                                                   self.cfg.workers)
             parts.append(torch.where(torch.isnan(view), clean, view))
         if self.photos["train"] is not None:
@@ -237,7 +246,7 @@ class CatalogData(TrainData):
 class FashionIQData(TrainData):
     """FashionIQ's train triplets of the chosen categories; val with the FashionIQ protocol."""
 
-    dataset, score_keys = "fashioniq", ("average_R@10", "average_R@50")
+    dataset = "fashioniq"
 
     def __init__(self, encoder: Encoder, cfg: ComposedConfig):
         super().__init__(encoder, cfg)
@@ -263,13 +272,14 @@ class FashionIQData(TrainData):
                 for t in self.triplets]
 
     def validate(self, texts, method: str, combiner=None) -> dict:
-        return composed_fashioniq(texts, self.val_indexes, self.val, method, combiner, self.val_extra).metrics
+        return composed_fashioniq(texts, self.val_indexes, self.val, method, combiner, self.val_extra,
+                                  self.cfg.empty_captions or "image").metrics
 
 
 class CIRRData(TrainData):
     """CIRR's train triplets; val with the CIRR protocol (recall with the reference removed, Rsubset)."""
 
-    dataset, score_keys = "cirr", ("R@5", "Rsubset@1")
+    dataset = "cirr"
 
     def __init__(self, encoder: Encoder, cfg: ComposedConfig):
         super().__init__(encoder, cfg)
@@ -290,7 +300,8 @@ class CIRRData(TrainData):
         return [Item(self.train.id_of(t.reference), self.train.id_of(t.target), t.captions[0]) for t in self.triplets]
 
     def validate(self, texts, method: str, combiner=None) -> dict:
-        return composed_cirr(texts, self.val_index, self.val, method, combiner).metrics
+        return composed_cirr(texts, self.val_index, self.val, method, combiner,
+                             self.cfg.empty_captions or "image").metrics
 
 
 def load_train_data(encoder: Encoder, cfg: ComposedConfig) -> TrainData:

@@ -16,9 +16,10 @@ from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
 from cir.encoders.texts import CachedTexts, StoredMemo, text_fingerprint
 from cir.evaluation.plots import plot_training
-from cir.training.config import CombinerStageConfig, ComposedConfig, TextStageConfig, record
+from cir.training.checkpoints import TORCH_DTYPES, Checkpointer, widen
+from cir.training.config import PRESETS, CombinerStageConfig, ComposedConfig, TextStageConfig, record
 from cir.training.data import Item, TrainData, TrainingTexts, load_train_data
-from cir.utils import atomic_write, get_device, write_json
+from cir.utils import get_device, write_json
 
 log = logging.getLogger("train")
 
@@ -30,29 +31,6 @@ def composed_loss(logits: torch.Tensor, data: TrainData, batch: list[Item], tgts
     if negatives == "batch":
         return F.cross_entropy(logits, torch.arange(len(batch), device=logits.device))
     return F.cross_entropy(logits, data.positives(batch, tgts).to(logits.device))
-
-
-class Checkpointer:
-    """Per-epoch training state under the cache dir, so an interrupted run resumes where it stopped."""
-
-    def __init__(self, cfg: ComposedConfig):
-        self.path = cfg.resume_file()
-        if cfg.restart and self.path.exists():
-            self.path.unlink()
-
-    def load(self) -> dict | None:
-        if not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        log.info("resuming from %s (epoch %d done)", self.path, state["epoch"])
-        return state
-
-    def save(self, state: dict) -> None:
-        with atomic_write(self.path) as f:
-            torch.save(state, f)
-
-    def done(self) -> None:
-        self.path.unlink(missing_ok=True)
 
 
 def _optimizer(cfg: ComposedConfig, params: list) -> torch.optim.Optimizer:
@@ -72,8 +50,11 @@ def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> 
     return [b for b in out if len(b) >= 2]
 
 
-def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: TrainData, step, validate) -> tuple:
-    """The shared epoch loop: fresh items per epoch, best-on-val, resumable. Returns (best, history, ckpt)."""
+def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: TrainData, step, validate,
+         export=None) -> tuple:
+    """The shared epoch loop: fresh items per epoch, validated every --validation-frequency epochs, best-on-val,
+    resumable; `export(path)` writes a checkpoint (--save-training's per-epoch files). Returns (best, history,
+    ckpt)."""
     torch.manual_seed(cfg.seed)
     opt = _optimizer(cfg, params)
     ckpt = Checkpointer(cfg)
@@ -84,7 +65,7 @@ def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: Train
         module.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         start, history, best_state = state["epoch"], state["history"], state["best_state"]
-        best = max(history, key=data.score) if history else None
+        best = max((h for h in history if data.score(h) is not None), key=data.score, default=None)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     for epoch in range(start, cfg.epochs):
         items = data.epoch(epoch)
@@ -101,15 +82,18 @@ def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: Train
             total, seen = total + loss.item() * len(ib), seen + len(ib)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         module.eval()
+        validated = epoch % cfg.validation_frequency == 0  # as CLIP4Cir: the first epoch, then every n-th
         with torch.no_grad():
-            metrics = validate()
+            metrics = validate() if validated else {}
         row = {"epoch": epoch + 1, "loss": round(total / max(seen, 1), 4), "triplets": len(items),
                "seconds": round(time.time() - t0, 1), **metrics}
         history.append(row)
         log.info("%s epoch %d: %s", kind, epoch + 1, row)
-        if best is None or data.score(row) > data.score(best):
+        if validated and (best is None or data.score(row) > data.score(best)):
             best = row
             best_state = _trainable_state(module, trainable)
+        if validated and cfg.save_training and export is not None:
+            export(cfg.epoch_file(epoch + 1))
         ckpt.save({"epoch": epoch + 1, "model": _trainable_state(module, trainable),
                    "opt": opt.state_dict(), "history": history, "best_state": best_state})
     module.load_state_dict(best_state, strict=False)
@@ -129,7 +113,7 @@ def _rows(batch: list[Item], device) -> tuple[torch.Tensor, torch.Tensor]:
 def train_combiner(cfg: CombinerStageConfig) -> dict:
     """Stage 2: the Combiner on frozen features, the best epoch on val, saved to cfg.out; returns a summary."""
     device = get_device(cfg.device)
-    encoder = encoders.load(cfg.encoder, device, text=cfg.text_encoder)
+    encoder = _load_encoder(cfg, device, text=cfg.text_encoder)
     cfg = cfg.with_preset(encoder.dim)
     data = load_train_data(encoder, cfg)
     # Stage 2: the text side is frozen, each caption encoded once, and kept for the next run with this text side.
@@ -152,10 +136,19 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
 
     t0 = time.time()
     best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), data, step,
-                               lambda: _validate_on_cpu(data, texts, combiner, device))
+                               lambda: _validate_on_cpu(data, texts, combiner, device),
+                               lambda path: combiner.save(path, TORCH_DTYPES[cfg.dtype]))
     memo.save()
-    combiner.cpu().save(cfg.out)
+    combiner.cpu().save(cfg.out, TORCH_DTYPES[cfg.dtype])
     return _finish(cfg, ckpt, best, history, time.time() - t0, {"config": asdict(model_cfg)})
+
+
+def _load_encoder(cfg: ComposedConfig, device: torch.device, text: str | None = None):
+    """--encoder with the preprocessing of --transform / --target-ratio (or its preset's)."""
+    preset = PRESETS[cfg.preset][cfg.cmd]
+    transform = cfg.transform or preset.get("transform")
+    ratio = cfg.target_ratio if cfg.target_ratio is not None else preset.get("target_ratio")
+    return encoders.load(cfg.encoder, device, text=text, preprocess=transform, target_ratio=ratio)
 
 
 def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) -> dict:
@@ -170,7 +163,7 @@ def train_text(cfg: TextStageConfig) -> dict:
     """Stage 1: the text side fine-tuned with sum fusion, the best epoch on val, saved to cfg.out; returns a
     summary."""
     device = get_device(cfg.device)
-    encoder = encoders.load(cfg.encoder, device)
+    encoder = _load_encoder(cfg, device)
     cfg = cfg.with_preset(encoder.dim)
     data = load_train_data(encoder, cfg)
     prefixes = encoder.text_prefixes(cfg.layers)
@@ -188,11 +181,15 @@ def train_text(cfg: TextStageConfig) -> dict:
         gallery = unit if cfg.negatives == "gallery" else unit[tgts]
         return composed_loss(cfg.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), cfg.negatives)
 
+    def export(path, info: dict | None = None) -> None:
+        encoder.save_text(path, prefixes, info or {"layers": cfg.layers, "dataset": cfg.dataset})
+        widen(path, encoder.state_dict(), cfg.dtype)
+
     t0 = time.time()
     best, history, ckpt = _fit(cfg, encoder, params, data, step,
-                               lambda: data.validate(TrainingTexts(encoder), "sum"))
+                               lambda: data.validate(TrainingTexts(encoder), "sum"), export)
     encoder.cpu()
-    encoder.save_text(cfg.out, prefixes, {"best_val": best, "layers": cfg.layers, "dataset": cfg.dataset})
+    export(cfg.out, {"best_val": best, "layers": cfg.layers, "dataset": cfg.dataset})
     return _finish(cfg, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
 
 

@@ -59,9 +59,11 @@ def ref_offset(extent: int, size: int) -> int:
 
 
 def ref_pipeline(img: Image.Image, mode: str, size: int, mean, std) -> torch.Tensor:
-    """The CLIP4Cir transform from the references: pad (black), bicubic resize, centre crop, /255, normalise."""
+    """The CLIP4Cir transform from the references: pad (black; clip: none), bicubic resize, centre crop, /255,
+    normalise."""
     w, h = img.size
-    pw, ph = ref_targetpad(w, h) if mode == "targetpad" else ref_squarepad(w, h)
+    pads = {"targetpad": ref_targetpad, "squarepad": ref_squarepad, "clip": lambda w, h: (w, h)}
+    pw, ph = pads[mode](w, h)
     img = ImageOps.expand(img, ((pw - w) // 2, (ph - h) // 2), fill=(0, 0, 0))
     rw, rh = ref_resized(pw, ph, size)
     img = img.resize((rw, rh), Image.BICUBIC)
@@ -171,7 +173,7 @@ def test_crop_offset_in_pixels(w, h):
     assert rgb[0, 0, 0] == 6 * ref_offset(w, S) and rgb[1, 0, 0] == 6 * ref_offset(h, S)
 
 
-@pytest.mark.parametrize("mode", ["targetpad", "squarepad"])
+@pytest.mark.parametrize("mode", ["targetpad", "squarepad", "clip"])
 def test_pipeline_matches_reference(mode):
     rng = np.random.default_rng(2)
     sizes = [(100, 130), (300, 100), (224, 500), (640, 480), (100, 103), (101, 100), (1, 50), (224, 224)]
@@ -181,6 +183,22 @@ def test_pipeline_matches_reference(mode):
         for i, (w, h) in enumerate(sizes):
             im = noise(w, h, i)
             assert torch.equal(pp(im), ref_pipeline(im, mode, size, pp.mean.ravel(), pp.std.ravel())), (w, h)
+
+
+@pytest.mark.parametrize("mode, band_kept, padded", [("clip", False, False), ("targetpad", True, True),
+                                                     ("squarepad", True, True)])
+def test_clip_mode_crops_the_long_side_where_the_pads_keep_it(mode, band_kept, padded):
+    """CLIP's own preprocess (CLIP4Cir's --transform clip): no padding, the short side resized to the input
+    size and the long side's overflow cropped away: a red band along the top of a tall image is lost, and no
+    black padding appears at the sides; the padding modes keep the band and pad the sides black."""
+    a = np.full((100, 40, 3), 200, np.uint8)
+    a[:20] = (255, 0, 0)
+    pp = Preprocess(mode, size=S)
+    assert (pp.pad(Image.fromarray(a)).size == (40, 100)) != padded
+    rgb = pp.unnormalize(pp(Image.fromarray(a))).numpy()
+    red = (rgb[0] > 0.9) & (rgb[1] < 0.1)
+    assert bool(red[0].any()) == band_kept
+    assert bool((rgb[:, :, 0] < 0.05).all()) == padded   # the left column: black padding, or the image's grey
 
 
 def test_resize_mode_squashes():

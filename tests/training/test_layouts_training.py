@@ -9,6 +9,8 @@ import json
 import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from cir import encoders
 from cir.catalog import layouts
@@ -112,3 +114,33 @@ def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp
                           "--device", "cpu"]) == 0
     metrics = _last_json(capsys)
     assert metrics["text_encoder"] == str(text) and metrics["queries"] > 0
+
+
+def test_tiny_clip_with_the_original_knobs_saves_every_epoch_and_resumes(small_layouts, tiny_clip_dir, tmp_path,
+                                                                         capsys):
+    """train.py combiner with the CLIP4Cir flags on the CIRR layout: --transform clip, --select harmonic,
+    --save-training (per-epoch files, last state), --dtype float32 (features and checkpoint), then --resume with
+    more epochs; evaluate.py on the same features gives the kept epoch's validation."""
+    root, features, out = small_layouts / "cirr", tmp_path / "features", tmp_path / "c.safetensors"
+    argv = ["combiner", "--dataset", "CIRR", "--data-root", str(root), "--clip-model-name", f"hf:{tiny_clip_dir}",
+            "--preset", "clip4cir", "--batch", "16", "--transform", "clip", "--select", "harmonic", "--save-training",
+            "--dtype", "float32", "--out", str(out), *_common(tmp_path, features)]
+    assert train_main([*argv, "--num-epochs", "2"]) == 0
+    assert {p.name for p in tmp_path.glob("c.*")} >= {"c.epoch001.safetensors", "c.epoch002.safetensors",
+                                                      "c.last.pt", "c.train.json"}
+    assert train_main([*argv, "--num-epochs", "3", "--resume"]) == 0
+    best = _last_json(capsys)["best_val"]
+    report = json.loads(out.with_name("c.train.json").read_text())
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3] and (tmp_path / "c.epoch003.safetensors").exists()
+    assert best == max(report["history"], key=lambda h: h["mean_harmonic"])
+    assert (report["args"]["transform"], report["args"]["select"], report["args"]["dtype"]) == \
+        ("clip", "harmonic", "float32")
+    assert all(v.dtype == torch.float32 for v in load_file(out).values())
+    manifest = json.loads((features / "cirr-val" / "manifest.json").read_text())
+    assert (manifest["dtype"], manifest["preprocess"]["mode"]) == ("float32", "clip")
+    assert evaluate_main(["--task", "composed", "--dataset", "cirr", "--data-root", str(root), "--split", "val",
+                          "--encoder", f"hf:{tiny_clip_dir}", "--combiner", str(out), "--features", str(features),
+                          "--workers", "0", "--device", "cpu", "--transform", "clip", "--dtype", "float32",
+                          "--empty-captions", "encode"]) == 0
+    metrics = _last_json(capsys)
+    assert all(metrics[k] == best[k] for k in ("R@1", "R@5", "Rsubset@1", "mean_harmonic"))

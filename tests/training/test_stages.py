@@ -160,9 +160,9 @@ def test_batch_negatives_are_the_papers_one_hot_classification():
 def test_presets_fill_only_what_is_unset():
     cfg = CombinerStageConfig(preset="clip4cir", dataset="fashioniq", hidden_dim=64).with_preset(640)
     assert (cfg.lr, cfg.batch, cfg.projection_dim, cfg.hidden_dim, cfg.dropout, cfg.negatives) == \
-        (2e-5, 1024, 2560, 64, 0.5, "batch")
+        (2e-5, 4096, 2560, 64, 0.5, "batch")
     cfg = TextStageConfig(preset="clip4cir", dataset="catalog").with_preset(640)
-    assert (cfg.lr, cfg.batch, cfg.optimizer, cfg.negatives) == (2e-6, 512, "adamw", "batch")
+    assert (cfg.lr, cfg.batch, cfg.optimizer, cfg.negatives) == (2e-6, 128, "adamw", "batch")
     cfg = TextStageConfig(preset="project", dataset="catalog", negatives="batch").with_preset(256)
     assert (cfg.lr, cfg.batch, cfg.negatives) == (3e-4, 256, "batch")
     assert TextStageConfig(preset="project", dataset="catalog").with_preset(256).negatives == "gallery"
