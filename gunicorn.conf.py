@@ -5,6 +5,12 @@ are in README, "Serving in production"): gevent workers, because a connection th
 and then nothing costs a greenlet there, not a whole worker (sync) or a thread (gthread), and gunicorn drops
 it after `keepalive` seconds. Two such connections froze the old `-w 2` sync line completely.
 
+Signals (benchmarks/bench_signals.py; docs/serving.md, "Signals: reload, stop, a killed worker"): SIGHUP
+reloads without a pause, since an old worker is stopped only once a newer one has loaded the app (Arbiter,
+installed by on_starting); SIGTERM stops without resetting a connection, since the listener drops new
+connection attempts and the workers take in what is queued on it before they close it (Arbiter.handle_term,
+GeventWorker.handle_exit). SIGINT and SIGQUIT stay gunicorn's quick stop, SIGKILL loses what it kills.
+
 Settings read from the environment, where a deployment differs from this machine:
     GUNICORN_BIND            address:port to listen on (default 0.0.0.0:8000)
     GUNICORN_WORKERS         worker processes (default 2: one per core of the 2-core machine it was measured on)
@@ -20,9 +26,18 @@ gunicorn's own flags given on the command line override everything here.
 """
 import collections
 import contextlib
+import ctypes
+import mmap
 import os
+import signal
+import socket
+import struct
+import sys
+import time
 
+import gevent
 import gunicorn
+import gunicorn.arbiter
 import gunicorn.http.wsgi
 from gevent import monkey
 from gevent import socket as gsocket
@@ -38,13 +53,18 @@ def _int_env(name: str, default: int) -> int:
 
 
 class GeventWorker(ggevent.GeventWorker):
-    """gunicorn's gevent worker, monkey-patching with aggressive=False, with a per-client connection limit.
+    """gunicorn's gevent worker, monkey-patching with aggressive=False, with a per-client connection limit,
+    emptying the listener's queue on a stop.
 
     gunicorn's patch_all() is aggressive: it deletes select.epoll, and trio (imported under transformers by
     huggingface_hub's httpx) reads select.epoll at import time, so every worker failed to boot with
     "cannot import name 'HfApi'". Non-aggressive patching keeps epoll; everything the server waits on (its
     sockets, locks, sleeps) is still cooperative.
     """
+
+    # Arbiter.handle_term holds back new connections only for workers that then empty the queue (not gthread
+    # or sync, the comparison settings): an attribute, since a reload re-reads this file into a new class.
+    DRAINS_ON_STOP = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -78,6 +98,127 @@ class GeventWorker(ggevent.GeventWorker):
             if held[peer] <= 0:
                 del held[peer]
 
+    def handle_exit(self, sig, frame) -> None:
+        """SIGTERM: on a stop, take in what waits on the listener first; else (retired after a reload) as gunicorn.
+
+        gunicorn's worker closes its listening socket within a second and then finishes the requests it holds.
+        When the last descriptor of that socket closes (on a stop: the master closed its own first), the kernel
+        resets every connection still queued on it, accepted by the kernel with their requests sent
+        (bench_signals.py: 7 resets with 8 clients, and 7 connections queued at the last sample before the
+        close). On a stop the master's handle_term has made the listener drop new connection attempts, so the
+        queue only shrinks: accept until it is empty, then stop. On a reload the master and the new workers
+        keep the listener open, so nothing is reset and the worker stops at once. Out of the signal handler,
+        as gunicorn does for SIGQUIT and SIGUSR1.
+        """
+        gevent.spawn(self._drain_then_stop)
+
+    def _drain_then_stop(self) -> None:
+        if any(_dropping(s) for s in self.sockets):
+            # Bounded: what this worker accepts must still finish within graceful_timeout.
+            deadline = time.monotonic() + DRAIN_S
+            while any(_queued(s) for s in self.sockets) and time.monotonic() < deadline:
+                gevent.sleep(0.01)
+            left = sum(_queued(s) for s in self.sockets)
+            if left:
+                self.log.warning("Worker %s stops with %d connections queued on the listener: if it is the "
+                                 "last to close it, they are reset", self.pid, left)
+        self.alive = False  # gunicorn's run loop: close the listener, finish the requests in flight, exit
+
+
+def _queued(sock) -> int:
+    """Connections waiting in a TCP listener's accept queue (Linux TCP_INFO, as gunicorn's backlog metric reads
+    it); 0 where that cannot be read (another system, a Unix socket)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return struct.unpack("B" * 8 + "I" * 24, info)[12]  # tcpi_unacked: for a listener, its queue
+    except (AttributeError, OSError, struct.error):
+        return 0
+
+
+# One classic BPF instruction, "return 0": keep no byte of the packet, i.e. drop it (struct sock_filter).
+_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, k = 0
+_SO_ATTACH_FILTER = _SO_GET_FILTER = 26  # Linux; the socket module does not name them
+
+
+def _dropping(sock) -> bool:
+    """Whether a socket filter is attached to the listener (by the master's handle_term, on a stop)."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, _SO_GET_FILTER, 8))  # b"" without a filter
+    except (AttributeError, OSError):
+        return False
+
+
+def _drop_new_connections(sock, log) -> None:
+    """Make a TCP listener drop every incoming packet: new connection attempts (SYNs) go unanswered, while
+    connections already in its accept queue stay as they are (each has a socket of its own, without the filter).
+
+    A listening socket cannot refuse new connections and keep its queue: only closing it refuses, and closing
+    resets the queue. Dropped SYNs are retried by the client (after 1 s, then 2 s, ...) and, once the listener
+    is closed, answered with a refusal: a request that never reached the server, safe to retry elsewhere.
+    """
+    if not sys.platform.startswith("linux") or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    program = ctypes.create_string_buffer(_DROP_ALL)
+    try:  # struct sock_fprog {unsigned short len; struct sock_filter *filter}; the kernel copies the program
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, struct.pack("HP", 1, ctypes.addressof(program)))
+    except OSError as e:
+        log.warning("cannot hold back new connections while stopping (%s): the ones queued at the last "
+                    "close are reset", e)
+
+
+def _is_ready(worker) -> bool:
+    """Whether a worker has loaded the app (post_worker_init set its flag); one without a flag counts as ready."""
+    flag = getattr(worker, "ready_flag", None)
+    return flag is None or flag[0] == 1
+
+
+class Arbiter(gunicorn.arbiter.Arbiter):
+    """gunicorn's master, changed in how it replaces and stops workers (on_starting installs it).
+
+    Reload (SIGHUP): gunicorn starts the new workers and stops the old ones at once; the new ones then spend
+    ~10 s loading the models (a minute and more on busy cores) and nothing is answered meanwhile
+    (bench_signals.py: 74 s without an answer, 16 of 172 requests timed out). Here a surplus (older) worker is
+    stopped only once a newer worker is ready to take its place, so the old ones serve until the new ones
+    can (with it, on the same busy cores: 1,905 answers, none failed, at most 0.24 s between two). Stop (SIGTERM): the
+    listeners drop new connection attempts first, so the workers can empty the accept queue before the last
+    one closes it (GeventWorker.handle_exit).
+    """
+
+    def handle_term(self) -> None:
+        # Only when this master alone holds the listeners: under systemd socket activation the socket
+        # outlives us (nothing is reset, the next start serves the queue), and after a USR2 upgrade or with
+        # reuse_port another master's workers still accept on it, so dropping would take it from them.
+        alone = self.reexec_pid == self.master_pid == 0 and not self.systemd and not self.cfg.reuse_port
+        if alone and getattr(self.worker_class, "DRAINS_ON_STOP", False):
+            for listener in self.LISTENERS:
+                _drop_new_connections(listener.sock, self.log)
+        super().handle_term()
+
+    def manage_workers(self) -> None:
+        self._retire_replaced()
+        if len(self.WORKERS) <= self.num_workers:
+            super().manage_workers()  # spawns the missing ones (and logs its metrics); none is surplus to stop
+
+    def reap_workers(self) -> None:
+        super().reap_workers()
+        # reload() waits for the old workers to exit (up to graceful_timeout) calling only this: retire them
+        # from here too, else they would go only after that wait.
+        self._retire_replaced()
+
+    def _retire_replaced(self) -> None:
+        """Stop the oldest workers beyond `workers`, each only while more workers are ready than needed; one
+        still loading goes at once (a newer generation replaces it: two reloads in a row)."""
+        live = sorted((w for w in self.WORKERS.values() if not getattr(w, "retiring", False)), key=lambda w: w.age)
+        ready = sum(_is_ready(w) for w in live)
+        for worker in live[:max(0, len(live) - self.num_workers)]:
+            if _is_ready(worker):
+                if ready <= self.num_workers:
+                    continue  # the newer ones are still loading: this one keeps serving
+                ready -= 1
+            worker.retiring = True  # stopped once: not counted, not signalled again while it finishes
+            self.log.info("Retiring worker (pid: %s): a newer one is ready", worker.pid)
+            self.kill_worker(worker.pid, signal.SIGTERM)
+
 
 # Listen on every interface by default, as the README's line always did; put a proxy in front for TLS.
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
@@ -98,6 +239,9 @@ worker_connections = 1000
 timeout = 120
 # On stop or restart, in-flight requests get this long to finish (queries ~10 ms, uploads well under 1 s).
 graceful_timeout = 15
+# A stopping worker first takes in the connections queued on the listener, for at most this long (see
+# GeventWorker.handle_exit): a third of graceful_timeout, so what it accepts last still has 10 s to finish.
+DRAIN_S = graceful_timeout / 3
 # Seconds an idle kept-alive connection stays open. Under gevent this also bounds how long the whole head of
 # every request may take to arrive (gunicorn reads it under this timeout), which is what ends a slow client
 # that sends half a header; 0 would switch that guard off.
@@ -154,3 +298,25 @@ def pre_request(worker, req) -> None:
         sock.settimeout(IO_TIMEOUT)
     if not REUSE_CONNECTIONS:
         req.must_close = True  # see REUSE_CONNECTIONS
+
+
+def on_starting(server) -> None:
+    """In the master, before any worker: our Arbiter's reload and stop (see its docstring). gunicorn's command
+    line builds its own arbiter, so the class is swapped on the instance; a reload re-reads this file but
+    keeps the instance."""
+    server.__class__ = Arbiter
+
+
+def pre_fork(server, worker) -> None:
+    """In the master: a one-byte flag shared with the worker about to be forked (anonymous shared memory, no
+    file), which post_worker_init sets once the app is loaded; the Arbiter retires old workers by it."""
+    worker.ready_flag = mmap.mmap(-1, 1)
+    worker.forked_at = time.monotonic()
+
+
+def post_worker_init(worker) -> None:
+    """In the worker, once the app (models, indexes) is loaded and before it accepts: say it is ready."""
+    if getattr(worker, "ready_flag", None) is not None:
+        worker.ready_flag[0] = 1
+    loaded_s = time.monotonic() - getattr(worker, "forked_at", time.monotonic())
+    worker.log.info("Worker ready (pid: %s), app loaded in %.1f s", worker.pid, loaded_s)

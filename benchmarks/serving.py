@@ -68,11 +68,15 @@ class Server:
     proc: subprocess.Popen | None = None
     startup_s: float = 0.0
     empty_config: Path | None = None
+    log_level: str = "warning"
+    # When a list: gunicorn's log (its stderr) is read into it as (time.time(), line) instead of passing through,
+    # so that a benchmark can time what the server reports (bench_signals.py: workers booting, ready, exiting).
+    log: list | None = None
 
     def command(self, config_file: str) -> list[str]:
         # The bind goes last among the flags so that it beats the config's and any given in extra_args.
         return [sys.executable, "-m", "gunicorn", "-c", config_file, *self.extra_args,
-                "-b", f"127.0.0.1:{self.port}", "--log-level", "warning", "app:create_app()"]
+                "-b", f"127.0.0.1:{self.port}", "--log-level", self.log_level, "app:create_app()"]
 
     def __enter__(self) -> "Server":
         # gunicorn reads ./gunicorn.conf.py when no -c is given, so "no config" needs an explicit empty one.
@@ -88,7 +92,10 @@ class Server:
         cmd = self.command(config_file)
         log.info("starting %s", " ".join(cmd))
         t0 = time.time()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                                     stderr=subprocess.PIPE if self.log is not None else None, text=True)
+        if self.log is not None:
+            threading.Thread(target=self._read_log, daemon=True).start()
         try:
             self.wait_healthy(timeout=300)
         except BaseException:
@@ -99,6 +106,10 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def _read_log(self) -> None:
+        for line in self.proc.stderr:
+            self.log.append((time.time(), line.rstrip("\n")))
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,11 +1,14 @@
 """User uploads: decoded safely (serving.decode), re-encoded under a generated id, their image features computed
 once, and kept within a quota (total bytes and count, oldest evicted first) and a time-to-live.
 
-Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy beside it (the raw image features); an upload's
-age is its JPEG's modification time. Nothing ever builds a path from user input except a validated
-32-hex-digit id. The limits hold across the workers of one server because each sweep reads the folder
-itself (about 9 ms with 1,000 uploads stored, on 2 cores); two workers adding at the same instant may
-overshoot the quota by one upload each until the next sweep.
+Files: <dir>/<id>.jpg and <dir>/<id>.<encoder tag>.raw.npy beside it (the raw image features); an upload's age
+is its JPEG's modification time. An upload is whole (both files: add() answers only once both are written) or
+a leftover of a worker killed or crashed mid-way, which the sweep deletes once it is older than a grace period
+(UploadLimits.leftover_grace_s): a JPEG without features under an id no client received, features without
+their JPEG, atomic_write's temporary files. Nothing ever builds a path from user input except a validated
+32-hex-digit id. The limits hold across the workers of one server because each sweep reads the folder itself
+(about 9 ms with 1,000 uploads stored, on 2 cores); two workers adding at the same instant may overshoot the
+quota by one upload each until the next sweep.
 """
 from __future__ import annotations
 
@@ -66,6 +69,10 @@ class UploadLimits:
     ttl_s: float = 3600.0               # an upload is deleted this long after it was stored
     decodes: int = 2                    # images decoded at once per process; more wait, then get 503
     decode_wait_s: float = 2.0          # how long an upload waits for a decode slot
+    # A leftover (see the module's docstring) younger than this may be an upload another worker is writing
+    # right now (its JPEG is written before its features are computed: tens of ms, seconds behind a Grad-CAM
+    # holding the model lock): only older ones are deleted.
+    leftover_grace_s: float = 60.0
 
     @classmethod
     def of(cls, settings: Any) -> "UploadLimits":
@@ -88,9 +95,31 @@ class UploadResult:
 @dataclass
 class _Stored:
     uid: str
-    mtime: float
-    size: int
-    names: list[str]      # its files in the folder
+    files: dict[str, tuple[float, int]]   # its files in the folder: name -> (modification time, bytes)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.files.values())
+
+    @property
+    def newest(self) -> float:
+        return max(t for t, _ in self.files.values())
+
+    @property
+    def mtime(self) -> float:
+        """The upload's age: its JPEG's; a leftover without one ages from its newest file."""
+        jpeg = self.files.get(f"{self.uid}.jpg")
+        return jpeg[0] if jpeg else self.newest
+
+    @property
+    def whole(self) -> bool:
+        """Its JPEG and a features file (of any encoder: another one's are recomputed on use) are there."""
+        return f"{self.uid}.jpg" in self.files and any(
+            not n.startswith(".") and n != f"{self.uid}.jpg" for n in self.files)
 
 
 class UploadStore:
@@ -208,12 +237,13 @@ class UploadStore:
     # -- quota and time-to-live
 
     def sweep(self, incoming: int = 0) -> int:
-        """Delete expired uploads, then the oldest ones until `incoming` more bytes (and, when incoming, one
-        more upload) fit the quota. Returns how many uploads were deleted."""
+        """Delete leftovers and expired uploads, then the oldest ones until `incoming` more bytes (and, when
+        incoming, one more upload) fit the quota. Returns how many uploads (leftovers included) were deleted."""
         with self._lock:
             self._last_sweep = time.monotonic()
             lim, now = self.limits, time.time()
-            stored = sorted(self._scan(), key=lambda s: (s.mtime, s.uid))  # oldest first
+            stored, n_leftovers = self._drop_leftovers(self._scan(), now)
+            stored.sort(key=lambda s: (s.mtime, s.uid))  # oldest first
             n_expired = sum(now - s.mtime > lim.ttl_s for s in stored)
             total = sum(s.size for s in stored[n_expired:])
             n_gone = n_expired
@@ -223,21 +253,41 @@ class UploadStore:
                 n_gone += 1
             for s in stored[:n_gone]:
                 self._remove(s.uid, s.names)
-            if n_gone:
-                log.info("uploads: %d expired, %d evicted (quota %d uploads, %.0f MB); %d kept, %.1f MB",
-                         n_expired, n_gone - n_expired, lim.quota_count, lim.quota_bytes / MB,
-                         len(stored) - n_gone, total / MB)
-            return n_gone
+            if n_gone or n_leftovers:
+                log.info("uploads: %d leftovers, %d expired, %d evicted (quota %d uploads, %.0f MB); %d kept, "
+                         "%.1f MB", n_leftovers, n_expired, n_gone - n_expired, lim.quota_count,
+                         lim.quota_bytes / MB, len(stored) - n_gone, total / MB)
+            return n_gone + n_leftovers
+
+    def _drop_leftovers(self, stored: list[_Stored], now: float) -> tuple[list[_Stored], int]:
+        """Delete what killed or crashed writers left, once older than leftover_grace_s: uploads that are not
+        whole (every file of them that old), and stale temporary files beside whole ones. Returns the uploads
+        kept (without those temporary files) and how many were deleted.
+
+        A worker SIGKILLed between an upload's JPEG and its features leaves a JPEG under an id no client
+        received: nothing would ever ask for it, and it held its place in the quota until the time-to-live.
+        """
+        grace = self.limits.leftover_grace_s
+        kept, n = [], 0
+        for s in stored:
+            if not s.whole and now - s.newest > grace:
+                self._remove(s.uid, s.names)
+                n += 1
+                continue
+            stale = [name for name, (t, _) in s.files.items() if name.startswith(".") and now - t > grace]
+            self._remove(s.uid, stale)
+            for name in stale:
+                del s.files[name]
+            kept.append(s)
+        return kept, n
 
     def _maybe_sweep(self) -> None:
         if time.monotonic() - self._last_sweep > self.sweep_every_s:
             self.sweep()
 
     def _scan(self) -> list[_Stored]:
-        """Every upload in the folder with its total size. Its age is its JPEG's; leftovers without a JPEG
-        (a crashed write's temporary file, features of a deleted JPEG) age from their newest file."""
+        """Every upload in the folder (leftovers included) with its files' times and sizes."""
         found: dict[str, _Stored] = {}
-        jpeg_mtime: dict[str, float] = {}
         if not self.folder.is_dir():  # removed under the running server: the next write recreates it
             return []
         with os.scandir(self.folder) as it:
@@ -250,14 +300,7 @@ class UploadStore:
                 except FileNotFoundError:  # deleted by another worker meanwhile
                     continue
                 uid = m.group(1)
-                s = found.setdefault(uid, _Stored(uid, 0.0, 0, []))
-                s.size += st.st_size
-                s.names.append(entry.name)
-                s.mtime = max(s.mtime, st.st_mtime)
-                if entry.name == f"{uid}.jpg":
-                    jpeg_mtime[uid] = st.st_mtime
-        for uid, t in jpeg_mtime.items():
-            found[uid].mtime = t
+                found.setdefault(uid, _Stored(uid, {})).files[entry.name] = (st.st_mtime, st.st_size)
         return list(found.values())
 
     def _remove(self, uid: str, names: list[str] | None = None) -> None:

@@ -101,6 +101,37 @@ def test_lookups_sweep_periodically(tmp_path, lite_encoder):
     assert not list(tmp_path.glob(f"{a}*"))
 
 
+def test_the_sweep_deletes_what_a_killed_worker_left(tmp_path, lite_encoder):
+    """A worker SIGKILLed mid-upload leaves a JPEG without features under an id no client received (or
+    features without their JPEG, or atomic_write's temporary file): the sweep deletes each once it is older
+    than the grace period, and keeps younger ones (another worker may be writing them) and whole uploads."""
+    store = _store(tmp_path, lite_encoder)
+    assert store.limits.leftover_grace_s == 60
+    whole = store.add(_jpeg()).id
+    _age(store, whole, 120)  # past the grace period, but whole (and far from its time-to-live)
+
+    def leftover(name: str, age: float) -> str:
+        (tmp_path / name).write_bytes(b"left")
+        os.utime(tmp_path / name, (time.time() - age,) * 2)
+        return name
+    gone = [leftover(f"{'1' * 32}.jpg", 61),                        # the orphan: its features never came
+            leftover(f"{'2' * 32}.{store.tag}.raw.npy", 61),         # features whose JPEG was deleted
+            leftover(f".{'3' * 32}.jpg.k1l2m3.tmp", 61),             # a JPEG never finished
+            leftover(f".{whole}.{store.tag}.raw.npy.n4o5.tmp", 61)]  # a stale temporary file of a whole upload
+    kept = [leftover(f"{'4' * 32}.jpg", 5),                          # being written: features next
+            leftover(f"{'5' * 32}.jpg", 61),                         # an old JPEG whose features are
+            leftover(f".{'5' * 32}.{store.tag}.raw.npy.p6q7.tmp", 1),  # being written right now
+            leftover(f"{'6' * 32}.jpg", 61),                         # whole, with another encoder's features
+            leftover(f"{'6' * 32}.0123456789ab.raw.npy", 61)]
+    (tmp_path / "README").write_text("not an upload")
+    assert store.sweep() == 3  # three leftover uploads; the temporary file beside `whole` is not one
+    assert _files(tmp_path) == sorted([*kept, "README", f"{whole}.jpg", f"{whole}.{store.tag}.raw.npy"])
+    assert not set(gone) & set(_files(tmp_path))
+    assert store.features(whole).shape == (1, lite_encoder.dim)
+    os.utime(tmp_path / kept[0], (time.time() - 61,) * 2)  # its writer died too: gone at the next sweep
+    assert store.sweep() == 1 and kept[0] not in _files(tmp_path)
+
+
 def test_the_default_folder_is_outside_the_source_tree(tmp_path):
     assert default_upload_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "cir-demo" / "uploads"
     home = default_upload_dir({})
