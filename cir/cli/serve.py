@@ -47,7 +47,7 @@ log = logging.getLogger("app")
 def ensure_catalog(settings: Settings) -> None:
     """Extract the whole catalogue's features (features/catalog-all) unless they are up to date."""
     if settings.encoder_obj is None:
-        settings.encoder_obj = encoders.load(settings.encoder, settings.device)
+        settings.encoder_obj = encoders.load(settings.encoder, settings.device, text=settings.stage1)
     store = IndexStore(Path(settings.features_root))
     log.info("checking the catalogue index %s (extracting it takes about two minutes the first time)",
              store.root / index_name("catalog", "all"))

@@ -76,9 +76,11 @@ class EncoderSpec:
     preprocess: str | None = None
     heads: str | None = None
     runtime: str = "auto"
+    stage1: str | None = None           # a stage-1 checkpoint (its image side matters here)
 
     def load(self, device: str = "auto") -> Encoder:
-        return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime)
+        return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime,
+                             text=self.stage1)
 
 
 # ----------------------------------------------------------------------------------------------- the two stages
