@@ -3,7 +3,7 @@
 "args" in the checkpoint's .train.json, and keys its resume state on it.
 
     AlignConfig          train.py align     the lite encoder's projection heads
-    TextStageConfig      train.py text      stage 1: the text side, sum fusion
+    TextStageConfig      train.py text      stage 1: the text side, the image side or both, sum fusion
     CombinerStageConfig  train.py combiner  stage 2: the Combiner on frozen features
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, dict]] = {
 # (docs/benchmarks.md); elsewhere, without attributes to spread the target over, the papers' batch loss.
 DEFAULT_NEGATIVES = {"catalog": "gallery", "fashioniq": "batch", "cirr": "batch"}
 TRAIN_DATASETS = ("catalog", "fashioniq", "cirr")
+STAGE1_SIDES = ("both", "text", "image")   # what `train.py text --side` fine-tunes (CLIP4Cir's --encoder)
 # Fields that do not change what a run computes: a resumed run may differ in them.
 _NOT_IN_RESUME_KEY = {"restart", "verbose", "workers", "epochs", "cmd", "out"}
 
@@ -155,13 +156,20 @@ def _check_excluded(kinds: tuple[str, ...], dataset: str) -> None:
 
 @dataclass(frozen=True)
 class TextStageConfig(ComposedConfig):
-    """`train.py text`: stage 1 of CLIP4Cir (TOMM 2023), the text side fine-tuned with sum fusion."""
+    """`train.py text`: stage 1 of CLIP4Cir (TOMM 2023), the text side, the image side or both fine-tuned with
+    sum fusion."""
 
     cmd: str = field(default="text", init=False)
     out: str = str(WEIGHTS_DIR / "lite-text.safetensors")
     epochs: int = 10
+    side: str = "both"                  # both, text or image (CLIP: the towers; lite: the projection heads)
     layers: int = 0                     # lite: top MiniLM layers also fine-tuned (0: the head only); hf: top layers
     logit_scale: float = 100.0          # similarity scale of the classification loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.side not in STAGE1_SIDES:
+            raise ValueError(f"unknown stage-1 side {self.side!r}; valid: {', '.join(STAGE1_SIDES)}")
 
 
 @dataclass(frozen=True)
