@@ -75,10 +75,12 @@ def parser() -> argparse.ArgumentParser:
                    help="composed: how the reference and the caption are fused: a Combiner (combiner, "
                         "combiner-stage1: the shipped checkpoints; or a checkpoint path) or the baselines "
                         "sum (element-wise sum), image (reference only), text (caption only); default: combiner")
-    p.add_argument("--text-encoder", *aliases("--text-encoder", VAL, SUB), default=None,
-                   help="text side of the encoder: base, stage1 (shipped stage-1 checkpoint) or a checkpoint "
-                        "path, or a CLIP fine-tuned by CLIP4Cir (.pt) (default: the one the combiner was trained "
-                        "with; base for sum/image/text and the other tasks)")
+    p.add_argument("--text-encoder", *aliases("--text-encoder", VAL, SUB), "--stage1", dest="text_encoder",
+                   default=None,
+                   help="stage-1 side of the encoder: base, stage1 (shipped stage-1 checkpoint) or a checkpoint "
+                        "path, or a CLIP fine-tuned by CLIP4Cir (.pt): its text side and, when it holds one, its "
+                        "image side (indexes are then extracted again with it) (default: the one the combiner was "
+                        "trained with; base for sum/image/text and the other tasks)")
     p.add_argument("--triplet-seed", type=int, default=0,
                    help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
     p.add_argument("--per-kind", type=positive_int, default=500,

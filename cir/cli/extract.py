@@ -10,7 +10,8 @@ writes, per index, a folder `features/<dataset>[-<category>]-<split>/` with
   names.json            the N image names, in row order
   manifest.json         encoder, dim, preprocessing, count, skipped images and why, sha256 checksums of the
                         two other files; written last
-Images are decoded by DataLoader workers and encoded in batches (GPU with autocast when present).
+Images are decoded by DataLoader workers and encoded in batches (on the GPU when present; CLIP in float32,
+as CLIP4Cir extracts).
 A corrupt or unreadable image, a FIFO or device named like one, or a file name that is not UTF-8 is skipped,
 counted and listed, never fatal. Work is written in shards as it goes: killed mid-run, the same command
 resumes and produces the same files as an uninterrupted run. One run at a time per index folder: a second
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     add_encoder(p)
     add_transform(p, extra=("--preprocess",))
     add_dtype(p, "the feature rows (the norms are float32 either way)")
+    p.add_argument("--stage1", default=None, metavar="CHECKPOINT",
+                   help="a stage-1 checkpoint (train.py text, or CLIP4Cir's {'CLIP': state_dict} .pt) whose image "
+                        "side the features come from; one without an image side changes nothing (default: the "
+                        "encoder's own image side)")
     add_device(p)
     p.add_argument("--shard-size", type=positive_int, default=2048,
                    help="images per resumable shard (a killed run redoes at most one shard)")
@@ -92,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, _, _ in plans:
         check_not_held(Path(args.out) / name)  # a folder being written: say so now, not after loading the encoder
     if args.engine == "local":
-        encoder = encoders.load(args.encoder, args.device, preprocess=args.transform, target_ratio=args.target_ratio)
+        encoder = encoders.load(args.encoder, args.device, preprocess=args.transform, target_ratio=args.target_ratio,
+                                text=args.stage1)
         for name, records, info in plans:
             res = extract_index(records, encoder, Path(args.out) / name, batch_size=args.batch_size,
                                 workers=args.workers, shard_size=args.shard_size, overwrite=args.overwrite,
@@ -101,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     # The driver's copy only describes the encoder and preprocesses nothing: CPU, so it holds no GPU
     # that an actor needs. The actors load the same encoder from its name and options.
-    spec = EncoderSpec(args.encoder, args.transform, target_ratio=args.target_ratio)
+    spec = EncoderSpec(args.encoder, args.transform, target_ratio=args.target_ratio, stage1=args.stage1)
     encoder = spec.load("cpu")
     with ray_session(args.ray_address):
         for name, records, info in plans:

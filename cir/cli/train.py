@@ -2,8 +2,10 @@
 
     python train.py align      train the lite encoder's projection heads (locked towers, contrastive loss)
                                on the catalogue's train split; picks the best epoch on val.
-    python train.py text       stage 1 of CLIP4Cir (TOMM 2023): fine-tune the text side on composed
-                               triplets with sum fusion -> a text checkpoint (weights/lite-text.safetensors)
+    python train.py text       stage 1 of CLIP4Cir (TOMM 2023): fine-tune both sides (--side both, as the
+                               authors' --encoder both, --preset clip4cir's default), the text side (the
+                               project preset's default) or the image side on composed
+                               triplets with sum fusion -> a stage-1 checkpoint (weights/lite-text.safetensors)
     python train.py combiner   stage 2: train the Combiner on frozen, cached features
                                -> weights/combiner.safetensors (+ .json config, .train.json history)
 
@@ -40,6 +42,7 @@ from cir.training.align import train_align
 from cir.training.config import (
     PRESETS,
     SELECT_CHOICES,
+    STAGE1_SIDES,
     TRAIN_DATASETS,
     AlignConfig,
     CombinerStageConfig,
@@ -205,17 +208,27 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     _align_args(sub.add_parser("align", help="train the lite encoder's projection heads on the catalogue"))
-    t = sub.add_parser("text", help="stage 1: fine-tune the text side on composed triplets (sum fusion)")
+    t = sub.add_parser("text", help="stage 1: fine-tune the text and image sides on composed triplets (sum fusion)")
     _composed_args(t, TextStageConfig())
+    t.add_argument("--side", default=None, choices=STAGE1_SIDES,
+                   help="what is fine-tuned: both, text or image (default: the preset's: both with --preset "
+                        "clip4cir, as CLIP4Cir's README: --encoder both; text with the project preset, which keeps "
+                        "the shipped indexes valid). "
+                        "CLIP: the text and image towers; lite: the text and image projection heads (its towers "
+                        "stay frozen). A checkpoint with an image side changes the encoder's image features "
+                        "wherever it loads: indexes are extracted again with it, and the demo cannot offer it as "
+                        "a per-query text encoder")
     t.add_argument("--layers", type=non_negative_int, default=0,
                    help="lite: also fine-tune this many top MiniLM layers (0 = the text head only); "
                         "hf: top text-transformer layers (0 = the whole text encoder)")
     t.add_argument("--logit-scale", type=float, default=100.0, help="similarity scale of the classification loss")
     c = sub.add_parser("combiner", help="stage 2: train the Combiner on frozen cached features")
     _composed_args(c, CombinerStageConfig())
-    c.add_argument("--text-encoder", *aliases("--text-encoder", COMB), default="base",
-                   help="text side to train on: base, stage1 (weights/lite-text.safetensors), a checkpoint path, or "
-                        "a CLIP fine-tuned by CLIP4Cir's clip_fine_tune.py (.pt)")
+    c.add_argument("--text-encoder", *aliases("--text-encoder", COMB), "--stage1", dest="text_encoder",
+                   default="base",
+                   help="stage-1 side to train on: base, stage1 (weights/lite-text.safetensors), a checkpoint path, "
+                        "or a CLIP fine-tuned by CLIP4Cir's clip_fine_tune.py (.pt); its image side too when it has "
+                        "one (the features are then extracted with it)")
     c.add_argument("--projection-dim", type=positive_int, default=None,
                    help="Combiner projection size (default: from --preset: 512, 4x the feature size, or 2560)")
     c.add_argument("--hidden-dim", type=positive_int, default=None,

@@ -25,6 +25,7 @@ import torch
 from cir.encoders import bof
 from cir.encoders.base import (
     BASE_TEXT,
+    IMAGE_SIDE_KEY,
     STAGE1_TEXT,
     BaseEncoder,
     CaptionEncoder,
@@ -40,9 +41,10 @@ from cir.paths import WEIGHTS_DIR
 from cir.utils import get_device
 
 __all__ = [
-    "BASE_TEXT", "OPENAI_MODELS", "PREPROCESS_MODES", "STAGE1_TEXT", "BaseEncoder", "BofEncoder", "CaptionEncoder",
-    "Encoder", "HFClipEncoder", "LiteConfig", "LiteEncoder", "LiteHeads", "OpenAIClipEncoder", "Preprocess",
-    "ProjectionHead", "TextCheckpointInfo", "TextSide", "TextUnsupported", "available_models", "bof", "load",
+    "BASE_TEXT", "IMAGE_SIDE_KEY", "OPENAI_MODELS", "PREPROCESS_MODES", "STAGE1_TEXT", "BaseEncoder", "BofEncoder",
+    "CaptionEncoder", "Encoder", "HFClipEncoder", "LiteConfig", "LiteEncoder", "LiteHeads", "OpenAIClipEncoder",
+    "Preprocess", "ProjectionHead", "TextCheckpointInfo", "TextSide", "TextUnsupported", "available_models", "bof",
+    "load",
 ]
 
 
@@ -59,8 +61,9 @@ def load(name: str = "lite", device: str | torch.device = "auto", *, preprocess:
 
     preprocess overrides the backend's default preprocessing mode (PREPROCESS_MODES: CLIP4Cir's --transform)
     and target_ratio its TargetPad ratio (default 1.25); heads points the lite encoder at other trained heads
-    (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime; text picks the text
-    side: "base", "stage1" or a checkpoint path from `train.py text`.
+    (default weights/lite.safetensors); runtime picks the lite image tower's CPU runtime; text picks the
+    stage-1 side: "base", "stage1" or a checkpoint path from `train.py text` (its text side, and its image
+    side when it holds one: BaseEncoder.with_text).
     """
     if name == "bof":  # image-only, CPU (OpenCV); heads: another fitted vocabulary/PCA file
         if preprocess is not None or target_ratio is not None:

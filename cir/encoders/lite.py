@@ -170,6 +170,21 @@ class LiteEncoder(BaseEncoder):
         pooled, colour = self.image_backbone(pixels)
         return self.heads.image(pooled.to(self._device), colour.to(self._device)).float().cpu()
 
+    # Stage 1's image side (`train.py text --side image|both`) is the image head: the towers stay frozen, so
+    # each image's stem (pooled tower features + colour descriptor) is computed once and kept.
+    stems_cacheable = True
+
+    def image_prefixes(self) -> list[str]:
+        return ["heads.image."]
+
+    def image_stem(self, pixels: torch.Tensor) -> torch.Tensor:
+        pooled, colour = self.image_backbone(pixels)
+        return torch.cat([pooled, colour], 1).clone()  # clone: out of inference mode, so the head's gradient flows
+
+    def image_forward(self, stems: torch.Tensor) -> torch.Tensor:
+        stems = stems.to(self._device)
+        return self.heads.image(stems[:, :self.cfg.image_feat_dim], stems[:, self.cfg.image_feat_dim:])
+
     def _encode_texts(self, texts: list[str]) -> torch.Tensor:
         return self.heads.text(self.text_backbone(texts).to(self._device)).float().cpu()
 

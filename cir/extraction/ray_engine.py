@@ -77,10 +77,11 @@ class EncoderSpec:
     heads: str | None = None
     runtime: str = "auto"
     target_ratio: float | None = None
+    stage1: str | None = None           # a stage-1 checkpoint (its image side matters here)
 
     def load(self, device: str = "auto") -> Encoder:
         return encoders.load(self.name, device, preprocess=self.preprocess, heads=self.heads, runtime=self.runtime,
-                             target_ratio=self.target_ratio)
+                             target_ratio=self.target_ratio, text=self.stage1)
 
 
 # ----------------------------------------------------------------------------------------------- the two stages

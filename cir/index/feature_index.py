@@ -115,6 +115,17 @@ class FeatureIndex:
             raise IndexLoadError(self.raw_error)
         return self.matrix() if self.norms is None else self.matrix() * self.norms.unsqueeze(1)
 
+    def replace_raw(self, raw: torch.Tensor) -> None:
+        """New raw features for the same rows, held in memory from now on (stage 1 re-encodes its validation
+        indexes with the image side it fine-tunes); the folder on disk is left as it is."""
+        if tuple(raw.shape) != (len(self), self.dim):
+            raise ValueError(f"replace_raw: {tuple(raw.shape)} features for an index of {len(self)} x {self.dim}")
+        norms = raw.detach().float().cpu().norm(dim=1).clamp_min(1e-12)
+        self.features = (raw.detach().float().cpu() / norms.unsqueeze(1)).half()
+        self.norms, self.unit_rows, self.raw_error = norms, True, None
+        self.path, self.mapped, self.verified, self.disk = None, None, False, {}
+        self._f32 = self._fingerprint = None
+
     @property
     def backend(self) -> Backend:
         """What ranks this index; an exact scan unless load_index / with_backend chose another."""

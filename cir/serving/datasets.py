@@ -28,7 +28,7 @@ from cir.data import (
     load_triplets,
     resolve_data_root,
 )
-from cir.encoders import Encoder
+from cir.encoders import IMAGE_SIDE_KEY, Encoder
 from cir.index import FeatureIndex, IndexLoadError, Metadata, load_index, open_backend_or_placeholder, rank_subset
 from cir.serving.annotations import Annotations, annotations_for
 from cir.serving.errors import BadInput, NotFound
@@ -338,6 +338,8 @@ def _load_checked(source: DatasetSource, encoder: Encoder, data_root: str | None
     if not DATASET_NAME.match(source.name):
         raise ValueError(f"invalid dataset name {source.name!r}: names are letters, digits, '.', '_' and '-'")
     stale = stale_encoder_fields(source.manifest, encoder)
+    if IMAGE_SIDE_KEY in stale:
+        raise ValueError(image_side_mismatch(source.manifest, encoder))
     if stale:
         raise ValueError(f"extracted with other {encoder.name} weights or settings ({', '.join(stale)}); "
                          "extract it again")
@@ -360,4 +362,18 @@ def stale_encoder_fields(manifest: dict, encoder: Encoder) -> list[str]:
     """The fields of encoder.describe() that an index manifest records with another value: its features are
     not this encoder's (other heads, preprocessing or colour descriptor), so they must not be searched."""
     now = json.loads(json.dumps(encoder.describe(), default=str))  # tuples -> lists, as the manifest holds them
-    return [k for k, v in now.items() if k in manifest and manifest[k] != v]
+    stale = [k for k, v in now.items() if k in manifest and manifest[k] != v]
+    # A fine-tuned image side is recorded only where there is one: a manifest without it is the backend's own.
+    if manifest.get(IMAGE_SIDE_KEY) != now.get(IMAGE_SIDE_KEY) and IMAGE_SIDE_KEY not in stale:
+        stale.append(IMAGE_SIDE_KEY)
+    return stale
+
+
+def image_side_mismatch(manifest: dict, encoder: Encoder) -> str:
+    """Why an index of another image tower is refused, and what to do."""
+    had = manifest.get(IMAGE_SIDE_KEY) or "the backend's own"
+    now = encoder.describe().get(IMAGE_SIDE_KEY) or "the backend's own"
+    side = getattr(encoder, "text_side", None)
+    return (f"extracted with another image tower (image side {had}; the {encoder.name} encoder runs {now}"
+            f"{f', from stage-1 checkpoint {side.record}' if side is not None and side.path else ''}): extract it "
+            "again with this encoder (extract_features.py --stage1 CHECKPOINT for a fine-tuned image side)")

@@ -220,7 +220,7 @@ class Engine:
     def load(cls, settings: Settings) -> "Engine":
         """Load the encoder, its text sides, the Combiners and every dataset once (a few seconds)."""
         t0 = time.perf_counter()
-        encoder = settings.encoder_obj or encoders.load(settings.encoder, settings.device)
+        encoder = settings.encoder_obj or encoders.load(settings.encoder, settings.device, text=settings.stage1)
         text_sides = _load_text_sides(settings, encoder)
         parse_backend(settings.index_backend)   # a bad spec is the operator's error: fail now, not per dataset
         combiners = _load_combiners(settings, encoder, text_sides)
@@ -490,10 +490,20 @@ def _load_text_sides(settings: Settings, encoder: Encoder) -> dict[str, Encoder]
         wanted = {"stage1": stage1} if stage1.exists() else {}
     for name, wanted_side in wanted.items():
         try:
-            text_sides[name] = encoder.with_text(TextSide.of(wanted_side))
+            text_sides[name] = _side_encoder(encoder, TextSide.of(wanted_side))
         except (OSError, ValueError, NotImplementedError) as e:   # missing, damaged (named), unsupported
             log.warning("text encoder %s unavailable: %s", name, e)
     return text_sides
+
+
+def _side_encoder(encoder: Encoder, side: TextSide) -> Encoder:
+    """`encoder` with the stage-1 side `side`, which must keep its image side: the indexes served were
+    extracted with it (a checkpoint of `train.py text --side both|image` is served as the encoder instead)."""
+    out = encoder.with_text(side)
+    if getattr(out, "image_digest", None) != getattr(encoder, "image_digest", None):
+        raise ValueError(f"{side.record} fine-tunes the image side too, and the indexes were extracted with the "
+                         "served encoder's: it cannot be switched per query")
+    return out
 
 
 def _load_combiners(settings: Settings, encoder: Encoder, text_sides: dict[str, Encoder]) -> dict[str, PairedCombiner]:
@@ -531,7 +541,7 @@ def _paired_side(want: TextSide, encoder: Encoder, text_sides: dict[str, Encoder
         return None
     name = want.name if want.name not in text_sides else want.record
     try:
-        text_sides[name] = encoder.with_text(want)
+        text_sides[name] = _side_encoder(encoder, want)
     except (OSError, ValueError, NotImplementedError) as e:
         log.warning("text encoder %s unavailable: %s", want.record, e)
         return None

@@ -39,7 +39,7 @@ def prepare(settings: Settings, reextract_unverified: bool = False) -> None:
 def served_encoder(settings: Settings) -> Encoder:
     """The encoder the server runs, loaded once into `settings` (create_app then uses that one)."""
     if settings.encoder_obj is None:
-        settings.encoder_obj = encoders.load(settings.encoder, settings.device)
+        settings.encoder_obj = encoders.load(settings.encoder, settings.device, text=settings.stage1)
     return settings.encoder_obj
 
 

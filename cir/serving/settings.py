@@ -138,6 +138,10 @@ class Settings:
         None, "stage-1 text checkpoints to offer, NAME=PATH (repeatable, as --combiner); default: stage1 = "
         "weights/lite-text.safetensors when it exists", env="CIR_TEXT_ENCODERS", flag="--text-encoder",
         parse=name_paths, metavar="NAME=PATH", repeat=True, empty_is_value=True)
+    stage1: str | None = option(
+        None, "a stage-1 checkpoint the served encoder runs, its text side and its image side when it has one "
+        "(train.py text --side both|image): the indexes must be extracted with it (app.py extracts the catalogue "
+        "again); unset: the encoder's own", env="CIR_STAGE1", flag="--stage1", metavar="PATH")
     upload_dir: Path = option(
         None, "where uploads are stored (re-encoded JPEG + features .npy), outside the source tree: "
         "$XDG_CACHE_HOME/cir-demo/uploads, else ~/.cache/cir-demo/uploads", factory=default_upload_dir,

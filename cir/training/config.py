@@ -3,7 +3,7 @@
 "args" in the checkpoint's .train.json, and keys its resume state on it.
 
     AlignConfig          train.py align     the lite encoder's projection heads
-    TextStageConfig      train.py text      stage 1: the text side, sum fusion
+    TextStageConfig      train.py text      stage 1: the text side, the image side or both, sum fusion
     CombinerStageConfig  train.py combiner  stage 2: the Combiner on frozen features
 """
 from __future__ import annotations
@@ -19,11 +19,10 @@ from cir.utils import content_key
 
 # Stage defaults: this project's (tuned on the catalogue's val split), the CLIP4Cir README's commands (clip4cir)
 # and the CLIP4Cir scripts' argparse defaults (clip4cir-argparse). Combiner sizes may be multiples of the
-# encoder's feature size (RN50x4: 640 -> 2560 / 5120). A key a config does not have (e.g. "side" before the
-# stage-1 --side option exists) is left out.
+# encoder's feature size (RN50x4: 640 -> 2560 / 5120). A key a config does not have is left out.
 PRESETS: dict[str, dict[str, dict]] = {
     "project": {"text": {"epochs": 10, "lr": 3e-4, "batch": 256, "optimizer": "adam", "batch_size": 64,
-                         "validation_frequency": 1, "empty_captions": "image"},
+                         "validation_frequency": 1, "empty_captions": "image", "side": "text"},
                 "combiner": {"epochs": 40, "lr": 1e-3, "batch": 256, "optimizer": "adam", "projection_dim": 512,
                              "hidden_dim": 1024, "dropout": 0.2, "text_residual": 0.0, "batch_size": 64,
                              "validation_frequency": 1, "empty_captions": "image"}},
@@ -66,6 +65,7 @@ SELECT_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 SELECT_CHOICES = tuple(dict.fromkeys(k for rules in SELECT_KEYS.values() for k in rules))
 DTYPES = ("float16", "float32")     # checkpoint and feature storage (--dtype)
+STAGE1_SIDES = ("both", "text", "image")   # what `train.py text --side` fine-tunes (CLIP4Cir's --encoder)
 # Fields that do not change what a run computes: a resumed run may differ in them.
 _NOT_IN_RESUME_KEY = {"restart", "verbose", "workers", "epochs", "cmd", "out", "save_training", "resume"}
 
@@ -225,12 +225,21 @@ def _check_excluded(kinds: tuple[str, ...], dataset: str) -> None:
 
 @dataclass(frozen=True)
 class TextStageConfig(ComposedConfig):
-    """`train.py text`: stage 1 of CLIP4Cir (TOMM 2023), the text side fine-tuned with sum fusion."""
+    """`train.py text`: stage 1 of CLIP4Cir (TOMM 2023), the text side, the image side or both fine-tuned with
+    sum fusion."""
 
     cmd: str = field(default="text", init=False)
     out: str = str(WEIGHTS_DIR / "lite-text.safetensors")
+    side: str | None = None             # both, text or image (CLIP: the towers; lite: the projection heads);
+                                        # preset: both for clip4cir (the authors' --encoder both), text for
+                                        # project (the shipped lite-text checkpoint leaves every index valid)
     layers: int = 0                     # lite: top MiniLM layers also fine-tuned (0: the head only); hf: top layers
     logit_scale: float = 100.0          # similarity scale of the classification loss
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.side is not None and self.side not in STAGE1_SIDES:
+            raise ValueError(f"unknown stage-1 side {self.side!r}; valid: {', '.join(STAGE1_SIDES)}")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@
                epoch picked by --select (the means of its seven metrics, or R@5 + Rsubset@1)
 
 Every split's images are extracted once into a feature folder (IndexStore.open) by the encoder
-being trained, and read raw (FeatureIndex.raw_matrix): what the Combiner and sum fusion take. The test splits
-are never read here.
+being trained, and read raw (FeatureIndex.raw_matrix): what the Combiner and sum fusion take. Each index is
+kept with its image files (`opened`), and each reference row with the image behind it (`reference_sources`):
+stage 1 encodes those when it fine-tunes the image side (training.image_side). The test splits are never read
+here.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from cir.data import (
     resolve_data_root,
 )
 from cir.data.fashioniq import fashioniq_image_records
+from cir.data.photos import photo_images, photos_root
 from cir.encoders import Encoder
 from cir.evaluation.metrics import attribute_match_at_k, recall_at_k
 from cir.evaluation.protocols import compose_queries, composed_cirr, composed_fashioniq, fashioniq_indexes
@@ -45,6 +48,17 @@ from cir.training import references
 from cir.training.config import SELECT_KEYS, TRAIN_DATASETS, ComposedConfig
 
 log = logging.getLogger("train")
+
+
+Source = tuple[Path, int]   # an image file and its view: 0 the image itself, 1 its photo-like view
+
+
+@dataclass
+class Opened:
+    """An index the training data read, with what stage 1 needs to encode it again."""
+    index: FeatureIndex
+    paths: dict[str, Path]          # row name -> image file
+    split: str | None               # train, val ...
 
 
 @dataclass
@@ -67,10 +81,26 @@ class TrainData:
         self.encoder, self.cfg = encoder, cfg
         self.root = resolve_data_root(self.dataset, cfg.data_root)
         self._epochs: dict[int, list[Item]] = {}
+        self.opened: list[Opened] = []  # every index read, with its image files and split
 
     def index(self, records: Sequence[ImageRecord], name: str, **info: Any) -> FeatureIndex:
         """The feature folder of `records` under --features: extracted by the encoder once, then loaded."""
-        return self.cfg.store.open(records, self.encoder, name, dataset=self.dataset, data_root=str(self.root), **info)
+        idx = self.cfg.store.open(records, self.encoder, name, dataset=self.dataset, data_root=str(self.root), **info)
+        self.opened.append(Opened(idx, {r.name: r.path for r in records}, info.get("split")))
+        return idx
+
+    def image_paths(self, index: FeatureIndex) -> dict[str, Path]:
+        """The image file of each row name of an index this data opened."""
+        return next(o.paths for o in self.opened if o.index is index)
+
+    def train_sources(self) -> list[Source]:
+        """The image behind each train row (view 0: the image itself)."""
+        paths = self.image_paths(self.train)
+        return [(paths[n], 0) for n in self.train.names]
+
+    def reference_sources(self) -> list[Source]:
+        """The image and view behind each reference_matrix row (the train rows by default)."""
+        return self.train_sources()
 
     def epoch(self, epoch: int) -> list[Item]:
         """The train items of `epoch` (made once, then kept: a resumed run sees the same ones)."""
@@ -127,6 +157,10 @@ class CatalogData(TrainData):
         self.train = self.indexes["train"]
         self.photos = {s: references.real_photos(encoder, cfg.store, cfg.data_root, s) if cfg.photo_triplets else None
                        for s in ("train", "val")}
+        for split, got in self.photos.items():
+            if got is not None:
+                recs = photo_images(photos_root(cfg.data_root), split)
+                self.opened.append(Opened(got[0], {r.name: r.path for r in recs}, split))
         self._refs: torch.Tensor | None = None  # made when training asks (reference_matrix)
         self._held_changes = families.held_out_changes(cfg.exclude_kinds)
         if cfg.exclude_kinds:
@@ -168,6 +202,16 @@ class CatalogData(TrainData):
         if self.photos["train"] is not None:
             parts.append(self.photos["train"][0].raw_matrix())
         return torch.cat(parts)
+
+    def reference_sources(self) -> list[Source]:
+        """As _reference_matrix: the train images, their photo-like views (view 1), the train photos."""
+        clean = self.train_sources()
+        out = clean + ([(path, 1) for path, _ in clean] if self.cfg.photo_like else [])
+        if self.photos["train"] is not None:
+            photos = self.photos["train"][0]
+            paths = self.image_paths(photos)
+            out += [(paths[n], 0) for n in photos.names]
+        return out
 
     def reference_matrix(self) -> torch.Tensor:
         if self._refs is None:

@@ -1,6 +1,7 @@
-"""The two composed training stages of CLIP4Cir: stage 1 fine-tunes the text side with sum fusion,
-stage 2 trains the Combiner on frozen, cached features; the shared epoch loop (fresh items per epoch,
-best epoch on val, resumable) and the losses."""
+"""The two composed training stages of CLIP4Cir: stage 1 fine-tunes the text side, the image side or both
+with sum fusion, stage 2 trains the Combiner on frozen, cached features; the shared epoch loop (fresh items per
+epoch, best epoch on val, resumable) and the losses. Both train float32 weights, under autocast on CUDA
+(cir.precision)."""
 from __future__ import annotations
 
 import logging
@@ -16,9 +17,11 @@ from cir import encoders
 from cir.combiner import Combiner, CombinerConfig, element_wise_sum
 from cir.encoders.texts import CachedTexts, StoredMemo, text_fingerprint
 from cir.evaluation.plots import plot_training
+from cir.precision import Precision
 from cir.training.checkpoints import TORCH_DTYPES, Checkpointer, widen
 from cir.training.config import PRESETS, CombinerStageConfig, ComposedConfig, TextStageConfig, record
 from cir.training.data import Item, TrainData, TrainingTexts, load_train_data
+from cir.training.image_side import TrainingImages
 from cir.utils import get_device, write_json
 
 log = logging.getLogger("train")
@@ -51,10 +54,10 @@ def _batches(n: int, size: int, drop_last: bool, generator: torch.Generator) -> 
 
 
 def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: TrainData, step, validate,
-         export=None) -> tuple:
+         precision: Precision, export=None) -> tuple:
     """The shared epoch loop: fresh items per epoch, validated every --validation-frequency epochs, best-on-val,
     resumable; `export(path)` writes a checkpoint (--save-training's per-epoch files). Returns (best, history,
-    ckpt)."""
+    ckpt). `step` runs its forward pass under precision.autocast() where it wants it; the update is precision's."""
     torch.manual_seed(cfg.seed)
     opt = _optimizer(cfg, params)
     ckpt = Checkpointer(cfg)
@@ -76,9 +79,7 @@ def _fit(cfg: ComposedConfig, module: torch.nn.Module, params: list, data: Train
         bar = tqdm(batches, desc=f"{kind} epoch {epoch + 1}/{cfg.epochs}", leave=False)
         for ib in bar:
             loss = step([items[i] for i in ib])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            precision.backward_step(opt, loss)
             total, seen = total + loss.item() * len(ib), seen + len(ib)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         module.eval()
@@ -115,6 +116,7 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     device = get_device(cfg.device)
     encoder = _load_encoder(cfg, device, text=cfg.text_encoder)
     cfg = cfg.with_preset(encoder.dim)
+    precision = Precision.for_device(device)
     data = load_train_data(encoder, cfg)
     # Stage 2: the text side is frozen, each caption encoded once, and kept for the next run with this text side.
     memo = StoredMemo(Path(cfg.cache_dir) / f"captions-{text_fingerprint(encoder)}.safetensors")
@@ -124,19 +126,20 @@ def train_combiner(cfg: CombinerStageConfig) -> dict:
     model_cfg = CombinerConfig(feature_dim=encoder.dim, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
                                dropout=cfg.dropout, encoder=encoder.name, text_encoder=encoder.text_side.record,
                                inputs="raw", text_residual=cfg.text_residual)
-    combiner = Combiner(model_cfg).to(device)
+    combiner = precision.master_weights(Combiner(model_cfg).to(device))
     ref_raw = data.reference_matrix().to(device)
     unit = F.normalize(data.train.raw_matrix().to(device), dim=-1)
 
     def step(batch: list[Item]) -> torch.Tensor:
         refs, tgts = _rows(batch, device)
-        text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)
+        text = texts.encode_texts([it.caption for it in batch], raw=True).to(device)  # float32, frozen
         gallery = unit if cfg.negatives == "gallery" else unit[tgts]
-        return composed_loss(combiner(ref_raw[refs], text, gallery), data, batch, tgts.cpu(), cfg.negatives)
+        with precision.autocast():   # the Combiner alone, as CLIP4Cir's stage 2
+            return composed_loss(combiner(ref_raw[refs], text, gallery), data, batch, tgts.cpu(), cfg.negatives)
 
     t0 = time.time()
     best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), data, step,
-                               lambda: _validate_on_cpu(data, texts, combiner, device),
+                               lambda: _validate_on_cpu(data, texts, combiner, device), precision,
                                lambda path: combiner.save(path, TORCH_DTYPES[cfg.dtype]))
     memo.save()
     combiner.cpu().save(cfg.out, TORCH_DTYPES[cfg.dtype])
@@ -159,38 +162,77 @@ def _validate_on_cpu(data: TrainData, texts, module: torch.nn.Module, device) ->
         module.to(device)
 
 
-def train_text(cfg: TextStageConfig) -> dict:
-    """Stage 1: the text side fine-tuned with sum fusion, the best epoch on val, saved to cfg.out; returns a
-    summary."""
-    device = get_device(cfg.device)
-    encoder = _load_encoder(cfg, device)
-    cfg = cfg.with_preset(encoder.dim)
-    data = load_train_data(encoder, cfg)
-    prefixes = encoder.text_prefixes(cfg.layers)
+def stage1_prefixes(encoder, side: str, layers: int = 0) -> list[str]:
+    """State-dict prefixes of what `train.py text --side` fine-tunes: the text side (+ its top `layers`), the
+    image side (CLIP: the image tower; lite: the image head) or both. ValueError for an encoder without it."""
+    try:
+        return ((encoder.text_prefixes(layers) if side in ("text", "both") else [])
+                + (encoder.image_prefixes() if side in ("image", "both") else []))
+    except (NotImplementedError, AttributeError) as e:   # bof implements neither side
+        raise ValueError(f"train.py text --side {side}: {encoder.name} cannot be fine-tuned here ({e})") from None
+
+
+def _unfreeze(encoder: torch.nn.Module, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """Only the parameters under `prefixes` train."""
     encoder.requires_grad_(False)
     params = [p for n, p in encoder.named_parameters() if n.startswith(tuple(prefixes))]
     for p in params:
         p.requires_grad_(True)
-    ref_raw = data.reference_matrix().to(device)
-    unit = F.normalize(data.train.raw_matrix().to(device), dim=-1)
+    return params
+
+
+def _stage1_step(cfg: TextStageConfig, encoder, data: TrainData, images: TrainingImages | None,
+                 precision: Precision, device: torch.device):
+    """One batch's loss: sum fusion of raw reference and caption features ranked against unit targets, the
+    reference and target images encoded by the image side being trained, else read from the indexes."""
+    ref_raw = data.reference_matrix().to(device) if images is None else None
+    unit = F.normalize(data.train.raw_matrix().to(device), dim=-1) if images is None else None
 
     def step(batch: list[Item]) -> torch.Tensor:
         refs, tgts = _rows(batch, device)
-        text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
-        q = element_wise_sum(ref_raw[refs], text)  # CLIP4Cir's stage 1: sum fusion of raw features
-        gallery = unit if cfg.negatives == "gallery" else unit[tgts]
-        return composed_loss(cfg.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), cfg.negatives)
+        with precision.autocast():
+            text = encoder.text_forward([it.caption for it in batch])  # raw, as CLIP's encode_text
+            if images is None:
+                ref, gallery = ref_raw[refs], (unit if cfg.negatives == "gallery" else unit[tgts])
+            else:
+                ref, gallery = images.references(refs), images.gallery(tgts)
+            q = element_wise_sum(ref, text)  # CLIP4Cir's stage 1: sum fusion of raw features
+            return composed_loss(cfg.logit_scale * q @ gallery.T, data, batch, tgts.cpu(), cfg.negatives)
+    return step
 
-    def export(path, info: dict | None = None) -> None:
-        encoder.save_text(path, prefixes, info or {"layers": cfg.layers, "dataset": cfg.dataset})
-        widen(path, encoder.state_dict(), cfg.dtype)
+
+def train_text(cfg: TextStageConfig) -> dict:
+    """Stage 1: the text side, the image side or both (cfg.side) fine-tuned with sum fusion, the best epoch on
+    val, saved to cfg.out; returns a summary."""
+    device = get_device(cfg.device)
+    encoder = _load_encoder(cfg, device)
+    cfg = cfg.with_preset(encoder.dim)
+    prefixes = stage1_prefixes(encoder, cfg.side, cfg.layers)   # an unsupported side fails before any work
+    precision = Precision.for_device(device)
+    precision.master_weights(encoder)   # clip.load gives float16 weights on CUDA: AdamW must update float32 ones
+    data = load_train_data(encoder, cfg)
+    params = _unfreeze(encoder, prefixes)
+    images = TrainingImages(encoder, data, cfg) if cfg.side != "text" else None
+
+    def validate() -> dict:
+        if images is not None:
+            images.refresh()   # validation ranks val images encoded by the image side as it is now
+        return data.validate(TrainingTexts(encoder), "sum")
 
     t0 = time.time()
-    best, history, ckpt = _fit(cfg, encoder, params, data, step,
-                               lambda: data.validate(TrainingTexts(encoder), "sum"), export)
+    def export(path, info: dict | None = None) -> None:
+        encoder.save_text(path, prefixes, info or {"layers": cfg.layers, "side": cfg.side, "dataset": cfg.dataset})
+        widen(path, encoder.state_dict(), cfg.dtype)
+
+    try:
+        best, history, ckpt = _fit(cfg, encoder, params, data, _stage1_step(cfg, encoder, data, images, precision,
+                                                                            device), validate, precision, export)
+    finally:
+        if images is not None:
+            images.close()
     encoder.cpu()
-    export(cfg.out, {"best_val": best, "layers": cfg.layers, "dataset": cfg.dataset})
-    return _finish(cfg, ckpt, best, history, time.time() - t0, {"prefixes": prefixes})
+    export(cfg.out, {"best_val": best, "layers": cfg.layers, "side": cfg.side, "dataset": cfg.dataset})
+    return _finish(cfg, ckpt, best, history, time.time() - t0, {"prefixes": prefixes, "side": cfg.side})
 
 
 def _finish(cfg: ComposedConfig, ckpt: Checkpointer, best: dict, history: list, seconds: float,

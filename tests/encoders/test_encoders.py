@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 from cir import encoders
@@ -333,17 +334,22 @@ def test_onnx_text_tower_equals_sentence_transformers(lite_encoder):
         assert torch.allclose(got, ref.repeat(len(batch) // len(caps) or 1, 1)[:len(batch)], atol=1e-5)
 
 
-def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path, lite_encoder):
-    """CLIP4Cir saves {'CLIP': clip_model.state_dict()}: its text weights replace ours, the image side stays."""
+def _stand_in_clip(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(
         load=lambda name, device, jit: (_FakeClipModel(), None),
         tokenize=lambda texts, truncate: torch.tensor([[(sum(map(ord, t)) * (i + 1)) % 100 for i in range(6)]
                                                        for t in texts])))
+
+
+def test_a_clip4cir_fine_tuned_clip_loads_with_both_towers(monkeypatch, tmp_path, lite_encoder):
+    """CLIP4Cir saves {'CLIP': clip_model.state_dict()}: its text and image weights replace ours, and the
+    encoder's description names the new image side (indexes of the old one are not this encoder's)."""
+    _stand_in_clip(monkeypatch)
     enc = encoders.load("openai:RN50x4", "cpu")
     tuned = _FakeClipModel()
     with torch.no_grad():
         tuned.text_projection.mul_(-2.0)
-        tuned.visual.weight.add_(1.0)  # must NOT be taken: only the text side is
+        tuned.visual.weight.add_(1.0)
     path = tmp_path / "tuned_clip_best.pt"
     torch.save({"CLIP": tuned.state_dict(), "epoch": 3}, path)
     side = enc.with_text(path)
@@ -351,12 +357,32 @@ def test_a_clip4cir_fine_tuned_clip_loads_as_the_text_side(monkeypatch, tmp_path
     base = enc.encode_texts(["a red dress"], raw=True)
     assert torch.allclose(side.encode_texts(["a red dress"], raw=True), -2 * base)
     px = torch.rand(2, 3, 32, 32)
-    assert torch.equal(side.encode_pixels(px), enc.encode_pixels(px))
+    want = F.normalize(tuned.encode_image(px), dim=-1).detach()
+    assert torch.allclose(side.encode_pixels(px), want, atol=1e-6)
+    assert not torch.allclose(side.encode_pixels(px), enc.encode_pixels(px))
+    assert side.image_digest and side.describe()["image_side"] == side.image_digest
+    assert "image_side" not in enc.describe() and enc.image_digest is None  # the encoder loaded from is intact
     with pytest.raises(ValueError, match="openai: encoder"):
         lite_encoder.with_text(path)
     torch.save({"model": tuned.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="'CLIP' entry"):
         enc.with_text(tmp_path / "other.pt")
+
+
+def test_a_clip4cir_checkpoint_of_the_text_side_only_keeps_the_image_side(monkeypatch, tmp_path):
+    """CLIP4Cir's `--encoder text` saves the whole CLIP, image tower unchanged: indexes stay valid."""
+    _stand_in_clip(monkeypatch)
+    enc = encoders.load("openai:RN50x4", "cpu")
+    tuned = _FakeClipModel()
+    with torch.no_grad():
+        tuned.text_projection.mul_(-2.0)
+    path = tmp_path / "text_only.pt"
+    torch.save({"CLIP": tuned.state_dict()}, path)
+    side = enc.with_text(path)
+    assert side.image_digest is None and side.describe() == enc.describe()
+    assert side.model.visual is enc.model.visual or torch.equal(side.model.visual.weight, enc.model.visual.weight)
+    px = torch.rand(2, 3, 32, 32)
+    assert torch.equal(side.encode_pixels(px), enc.encode_pixels(px))
 
 
 # ----------------------------------------------------------------------------------------------- text sides

@@ -1,7 +1,9 @@
 """End to end against an independent reference of the papers: a tiny random CLIP (hf: backend) on images of
 many aspect ratios in a FashionIQ layout, features extracted with extract_features.py, an original-format
 Combiner checkpoint ({'Combiner': state_dict}); the rankings of evaluate.py and of the server must equal
-those of the reference below, which is written from the papers' formulas, not from the project's code:
+those of the reference below, which is written from the papers' formulas, not from the project's code. The
+same holds for a CLIP fine-tuned on both towers by CLIP4Cir's stage 1 ({'CLIP': state_dict}), through the
+openai: backend with a tiny stand-in for the `clip` package (the package is not installed here):
 
     TargetPad(1.25) -> Resize(short side) bicubic -> CenterCrop -> normalise      (CLIP4Cir, sec. 3.3)
     raw CLIP features f_I = encode_image, f_T = encode_text                      (no normalisation)
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import types
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
@@ -126,8 +130,8 @@ def ref_combiner(sd: dict, f_img: torch.Tensor, f_txt: torch.Tensor) -> torch.Te
     return F.normalize(fused + lam * f_txt + (1 - lam) * f_img, dim=-1)
 
 
-def ref_rankings(world, method: str) -> list[list[str]]:
-    img, txt = ref_features(world)
+def ref_rankings(world, method: str, features: tuple[dict, dict] | None = None) -> list[list[str]]:
+    img, txt = features or ref_features(world)
     sd = torch.load(world["ckpt"], weights_only=True)["Combiner"]
     gallery = F.normalize(torch.stack([img[n] for n in world["names"]]), dim=-1)
     out = []
@@ -184,6 +188,145 @@ def test_the_server_ranks_as_the_papers(world, method, tmp_path):
                                              "k": len(world["names"]) - 1, "combiner": "orig"})
         assert r.status_code == 200, r.get_json()
         assert r.get_json()["ids"] == [n for n in want if n != t["candidate"]]  # the server drops the reference
+
+
+# ----------------------------------------------------------------------------------------------- CLIP4Cir's stage 1
+
+OPENAI_MEAN, OPENAI_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+CONTEXT, VOCAB = 16, 300
+
+
+class StandInVisual(nn.Module):
+    """A patch embedding, mean-pooled and projected: the image tower of the stand-in CLIP."""
+
+    def __init__(self, res: int, width: int, dim: int):
+        super().__init__()
+        self.input_resolution = res
+        self.conv1 = nn.Conv2d(3, width, 8, stride=8)
+        self.ln_post = nn.LayerNorm(width)
+        self.proj = nn.Parameter(torch.randn(width, dim) / width ** 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_post(self.conv1(x).flatten(2).mean(-1)) @ self.proj
+
+
+class StandInClip(nn.Module):
+    """OpenAI CLIP's interface and state-dict names (visual.*, token_embedding, positional_embedding,
+    transformer, ln_final, text_projection, logit_scale), tiny and random (seeded)."""
+
+    def __init__(self, res: int = 32, width: int = 24, dim: int = 16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.visual = StandInVisual(res, width, dim)
+        self.token_embedding = nn.Embedding(VOCAB, width)
+        self.positional_embedding = nn.Parameter(torch.randn(CONTEXT, width) * 0.1)
+        self.transformer = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(width, 2, 48, dropout=0.0, batch_first=True), 1, enable_nested_tensor=False)
+        self.ln_final = nn.LayerNorm(width)
+        self.text_projection = nn.Parameter(torch.randn(width, dim) / width ** 0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(4.6))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.visual(x.type(self.dtype))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.ln_final(self.transformer(self.token_embedding(tokens) + self.positional_embedding))
+        return x[torch.arange(len(tokens)), tokens.argmax(-1)] @ self.text_projection
+
+
+def stand_in_tokenize(texts, truncate: bool = True) -> torch.Tensor:
+    """Characters as tokens between start (1) and end (VOCAB - 1, the largest id: CLIP pools at argmax)."""
+    out = torch.zeros(len(texts), CONTEXT, dtype=torch.long)
+    for i, t in enumerate(texts):
+        ids = [1] + [3 + ord(c) % (VOCAB - 4) for c in t][:CONTEXT - 2] + [VOCAB - 1]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+@pytest.fixture()
+def stand_in_clip(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "clip", types.SimpleNamespace(
+        load=lambda name, device, jit: (StandInClip().to(device), None), tokenize=stand_in_tokenize))
+
+
+@pytest.fixture(scope="module")
+def tuned_clip(tmp_path_factory) -> tuple[StandInClip, object]:
+    """The stand-in CLIP with both towers changed, and its CLIP4Cir checkpoint {'CLIP': state_dict}."""
+    tuned = StandInClip()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(3)
+        for name, p in tuned.named_parameters():
+            if name.startswith(("visual.", "text_projection", "token_embedding")):
+                p.add_(0.5 * p.std() * torch.randn(p.shape, generator=g))
+    path = tmp_path_factory.mktemp("clip4cir") / "tuned_clip_best.pt"
+    torch.save({"CLIP": tuned.state_dict()}, path)
+    return tuned.eval(), path
+
+
+def stand_in_features(world, model: StandInClip) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The reference's raw features, from `model` (the stand-in with the checkpoint's weights)."""
+    res = model.visual.input_resolution
+    caps = [f"{a.strip('.?, ').capitalize()} and {b.strip('.?, ')}" for a, b in (t["captions"] for t in world["trips"])]
+    with torch.no_grad():
+        px = torch.stack([ref_pixels(world["root"] / "images" / f"{n}.png", res, OPENAI_MEAN, OPENAI_STD)
+                          for n in world["names"]])
+        img, txt = model.encode_image(px), model.encode_text(stand_in_tokenize(caps))
+    return dict(zip(world["names"], img)), dict(zip(caps, txt))
+
+
+def _extract(world, out, *extra: str) -> None:
+    assert extract_main(["--dataset", "fashioniq", "--data-root", str(world["root"]), "--split", "val",
+                         "--encoder", "openai:RN50", "--device", "cpu", "--workers", "0", "--out", str(out),
+                         *extra]) == 0
+
+
+@pytest.mark.parametrize("method", ["combiner", "sum"])
+def test_a_clip4cir_stage1_clip_ranks_as_the_papers(world, stand_in_clip, tuned_clip, method, tmp_path):
+    """Both towers of {'CLIP': state_dict} are taken; the index extracted with the old image tower is
+    extracted again, and evaluate.py ranks as the reference on the tuned CLIP (not on the base one)."""
+    tuned, ckpt = tuned_clip
+    _extract(world, tmp_path / "features")  # the base image tower's index
+    out = tmp_path / "rankings.json"
+    assert evaluate_main(["--task", "composed", "--dataset", "fashioniq", "--data-root", str(world["root"]),
+                          "--split", "val", "--encoder", "openai:RN50", "--text-encoder", str(ckpt), "--device",
+                          "cpu", "--workers", "0", "--features", str(tmp_path / "features"),
+                          "--combiner", str(world["ckpt"]) if method == "combiner" else "sum",
+                          "--save-rankings", str(out)]) == 0
+    want = ref_rankings(world, method, stand_in_features(world, tuned))
+    assert json.loads(out.read_text()) == want
+    assert ref_rankings(world, method, stand_in_features(world, StandInClip().eval())) != want  # it can fail
+    manifest = json.loads((tmp_path / "features" / "fashioniq-shirt-val" / "manifest.json").read_text())
+    assert manifest["image_side"] == encoders.load("openai:RN50", "cpu", text=ckpt).image_digest
+
+
+def test_an_index_of_the_old_image_tower_is_refused_then_extracted_again(world, stand_in_clip, tuned_clip,
+                                                                          tmp_path):
+    """The demo serving the checkpoint as its encoder's (--stage1) refuses the base tower's index, then serves
+    the one extracted with `extract_features.py --stage1`, ranking as the reference."""
+    tuned, ckpt = tuned_clip
+    features = tmp_path / "features"
+    _extract(world, features)
+
+    def app():
+        return create_app(Settings(features_root=features, encoder="openai:RN50", stage1=str(ckpt), device="cpu",
+                                   combiners={}, text_checkpoints={}, upload_dir=tmp_path / "u",
+                                   data_root=str(world["root"]), warm_up=False))
+
+    with pytest.raises(ValueError, match="fashioniq-shirt-val: extracted with another image tower .*--stage1"):
+        app()
+    _extract(world, features, "--stage1", str(ckpt))
+    client = app().test_client()
+    want = ref_rankings(world, "sum", stand_in_features(world, tuned))
+    for t, ranked in zip(world["trips"], want):
+        r = client.post("/api/search", json={"mode": "sum", "dataset": "fashioniq-shirt-val", "k": 11,
+                                             "reference": t["candidate"],
+                                             "caption": f"{t['captions'][0].capitalize()} and {t['captions'][1]}"})
+        assert r.status_code == 200, r.get_json()
+        assert r.get_json()["ids"] == [n for n in ranked if n != t["candidate"]]
 
 
 def _legacy_folder(path, encoder: str) -> None:

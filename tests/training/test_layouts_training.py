@@ -96,12 +96,15 @@ def test_cirr_training_without_train_captions_says_so(tmp_path, lite_encoder, mo
 
 @pytest.mark.parametrize("dataset", ["fashioniq", "cirr"])
 def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp_path, capsys):
+    """Stage 1 on both towers (as the papers), then stage 2 and evaluation on features of the tuned image tower."""
     root = small_layouts / {"fashioniq": "fiq", "cirr": "cirr"}[dataset]
     enc = f"hf:{tiny_clip_dir}"
     features = tmp_path / "features"
     text = tmp_path / "text.safetensors"
     assert train_main(["text", "--dataset", dataset, "--data-root", str(root), "--encoder", enc, "--batch", "16",
-                       *_common(tmp_path, features, "--epochs", "1", "--out", str(text))]) == 0
+                       "--side", "both", *_common(tmp_path, features, "--epochs", "1", "--out", str(text))]) == 0
+    digest = encoders.load(enc, "cpu", text=text).image_digest
+    assert digest and not any("image_side" in json.loads(m.read_text()) for m in features.glob("*/manifest.json"))
     comb = tmp_path / "comb.safetensors"
     assert train_main(["combiner", "--dataset", dataset, "--data-root", str(root), "--encoder", enc,
                        "--text-encoder", str(text), "--preset", "clip4cir", "--batch", "16",
@@ -114,6 +117,8 @@ def test_tiny_clip_trains_both_stages(small_layouts, tiny_clip_dir, dataset, tmp
                           "--device", "cpu"]) == 0
     metrics = _last_json(capsys)
     assert metrics["text_encoder"] == str(text) and metrics["queries"] > 0
+    manifests = [json.loads(m.read_text()) for m in features.glob("*/manifest.json")]
+    assert manifests and all(m["image_side"] == digest for m in manifests)  # extracted again with the tuned tower
 
 
 def test_tiny_clip_with_the_original_knobs_saves_every_epoch_and_resumes(small_layouts, tiny_clip_dir, tmp_path,

@@ -104,7 +104,7 @@ def test_stage1_text_checkpoint_changes_only_the_text_side(small_catalog, featur
     private._modules = dict(lite_encoder._modules)
     private._modules["heads"] = copy.deepcopy(lite_encoder.heads)
     monkeypatch.setattr(encoders, "load", lambda *a, **k: private)
-    assert main(["text", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out))]) == 0
+    assert main(["text", "--side", "text", *_args(tmp_path, features_dir, "--epochs", "2", "--out", str(out))]) == 0
     history = json.loads(out.with_name("text.train.json").read_text())["history"]
     assert history[-1]["loss"] < history[0]["loss"]
     tuned = lite_encoder.with_text(out)
