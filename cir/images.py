@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import stat
+import warnings
 from typing import IO
 
 from PIL import Image, ImageCms, ImageOps
@@ -62,17 +63,38 @@ def open_image_file(path: str | os.PathLike) -> IO[bytes]:
     return open(path, "rb", opener=_regular_file_opener)
 
 
-def open_image(path: str | os.PathLike, max_side: int | None = None) -> Image.Image:
+class ImageTooLarge(ValueError):
+    """An image with more pixels to decode than the caller allows (or than PIL's own bomb limit)."""
+
+
+def open_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None) -> Image.Image:
     """The image file at `path`, decoded now (a truncated file fails here) and read as it is displayed; at
     most `max_side` px on its long side when given (a JPEG is then decoded at reduced size by libjpeg's DCT
-    scaling, as uploads are: a 24 MP photo explained needs its 1,024 px, not its 72 MB of pixels)."""
-    with open_image_file(path) as f, Image.open(f) as im:
+    scaling, as uploads are: a 24 MP photo explained needs its 1,024 px, not its 72 MB of pixels).
+
+    `max_pixels` bounds what is decoded (after that reduction): a file with more is ImageTooLarge before any
+    pixel is read, so a server's image that was swapped for a 100 MP PNG costs nothing (it cost seconds and
+    half a gigabyte per request)."""
+    with open_image_file(path) as f, _opened(f) as im:
         if max_side is not None and im.format in ("JPEG", "MPO") and max(im.size) > max_side:
             w, h = im.size
             scale = max_side / max(w, h)
             im.draft(None, (max(1, math.ceil(w * scale)), max(1, math.ceil(h * scale))))
-        im.load()
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageTooLarge(f"{im.width}x{im.height} px is more than the {max_pixels / 1e6:g} MP allowed")
+        with warnings.catch_warnings():
+            if max_pixels is not None:   # our own limit is the guard: PIL's bomb warning would only be noise
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
         return as_displayed(im, max_side)
+
+
+def _opened(f: IO[bytes]) -> Image.Image:
+    """Image.open, with PIL's decompression-bomb refusal (an Exception, not an OSError) as ImageTooLarge."""
+    try:
+        return Image.open(f)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(str(e)) from None
 
 
 # ----------------------------------------------------------------------------------------------- pixels

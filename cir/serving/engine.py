@@ -40,7 +40,7 @@ from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose, load_method
 from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
-from cir.images import as_displayed
+from cir.images import ImageTooLarge, open_image
 from cir.index import BackendUnavailable, Terms, parse_backend, search
 from cir.index.files import reextract_command
 from cir.serving.caching import LRU, Metrics
@@ -203,7 +203,7 @@ class Engine:
         self.thumbs = LRU(settings.thumb_cache_size)
         self.metrics = Metrics()
         self.explanations = Explanations(encoder, self.model_calls, settings.explain_concurrency,
-                                         settings.explain_cache_bytes)
+                                         settings.explain_cache_bytes, settings.max_image_pixels)
         self.uploads = UploadStore(settings.upload_dir, encoder, UploadLimits.of(settings),
                                    settings.upload_cache_size, self.model_calls)
 
@@ -435,15 +435,18 @@ class Engine:
             return data
         size = self.settings.thumb_size
         raw = path.read_bytes()
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.format == "JPEG" and max(im.size) <= size:
-                data = raw  # catalogue photos are 224 px JPEGs already
-            else:
-                im = as_displayed(im)
-                im.thumbnail((size, size), Image.BICUBIC)
-                buf = io.BytesIO()
-                im.save(buf, "JPEG", quality=85)
-                data = buf.getvalue()
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                as_is = im.format == "JPEG" and max(im.size) <= size   # catalogue photos are 224 px JPEGs already
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(str(e)) from None
+        if as_is:
+            data = raw
+        else:   # decoded at the size shown (JPEGs by libjpeg's scaling), and never more than max_image_pixels
+            im = open_image(path, size, self.settings.max_image_pixels)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
+            data = buf.getvalue()
         self.thumbs.put(key, data)
         return data
 

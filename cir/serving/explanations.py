@@ -24,9 +24,9 @@ import torch
 
 from cir.encoders import Encoder
 from cir.explain import Explainer
-from cir.images import open_image
+from cir.images import ImageTooLarge, open_image
 from cir.serving.caching import LRU
-from cir.serving.errors import NotFound, NotImplementedForModel, ServiceUnavailable
+from cir.serving.errors import NotFound, NotImplementedForModel, ServiceUnavailable, TooLarge
 from cir.serving.offload import Offload
 
 EXPLAIN_MAX_SIDE = 1024     # explanations decode at most this large: the encoder sees 224 px, the page shows less
@@ -48,8 +48,8 @@ class Explanations:
     """Explanations for one engine: the explainer (built on first use), its slots, threads and cache."""
 
     def __init__(self, encoder: Encoder, guard: Callable[[], ContextManager], concurrency: int,
-                 cache_bytes: int):
-        self.encoder = encoder
+                 cache_bytes: int, max_pixels: int):
+        self.encoder, self.max_pixels = encoder, max_pixels
         self.guard = guard                      # the engine's model lock (Engine.model_calls)
         self._explainer: Explainer | None = None
         self._slots = threading.BoundedSemaphore(max(1, concurrency))
@@ -72,7 +72,7 @@ class Explanations:
             with self.guard():
                 explainer = self._explainer_built()
                 vector = query()
-            body = self._offload(_compute, explainer, image, vector, fmt, check)
+            body = self._offload(_compute, explainer, image, vector, fmt, check, self.max_pixels)
         finally:
             self._slots.release()
         self.cache.put((key, fmt), body)
@@ -88,11 +88,14 @@ class Explanations:
 
 
 def _compute(explainer: Explainer, image: tuple[str, Path], query: torch.Tensor, fmt: str,
-             check: Callable[[float], None]) -> bytes:
-    """Decode, explain and render one image (runs on an offload thread)."""
+             check: Callable[[float], None], max_pixels: int) -> bytes:
+    """Decode (at most max_pixels after libjpeg's scaling), explain and render one image (on an offload
+    thread)."""
     name, path = image
     try:
-        decoded = open_image(path, EXPLAIN_MAX_SIDE)
+        decoded = open_image(path, EXPLAIN_MAX_SIDE, max_pixels)
+    except ImageTooLarge as e:
+        raise TooLarge(f"image {name!r} is too large to explain: {e}") from None
     except FileNotFoundError:
         raise NotFound(f"the file of image {name!r} is missing on the server") from None
     except (OSError, ValueError, SyntaxError):   # not a regular file, or not a readable image

@@ -14,10 +14,11 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, render_templ
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from cir.images import ImageTooLarge
 from cir.paths import REPO_DIR
 from cir.serving.datasets import Dataset
 from cir.serving.engine import Engine, Hit, SearchRequest, SearchResult
-from cir.serving.errors import ApiError, BadInput, NotFound
+from cir.serving.errors import ApiError, BadInput, NotFound, TooLarge
 from cir.serving.inputs import MAX_CAPTION_CHARS, MAX_FILTER_CHARS, parse_int, valid_image_id, validate_text
 from cir.serving.settings import MB, Settings
 from cir.web import assets
@@ -305,6 +306,8 @@ def _thumb_response(eng: Engine, key: tuple, path: Path) -> Response:
         data = eng.thumbnail(key, path)
     except FileNotFoundError:
         raise NotFound("the image file is missing on the server") from None
+    except ImageTooLarge as e:
+        raise TooLarge(f"the image file on the server is too large to show: {e}") from None
     except (OSError, ValueError, SyntaxError):
         raise NotFound("the image file on the server cannot be read") from None
     resp = Response(data, mimetype="image/jpeg")

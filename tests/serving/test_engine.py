@@ -215,3 +215,23 @@ def test_explanations_decode_at_the_size_they_need_and_are_bounded(demo_world, t
     finally:
         eng.explanations._slots.release()
     assert client.post("/api/explain?format=json", json=body).status_code == 200
+
+
+@pytest.mark.parametrize("size", [(6000, 5000), (15000, 15000)])   # over --max-pixels; over PIL's bomb limit too
+def test_a_served_image_swapped_for_a_huge_one_is_refused_not_decoded(demo_world, tmp_path, lite_encoder, size):
+    """A folder image replaced on disk after extraction by a 30 or 225 MP PNG: explaining it and its thumbnail
+    answer 413 before any pixel is decoded (they were a 500 and seconds of decoding)."""
+    photos, root = tmp_path / "photos", _served_copy(demo_world, tmp_path / "features")
+    photos.mkdir()
+    Image.new("RGB", (300, 200), (30, 30, 200)).save(photos / "small.png")
+    Image.new("RGB", (300, 200), (200, 30, 30)).save(photos / "other.png")
+    ensure_index(folder_images(photos), lite_encoder, root / "folder-photos", workers=0,
+                 info={"dataset": "folder", "data_root": str(photos)})
+    client = create_app(Settings(**{**demo_world, "features_root": root}, upload_dir=tmp_path / "u",
+                                 warm_up=False)).test_client()
+    Image.new("1", size).save(photos / "small.png")
+    body = {"dataset": "folder-photos", "mode": "text", "caption": "a red shirt", "result": "small.png"}
+    for r in (client.post("/api/explain", json=body), client.post("/api/explain?format=json", json=body),
+              client.get("/thumb/folder-photos/small.png")):
+        assert r.status_code == 413 and "too large" in r.get_json()["message"], r.data[:200]
+    assert client.get("/thumb/folder-photos/other.png").status_code == 200

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cir.combiner import Combiner, CombinerConfig
 from cir.evaluation.metrics import cirr_means
+from cir.precision import Precision
 from cir.training.config import PRESETS, CombinerStageConfig, TextStageConfig
 from cir.training.data import Item, TrainData
 from cir.training.stages import _fit
@@ -123,6 +124,7 @@ def _run(cfg, scores: list[float], seed: int = 1):
         return _row([scores.pop(0)] * 7)
 
     best, history, ckpt = _fit(cfg, combiner, list(combiner.parameters()), _Data(cfg), step, validate,
+                               Precision.for_device(torch.device("cpu")),
                                lambda path: combiner.save(path, torch.float32))
     return best, history, ckpt, combiner, calls
 
