@@ -23,9 +23,9 @@ Attacks (the numbers of --only):
      answers unchanged, same workers, /api/health reports the folder (serving: true)
   6  damaged feature folders beside a good one (names.json listing an id twice with its checksum recomputed,
      manifest.json a symlink loop, a dangling manifest link): health reports each, none is served
-  7  N half-header connections (bench_slow_clients.IdleConnections, reopened as soon as the server closes
-     one), for each N of --idle: normal clients' p50/p99/max and errors (a report: the bound is issue 20's
-     open item 7)
+  7  N half-header connections from another address, 127.0.0.2 (bench_slow_clients.IdleConnections,
+     reopened as soon as the server closes one), for each N of --idle: normal clients' p50/p99/max and errors
+     (the per-client connection limit of gunicorn.conf.py refuses what is beyond 64 per worker)
   8  a raw JPEG upload sent as application/x-www-form-urlencoded (expect 201), a 2-frame MPO upload (201,
      decoded as its first frame), ids holding a newline on /api/search, /img and /thumb (400)
 Row 0 is the baseline: the same normal clients with no attack, on the server of attacks 1, 2, 7 and 8.
@@ -418,7 +418,7 @@ def connection_slots(ctx: Ctx) -> list[Tally]:
         tally = Tally(f"7 {n} half-header connections")
         t0 = time.perf_counter()
         try:
-            with IdleConnections(ctx.server.port, n, "head", 0) as idle:
+            with IdleConnections(ctx.server.port, n, "head", 0, "127.0.0.2") as idle:
                 time.sleep(1)   # let the server take them in before the clients start
                 ctx.guarded(ctx.server, ctx.args.dataset, ctx.refs, tally, lambda: time.sleep(ctx.args.seconds))
                 tally.sent = n + idle.dropped

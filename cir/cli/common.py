@@ -147,12 +147,14 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_features(p: argparse.ArgumentParser, flag: str = "--features", batch_default: int | None = 64,
-                 original: tuple[str, ...] = ()) -> None:
+                 original: tuple[str, ...] = (), root_default: str | None = "features",
+                 root_note: str = "") -> None:
     """The features root and how a missing or stale index under it is extracted (batch size, workers);
-    `original`: the CLIP4Cir scripts this command stands for (their --clip-bs is --batch-size)."""
-    p.add_argument(flag, default="features",
+    `original`: the CLIP4Cir scripts this command stands for (their --clip-bs is --batch-size); `root_note`
+    says what a None `root_default` means."""
+    p.add_argument(flag, default=root_default,
                    help="features root: each index is the folder <root>/<dataset>[-<category>]-<split>, extracted "
-                        "there when it is missing or stale")
+                        f"there when it is missing or stale (default: {root_note or root_default})")
     p.add_argument("--batch-size", *aliases("--batch-size", *original) if original else [], type=positive_int,
                    default=batch_default, dest="batch_size",
                    help="images per encoder batch when extracting (the original scripts' --clip-bs; not their "

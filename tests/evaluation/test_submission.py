@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from cir.evaluation.submission import cirr_submission, submission_paths, write_submission
+from cir.data import Triplet
+from cir.evaluation.submission import check_submission, cirr_submission, submission_paths, write_submission
 from cir.paths import DEFAULT_DATA_ROOT
 
 CIRR = DEFAULT_DATA_ROOT / "formats" / "cirr_dataset" / "cirr"
@@ -52,3 +53,29 @@ def test_write_submission_replaces_atomically(tmp_path, monkeypatch):
         write_submission(out, *cirr_submission([2], [["c"]], [["c"]]))
     assert json.loads(recall_path.read_text())["1"] == ["a", "b"]  # the old file is intact
     assert sorted(p.name for p in out.parent.iterdir()) == sorted(p.name for p in submission_paths(out))
+
+
+def test_check_submission_reads_the_files_as_the_server(tmp_path):
+    names = [f"img{i}" for i in range(60)]
+    trips = [Triplet("img0", ("c",), None, pair_id=7, group=("img0", "img1", "img2", "img3", "img4")),
+             Triplet("img5", ("c",), None, pair_id=9, group=("img5", "img6"))]
+    good = cirr_submission([7, 9], [names[1:51], names[6:56]], [["img1", "img2", "img3"], ["img6"]])
+    write_submission(tmp_path / "s.json", *good)
+    recall, subset = check_submission(tmp_path / "s.json", trips, set(names))
+    assert recall["7"] == names[1:51] and subset["9"] == ["img6"]
+    bad = {
+        "pair ids differ": cirr_submission([7], [names[1:51]], [["img1", "img2", "img3"]]),
+        "reference img0 is ranked": cirr_submission([7, 9], [names[:50], names[6:56]], [["img1", "img2", "img3"],
+                                                                                         ["img6"]]),
+        "49 names in recall": cirr_submission([7, 9], [names[1:50], names[6:56]], [["img1", "img2", "img3"],
+                                                                                     ["img6"]]),
+        "not the first 3 other members": cirr_submission([7, 9], [names[1:51], names[6:56]],
+                                                         [["img1", "img2", "img9"], ["img6"]]),
+    }
+    for problem, payloads in bad.items():
+        write_submission(tmp_path / "b.json", *payloads)
+        with pytest.raises(ValueError, match=problem):
+            check_submission(tmp_path / "b.json", trips, set(names))
+    submission_paths(tmp_path / "b.json")[1].unlink()
+    with pytest.raises(ValueError, match="missing"):
+        check_submission(tmp_path / "b.json", trips)
