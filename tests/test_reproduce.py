@@ -5,7 +5,6 @@ submission files, and a second run that skips every step."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -16,7 +15,6 @@ from cir.combiner import Combiner
 from cir.data import catalog_images, list_images, load_triplets
 from cir.evaluation.submission import check_submission
 from cir.reproduce import PUBLISHED, columns, format_table, pipeline
-from cir.training.config import TextStageConfig
 
 pytestmark = pytest.mark.slow   # end-to-end runs: deselect with -m 'not slow'
 
@@ -94,16 +92,9 @@ def test_the_whole_pipeline_runs_and_reruns_as_up_to_date(tiny_layouts, tiny_cli
     assert set(last["steps"].values()) == {"up to date"} and again == table
 
 
-def test_the_stage1_side_is_passed_only_where_the_config_has_it(monkeypatch):
-    assert pipeline.side_option("clip4cir") == ({"side": "both"} if "side" in TextStageConfig.__dataclass_fields__
-                                                else {})
-
-    @dataclass(frozen=True)
-    class WithSide(TextStageConfig):
-        side: str = field(default="both")
-
-    monkeypatch.setattr(pipeline, "TextStageConfig", WithSide)
-    assert pipeline.side_option("clip4cir") == {"side": "both"} and pipeline.side_option("project") == {}
+def test_stage1_trains_the_presets_side():
+    cfg = pipeline.ReproduceConfig("cirr")
+    assert pipeline.text_config(cfg).with_preset(640).side == "both"   # the authors' --encoder both
 
 
 def test_quick_and_scaled_epochs():

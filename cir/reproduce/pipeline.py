@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -83,15 +83,6 @@ class ReproduceConfig:
         return IndexStore(self.features_root, self.preprocessing()[2], self.workers, self.dtype)
 
 
-def side_option(preset: str) -> dict:
-    """Stage 1's side (both / text / image) from the preset, passed only where TextStageConfig has that field:
-    before it exists, stage 1 fine-tunes the text side alone."""
-    if "side" not in {f.name for f in fields(TextStageConfig)}:
-        return {}
-    side = PRESETS[preset]["text"].get("side")
-    return {} if side is None else {"side": side}
-
-
 def stage_options(cfg: ReproduceConfig, cmd: str) -> dict:
     """What a stage takes from the run besides its preset: data, encoder, folders, preprocessing, and the
     epochs scaled (or --quick's)."""
@@ -109,9 +100,9 @@ def stage_options(cfg: ReproduceConfig, cmd: str) -> dict:
 
 
 def text_config(cfg: ReproduceConfig) -> TextStageConfig:
-    """Stage 1, as `train.py text --preset PRESET`."""
-    return TextStageConfig(**stage_options(cfg, "text"), out=str(cfg.run_dir / "stage1" / "text.safetensors"),
-                           **side_option(cfg.preset))
+    """Stage 1, as `train.py text --preset PRESET` (its side too: both for clip4cir, as the authors' --encoder
+    both)."""
+    return TextStageConfig(**stage_options(cfg, "text"), out=str(cfg.run_dir / "stage1" / "text.safetensors"))
 
 
 def combiner_config(cfg: ReproduceConfig, text_encoder: str) -> CombinerStageConfig:
