@@ -13,7 +13,8 @@ Attacks (the numbers of --only):
      raw sockets to POST /api/search, /api/explain, /api/upload, /api/health and GET /api/health (expect 400)
   3  explanations (PNG and ?format=json) and thumbnails of a 5712x4284 JPEG and a 10000x10000 PNG in an
      image folder extracted with extract_features.py into a temporary features root beside the --features
-     folders: seconds each, worker memory (VmRSS before/after, VmHWM peak); then a small PNG of that
+     folders: seconds each, worker memory (VmRSS before/after, VmHWM peak); the JPEG is decoded at reduced
+     size (expect 200), the PNG has more than --max-pixels to decode (expect 413); then a small PNG of that
      folder is replaced on disk by a 1-bit 15000x15000 one (225 MP, over twice PIL's bomb limit): its
      explanation and thumbnail must be a 4xx
   4  a server given damaged Combiner checkpoints (truncated, garbage, NaN weights) beside the good one:
@@ -267,7 +268,9 @@ def explain_large(ctx: Ctx) -> list[Tally]:
                     for result in big:
                         ref = next((n for n in big if n != result), result)
                         for fmt in ("png", "json", "thumb"):
-                            seconds = explain_once(ctx, server.port, dataset, ref, result, fmt, tally)
+                            # over --max-pixels (25 MP) once decoded: refused before any pixel is read
+                            expect = (413,) if result.endswith(".png") else (200,)
+                            seconds = explain_once(ctx, server.port, dataset, ref, result, fmt, tally, expect)
                             times.setdefault(f"{result} {fmt}", []).append(round(seconds, 2))
             ctx.guarded(server, ctx.args.dataset, refs, tally, body)
             tally.extra["seconds_each"] = times
