@@ -81,20 +81,7 @@ def parser() -> argparse.ArgumentParser:
                         "path, or a CLIP fine-tuned by CLIP4Cir (.pt): its text side and, when it holds one, its "
                         "image side (indexes are then extracted again with it) (default: the one the combiner was "
                         "trained with; base for sum/image/text and the other tasks)")
-    p.add_argument("--triplet-seed", type=int, default=0,
-                   help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
-    p.add_argument("--per-kind", type=positive_int, default=500,
-                   help="composed, catalog: at most this many triplets of each kind (cir.catalog.triplets kinds)")
-    p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
-                   help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
-                        "`train.py --phrasings train` never trains on")
-    p.add_argument("--save-rankings", default=None, metavar="FILE", type=output_file,
-                   help="composed: write a JSON list with the top-50 image names of every query, in "
-                        "annotation order (fashioniq: categories in the given order)")
-    p.add_argument("--submission", default=None, metavar="FILE", type=output_file,
-                   help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
-                        "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
-                        "(top 3 of the img_set); needed for test1, which has no targets")
+    _composed_args(p)
     add_encoder(p, note="; bof: image2image only", original=(VAL, SUB))
     add_features(p)
     add_transform(p)
@@ -116,6 +103,24 @@ def parser() -> argparse.ArgumentParser:
                         "line before --combiner's, which stays last; --plot draws them all")
     add_verbose(p)
     return p
+
+
+def _composed_args(p: argparse.ArgumentParser) -> None:
+    """The flags of the composed task alone: generated triplets, rankings and CIRR submission files."""
+    p.add_argument("--triplet-seed", type=int, default=0,
+                   help="composed, catalog: seed of the generated triplets (same seed = same triplets)")
+    p.add_argument("--per-kind", type=positive_int, default=500,
+                   help="composed, catalog: at most this many triplets of each kind (cir.catalog.triplets kinds)")
+    p.add_argument("--phrasings", default="all", choices=["all", "train", "heldout"],
+                   help="composed, catalog: caption templates of the triplets; 'heldout' uses only those "
+                        "`train.py --phrasings train` never trains on")
+    p.add_argument("--save-rankings", default=None, metavar="FILE", type=output_file,
+                   help="composed: write a JSON list with the top-50 image names of every query, in "
+                        "annotation order (fashioniq: categories in the given order)")
+    p.add_argument("--submission", default=None, metavar="FILE", type=output_file,
+                   help="composed, cirr: write the evaluation server's files beside FILE: FILE=out/sub.json "
+                        "gives out/recall_submission_sub.json (top 50) and out/recall_subset_submission_sub.json "
+                        "(top 3 of the img_set); needed for test1, which has no targets")
 
 
 def config(args: argparse.Namespace) -> EvalConfig:
