@@ -39,7 +39,7 @@ function initAdvanced() {
 
 // Why the results may not answer the caption, or "" when they do.
 function notUnderstood(data) {
-  if (!data.caption) return "";
+  if (!data.caption || !["composed", "sum", "text"].includes(data.mode)) return "";   // a typed caption only
   const quoted = `“${data.caption.length > 60 ? data.caption.slice(0, 60) + "…" : data.caption}”`;
   if (!/[\p{L}\p{N}]/u.test(data.caption)) {
     return `Sorry, ${quoted} has no words we can read. Describe the change in words, e.g. “in red” or “with short sleeves”.`;
@@ -47,7 +47,8 @@ function notUnderstood(data) {
   const u = data.understood;
   const read = u && u.available && (u.boost.length || u.avoid.length);
   const top = data.results.length ? data.results[0].score : 0;
-  if (read || top >= NOT_UNDERSTOOD_SCORE) return "";
+  // the threshold was measured on composed scores; text->image scores run on another scale
+  if (read || data.mode === "text" || top >= NOT_UNDERSTOOD_SCORE) return "";
   return `Sorry, we could not make sense of ${quoted}: these are only lookalikes. Try a colour, a type or a brand.`;
 }
 
@@ -109,8 +110,8 @@ function parseJson(text, fallback) {
 // Show what the URL says (a reload, a shared link, Back/Forward): returns false for a plain home URL.
 function restoreFromUrl() {
   const p = new URLSearchParams(location.search);
-  const ds = p.get("dataset");
-  if (ds && datasetInfo(ds) && ds !== state.dataset) switchDataset(ds);
+  const ds = p.get("dataset") || state.info.default;   // "/" is the default dataset's home
+  if (datasetInfo(ds) && ds !== state.dataset) switchDataset(ds);
   const mode = modeInfo(p.get("mode") || "");
   if (!mode || !mode.available) { showHome(); return false; }
   const ref = p.get("upload") ? refFromUrl("upload", p.get("upload"), state.dataset)
