@@ -10,6 +10,7 @@ const state = {
   dataset: null,         // current dataset name
   vocab: {},             // dataset name -> tag vocabulary
   page: 1, pages: 1, q: "",
+  randomList: null,      // the shuffled references after Random: Next/Previous page through these
   ref: null,             // {kind: "dataset"|"upload", id, dataset, title, thumb}
   mode: "composed",
   tags: {},              // attribute -> value (tags mode)
@@ -49,15 +50,38 @@ function imageCard(item, onClick, score) {
   const btn = el("button", {type: "button", class: "thumb-card", title: item.title, "data-id": item.id,
                             onclick: () => onClick(item)});
   const wrap = el("div", {class: "thumb-wrap"}, el("img", {src: item.thumb, alt: item.title, loading: "lazy"}));
-  if (score !== undefined) wrap.append(el("span", {class: "badge bg-dark score", text: score.toFixed(3)}));
+  if (score !== undefined) wrap.append(el("span", {class: "badge bg-dark score adv-only", text: score.toFixed(3)}));
   btn.append(wrap, el("div", {class: "cap", text: item.title}));
-  return el("div", {class: "col"}, btn);
+  const col = el("div", {class: "col card-col"}, btn);
+  if (score !== undefined) {   // results: a closer look without searching again
+    col.append(el("button", {type: "button", class: "btn btn-light btn-sm preview-btn", text: "⤢",
+                             title: "Look closer", "aria-label": `look closer at ${item.title}`,
+                             onclick: () => openPreview(item)}));
+  }
+  return col;
 }
 
-function showStatus(msg) {
+// A message above the results; an error (kind "error") also takes the results' place: results left on screen
+// would look like the answer to the request that failed.
+function showStatus(msg, kind = "info") {
   const s = $("#status");
   s.textContent = msg || "";
   s.hidden = !msg;
+  s.classList.toggle("alert-danger", kind === "error");
+  s.classList.toggle("alert-warning", kind !== "error");
+  if (msg && kind === "error") clearResults();
+}
+
+function clearResults() {
+  $("#results").replaceChildren();
+  $("#results").dataset.mode = "";
+  $("#results").dataset.reference = "";
+  $("#group-grid").replaceChildren();
+  $("#group-section").hidden = true;
+  $("#latency").textContent = "";
+  $("#summary").textContent = "";
+  markTarget(null);
+  state.lastQuery = null;
 }
 
 function modeInfo(name) { return state.info.modes.find((m) => m.name === name); }
@@ -65,6 +89,7 @@ function modeInfo(name) { return state.info.modes.find((m) => m.name === name); 
 // ---------------------------------------------------------------------------------------------- home
 
 async function loadGrid() {
+  if (state.randomList) { showRandomPage(); return; }
   const params = new URLSearchParams({page: state.page, per_page: PER_PAGE});
   if (state.q) params.set("q", state.q);
   const ticket = ++state.gridTicket;
@@ -81,14 +106,26 @@ async function loadGrid() {
   }
 }
 
+// Random: one shuffled list of references (the most the API gives at once), paged here, so that Next shows
+// more random ones instead of page 2 of the whole dataset.
 async function loadRandom() {
   const ticket = ++state.gridTicket;
   try {
-    const data = await api(`/api/datasets/${encodeURIComponent(state.dataset)}/random?n=${PER_PAGE}`);
+    const data = await api(`/api/datasets/${encodeURIComponent(state.dataset)}/random?n=100`);
     if (ticket !== state.gridTicket) return;
-    renderGrid(data.images, "random references");
-    $("#page-info").textContent = "";
+    state.randomList = data.images;
+    state.page = 1;
+    state.pages = Math.max(1, Math.ceil(data.images.length / PER_PAGE));
+    showRandomPage();
   } catch (e) { if (ticket === state.gridTicket) renderGrid([], e.message); }
+}
+
+function showRandomPage() {
+  const lo = (state.page - 1) * PER_PAGE;
+  renderGrid(state.randomList.slice(lo, lo + PER_PAGE), "random references");
+  $("#page-info").textContent = `random page ${state.page} of ${state.pages}`;
+  $("#prev-page").disabled = state.page <= 1;
+  $("#next-page").disabled = state.page >= state.pages;
 }
 
 function renderGrid(images, info) {
@@ -97,12 +134,23 @@ function renderGrid(images, info) {
   grid.replaceChildren(...images.map((im) => imageCard(im, pickReference)));
 }
 
+// A new reference starts a new session: the old caption was about another item, so it is not run on this one;
+// the shopper types the change (the caption box has the focus).
 function pickReference(item) {
   state.trail = [];
+  startTurn({kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb});
+}
+
+function startTurn(ref) {
   state.target = null;
-  state.ref = {kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb};
+  state.ref = ref;
+  $("#caption").value = "";
+  if (!modeInfo(state.mode).needs_reference) setMode(defaultMode(), false);
   showSearch();
+  clearResults();
   if (canSearch()) runSearch();
+  else { showStatus("Now say how the wanted item differs from this one, then Search."); pushUrl(); }
+  $("#caption").focus();
 }
 
 async function uploadFile(file) {
@@ -114,11 +162,8 @@ async function uploadFile(file) {
     const data = await api("/api/upload", {method: "POST", body: form});
     status.textContent = `uploaded (${data.width}×${data.height})`;
     state.trail = [];
-    state.ref = {kind: "upload", id: data.id, title: "Your upload", thumb: data.thumb};
-    state.target = null;
     if (!modeInfo(state.mode).needs_reference) setMode("image", false);
-    showSearch();
-    if (canSearch()) runSearch(); else showStatus("Type how the wanted item differs, then Search.");
+    startTurn({kind: "upload", id: data.id, title: "Your upload", thumb: data.thumb});
   } catch (e) {
     status.textContent = `upload failed: ${e.message}`;
   } finally {
@@ -130,6 +175,8 @@ function showHome() {
   $("#search-view").hidden = true;
   $("#home-view").hidden = false;
 }
+
+function goHome() { showHome(); pushUrl(); }
 
 // ---------------------------------------------------------------------------------------------- search view
 
@@ -196,13 +243,13 @@ function renderReference() {
 function renderTrail() {
   const ol = $("#trail");
   const home = el("li", {class: "breadcrumb-item"}, el("a", {href: "#", id: "home-link", text: "Home",
-                                                             onclick: (e) => { e.preventDefault(); showHome(); }}));
+                                                             onclick: (e) => { e.preventDefault(); goHome(); }}));
   const items = state.trail.map((step, i) => {
     const label = step.mode === "tags" ? Object.values(step.tags || {}).join(" ") : step.caption;
     const a = el("a", {href: "#", title: label || (step.ref ? step.ref.title : ""),
                        onclick: (e) => { e.preventDefault(); goBackTo(i); }},
                  step.ref ? el("img", {src: step.ref.thumb, alt: ""}) : null,
-                 el("span", {class: "trail-cap", text: label || modeInfo(step.mode).label}));
+                 el("span", {class: "trail-cap", text: label || modeName(modeInfo(step.mode))}));
     return el("li", {class: "breadcrumb-item trail-item"}, a);
   });
   const current = el("li", {class: "breadcrumb-item active", "aria-current": "page",
@@ -219,18 +266,22 @@ function goBackTo(i) {
   $("#caption").value = step.mode === "tags" ? "" : (step.caption || "");
   setMode(step.mode, false);
   showSearch();
-  if (canSearch()) runSearch();
+  if (canSearch()) runSearch(); else { clearResults(); pushUrl(); }
 }
 
 function renderModes() {
   const box = $("#modes");
   box.replaceChildren();
+  const ds = datasetInfo(state.dataset);
   for (const m of state.info.modes) {
+    if (m.name === "tags" && ds && !ds.has_tags) continue;   // nothing to pick from
     const id = `mode-${m.name}`;
     const input = el("input", {type: "radio", class: "btn-check", name: "mode", id, value: m.name,
                                autocomplete: "off", onchange: () => setMode(m.name, true)});
     if (!m.available) { input.disabled = true; }
-    const label = el("label", {class: "btn btn-outline-primary", for: id, text: m.label,
+    input.checked = m.name === state.mode;
+    const extra = m.name === "sum" ? " adv-only" : "";   // a research baseline
+    const label = el("label", {class: `btn btn-outline-primary${extra}`, for: id, text: modeName(m),
                                title: m.available ? m.label : state.info.models.image_only
                                  ? "the encoder is image-only: search by image" : "no Combiner checkpoint is loaded"});
     box.append(input, label);
@@ -281,7 +332,7 @@ async function renderTags() {
   box.replaceChildren();
   if (!Object.keys(vocab).length) { box.append(el("div", {class: "small text-muted", text: "this dataset has no tags"})); return; }
   for (const [key, values] of Object.entries(vocab)) {
-    const row = el("div", {class: "tag-row"}, el("span", {class: "tag-key", text: key}));
+    const row = el("div", {class: "tag-row"}, el("span", {class: "tag-key", text: attrName(key)}));
     values.slice(0, 10).forEach(({value}) => {
       const on = state.tags[key] === value;
       row.append(el("button", {type: "button", class: `btn btn-sm chip ${on ? "btn-primary" : "btn-outline-secondary"}`,
@@ -289,7 +340,7 @@ async function renderTags() {
                                onclick: () => toggleTag(key, value)}));
     });
     if (values.length > 10) {
-      const sel = el("select", {class: "form-select form-select-sm d-inline-block w-auto chip", "aria-label": `more ${key}`,
+      const sel = el("select", {class: "form-select form-select-sm d-inline-block w-auto chip", "aria-label": `more ${attrName(key)}`,
                                 onchange: (e) => { if (e.target.value) toggleTag(key, e.target.value, true); }},
                      el("option", {value: "", text: "more…"}),
                      ...values.slice(10).map(({value}) => el("option", {value, text: value})));
@@ -314,12 +365,16 @@ function canSearch() {
   return true;
 }
 
-async function runSearch() {
-  const m = modeInfo(state.mode);
-  const caption = $("#caption").value.trim();
-  if (m.needs_reference && !state.ref) { showStatus("Pick a reference image first."); return; }
-  if (m.needs_caption && !caption) { showStatus("Type how the wanted item differs (e.g. “is red with longer sleeves”)."); return; }
-  if (state.mode === "tags" && !Object.keys(state.tags).length) { showStatus("Pick at least one tag."); return; }
+// What stops a search before it is sent, said in place of the results; "" when it can go.
+function searchProblem(m, caption) {
+  if (m.needs_reference && !state.ref) return "Pick a reference image first.";
+  if (m.needs_caption && !caption) return "Type how the wanted item differs (e.g. “is red with longer sleeves”).";
+  if (m.needs_caption) return captionProblem(caption);
+  if (state.mode === "tags" && !Object.keys(state.tags).length) return "Pick at least one tag.";
+  return "";
+}
+
+function searchBody(m, caption) {
   const body = {mode: state.mode, dataset: state.dataset, k: Number($("#k-select").value)};
   if (m.needs_caption) body.caption = caption;
   if (state.mode === "tags") body.tags = state.tags;
@@ -330,6 +385,16 @@ async function runSearch() {
   if (state.mode === "composed" && $("#combiner-select").value) body.combiner = $("#combiner-select").value;
   if (state.mode !== "image" && $("#text-encoder-select").value !== "auto") body.text_encoder = $("#text-encoder-select").value;
   if (m.needs_caption) body.metadata = $("#metadata-toggle").checked;
+  return body;
+}
+
+async function runSearch(opts = {}) {
+  const m = modeInfo(state.mode);
+  const caption = $("#caption").value.trim();
+  const problem = searchProblem(m, caption);
+  if (problem) { showStatus(problem, "error"); return; }
+  const body = searchBody(m, caption);
+  if (!opts.fromUrl) pushUrl();
   state.busy += 1;
   $("#search-btn").disabled = true;
   const ticket = ++state.searchTicket;
@@ -337,11 +402,12 @@ async function runSearch() {
     const data = await api("/api/search", {method: "POST", headers: {"Content-Type": "application/json"},
                                            body: JSON.stringify(body)});
     if (ticket !== state.searchTicket) return;
-    state.lastQuery = body;
     renderResults(data);
-    showStatus(data.warning || "");
+    state.lastQuery = body;
+    const notice = notUnderstood(data);
+    showStatus(notice || data.warning || "");
   } catch (e) {
-    if (ticket === state.searchTicket) showStatus(e.message);
+    if (ticket === state.searchTicket) showStatus(e.message, "error");
   } finally {
     state.busy -= 1;
     $("#search-btn").disabled = false;
@@ -352,7 +418,11 @@ function renderResults(data) {
   const results = $("#results");
   results.dataset.mode = data.mode;
   results.dataset.reference = data.reference ? data.reference.id : "";
-  results.replaceChildren(...data.results.map((r) => imageCard(r, followResult, r.score)));
+  results.replaceChildren(...collapseDuplicates(data.results).map((r) => imageCard(r, followResult, r.score)));
+  if (data.reference && state.ref && data.reference.id === state.ref.id && data.reference.title !== state.ref.title) {
+    state.ref.title = data.reference.title;   // a reference restored from the URL knew only its id
+    $("#ref-title").textContent = state.ref.title;
+  }
   const groupSection = $("#group-section");
   groupSection.hidden = !(data.group && data.group.length);
   $("#group-grid").replaceChildren(...(data.group || []).map((r) => imageCard(r, followResult, r.score)));
@@ -365,9 +435,27 @@ function renderResults(data) {
   const u = data.understood;
   const words = u && (u.boost.length || u.avoid.length)
     ? ` · shop words: ${[...u.boost, ...u.avoid.map((w) => `not ${w}`)].join(", ")}` : "";
+  $("#summary").textContent = summaryOf(data, u);
   $("#latency").textContent =
     `${data.results.length} results in ${data.latency_ms.toFixed(1)} ms (text ${t.encode_text_ms.toFixed(1)}` +
     `${t.text_cached ? " cached" : ""}, fuse ${t.fuse_ms.toFixed(1)}, search ${t.search_ms.toFixed(1)} ms)${model}${text}${query}${words}`;
+}
+
+// Results showing the same picture as a higher one (the server marks them `duplicate_of`) are left out; the
+// one kept says how many it stands for.
+function collapseDuplicates(results) {
+  const kept = results.filter((r) => !r.duplicate_of);
+  const extra = new Map();
+  for (const r of results) if (r.duplicate_of) extra.set(r.duplicate_of, (extra.get(r.duplicate_of) || 0) + 1);
+  return kept.map((r) => extra.has(r.id) ? {...r, title: `${r.title} (+${extra.get(r.id)} identical)`} : r);
+}
+
+// The shopper's line over the results: how many, and which shop words were read.
+function summaryOf(data, u) {
+  const shown = $("#results").children.length;
+  const words = u && (u.boost.length || u.avoid.length)
+    ? ` · looking for ${[...u.boost, ...u.avoid.map((w) => `not ${w}`)].join(", ")}` : "";
+  return `${shown} result${shown === 1 ? "" : "s"}${words}`;
 }
 
 function markTarget(target) {
@@ -387,76 +475,16 @@ function markTarget(target) {
                                    text: `Annotated target ${target.id}: rank ${target.rank} of the dataset (${where}), score ${target.score.toFixed(3)}${group}`}));
 }
 
-// ---------------------------------------------------------------------------------------------- "why?"
-// Grad-CAM overlays from POST /api/explain, fetched only when the toggle is on and a card scrolls into view
-// (never during the search itself), one at a time, and cached per (query, result) for the page's life.
-
-const whyObserver = new IntersectionObserver((entries) => {
-  for (const e of entries) if (e.isIntersecting) { whyObserver.unobserve(e.target); showOverlay(e.target); }
-});
-
-function applyWhy() {
-  const on = $("#why-toggle").checked;
-  for (const card of document.querySelectorAll("#results .thumb-card, #group-grid .thumb-card")) {
-    const img = card.querySelector("img");
-    if (!img.dataset.thumb) img.dataset.thumb = img.getAttribute("src");
-    card.classList.toggle("why", on);
-    if (on) whyObserver.observe(card);
-    else { whyObserver.unobserve(card); img.src = img.dataset.thumb; }
-  }
-}
-
-let whyQueue = Promise.resolve();   // one explanation at a time: the server's model lock serialises them anyway
-
-function overlayFor(query, result) {
-  const key = JSON.stringify([query, result]);
-  if (!state.overlays.has(key)) {
-    const job = whyQueue.then(async () => {
-      const resp = await fetch("/api/explain", {method: "POST", headers: {"Content-Type": "application/json"},
-                                                body: JSON.stringify({...query, result})});
-      if (!resp.ok) {
-        let msg = `HTTP ${resp.status}`;
-        try { msg = (await resp.json()).message || msg; } catch (e) { /* not JSON */ }
-        throw new Error(msg);
-      }
-      return URL.createObjectURL(await resp.blob());
-    });
-    whyQueue = job.catch(() => null);
-    job.catch(() => state.overlays.delete(key));   // a failure is not cached: the next toggle tries again
-    state.overlays.set(key, job);
-  }
-  return state.overlays.get(key);
-}
-
-async function showOverlay(card) {
-  const query = state.lastQuery;
-  if (!query || !$("#why-toggle").checked) return;
-  try {
-    const url = await overlayFor(query, card.dataset.id);
-    const img = card.querySelector("img");
-    if ($("#why-toggle").checked && state.lastQuery === query && img.isConnected) img.src = url;
-  } catch (e) {
-    showStatus(`No explanation: ${e.message}`);
-  }
-}
-
 function followResult(item) {
-  // the current step goes on the trail; the clicked result becomes the next reference
+  // the current step goes on the trail; the clicked result becomes the next reference, and the shopper says
+  // the next change (the old caption described the step just taken, not this one)
   state.trail.push({ref: state.ref, caption: $("#caption").value.trim(), mode: state.mode, tags: {...state.tags},
                     target: state.target});
-  state.target = null;
-  state.ref = {kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb};
-  if (!modeInfo(state.mode).needs_reference) {
-    // from a text or tags query: the user now says how the next item should differ from this one
-    $("#caption").value = "";
-    setMode(defaultMode(), false);
-  }
-  showSearch();
-  if (canSearch()) runSearch(); else showStatus("Type how the wanted item differs, then Search.");
+  startTurn({kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb});
 }
 
 function goBack() {
-  if (state.trail.length) goBackTo(state.trail.length - 1); else showHome();
+  if (state.trail.length) goBackTo(state.trail.length - 1); else goHome();
 }
 
 // ---------------------------------------------------------------------------------------------- start
@@ -476,22 +504,40 @@ async function init() {
   renderModes();
   renderModels();
   setMode(defaultMode(), false);
+  initControls();
+  state.q = $("#filter").value.trim();   // what was typed before the page was ready still filters
+  loadGrid();
+  restoreFromUrl();
+  window.addEventListener("popstate", restoreFromUrl);
+}
 
-  sel.addEventListener("change", () => {
-    state.dataset = sel.value; state.page = 1; state.tags = {};
-    loadGrid();
-  });
+// A dataset switch starts afresh: its own first page, no filter text or random list of the other dataset.
+function switchDataset(name) {
+  state.dataset = name; state.page = 1; state.tags = {}; state.q = ""; state.randomList = null;
+  $("#dataset-select").value = name;
+  $("#filter").value = "";
+  renderModes();
+  if (!modeInfo(state.mode).available || (state.mode === "tags" && !datasetInfo(name).has_tags)) {
+    setMode(defaultMode(), false);
+  }
+  loadGrid();
+}
+
+function initControls() {
+  const sel = $("#dataset-select");
+  sel.addEventListener("change", () => { switchDataset(sel.value); pushUrl(); });
   let timer = null;
   $("#filter").addEventListener("input", (e) => {
     clearTimeout(timer);
-    timer = setTimeout(() => { state.q = e.target.value.trim(); state.page = 1; loadGrid(); }, 250);
+    timer = setTimeout(() => { state.q = e.target.value.trim(); state.page = 1; state.randomList = null; loadGrid(); }, 250);
   });
   $("#random-btn").addEventListener("click", loadRandom);
   $("#prev-page").addEventListener("click", () => { if (state.page > 1) { state.page -= 1; loadGrid(); } });
   $("#next-page").addEventListener("click", () => { if (state.page < state.pages) { state.page += 1; loadGrid(); } });
   $("#upload-input").addEventListener("change", (e) => { if (e.target.files.length) uploadFile(e.target.files[0]); });
   $("#text-only-btn").addEventListener("click", () => {
-    state.trail = []; state.ref = null; state.target = null; setMode("text", false); showSearch(); $("#caption").focus();
+    state.trail = []; state.ref = null; state.target = null; setMode("text", false); showSearch(); clearResults();
+    pushUrl(); $("#caption").focus();
   });
   $("#search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
   $("#caption-pick").addEventListener("change", pickCaption);
@@ -499,13 +545,13 @@ async function init() {
   $("#back-btn").addEventListener("click", goBack);
   $("#why-toggle").addEventListener("change", applyWhy);
   $("#metadata-toggle").addEventListener("change", () => { if (canSearch()) runSearch(); });
-  $("#home-btn").addEventListener("click", showHome);
-  $("#brand").addEventListener("click", (e) => { e.preventDefault(); showHome(); });
+  $("#home-btn").addEventListener("click", goHome);
+  $("#brand").addEventListener("click", (e) => { e.preventDefault(); goHome(); });
   for (const id of ["#combiner-select", "#text-encoder-select", "#k-select"]) {
     $(id).addEventListener("change", () => { if (canSearch()) runSearch(); });
   }
-  state.q = $("#filter").value.trim();   // what was typed before the page was ready still filters
-  loadGrid();
+  initAdvanced();
+  initPreview();
 }
 
 document.addEventListener("DOMContentLoaded", init);

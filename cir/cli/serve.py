@@ -9,6 +9,8 @@ features/catalog-all when it is missing or stale, and again, in place, when it h
 extraction) or is damaged; the old files stay until the new ones are complete. Other feature folders
 without checksums (FashionIQ, CIRR, image folders) are not extracted again unasked, since that can take many
 minutes: a warning lists each with the command that does it, and --reextract-unverified does them all.
+Meanwhile (and while the models load) the address already answers: a 503 page saying "Preparing the
+catalogue, N %" that reloads itself (cir.web.preparing), instead of refusing connections for minutes.
 
 `python3 app.py` runs Werkzeug's development server: for one user on localhost. It has one thread per
 connection and drops a connection idle for 15 s, but nothing bounds how many connections it holds; anything
@@ -33,6 +35,7 @@ which is how gunicorn starts it; the flags below are generated from the same dec
     POST /api/upload                         multipart field "file" (or the raw image as the body)
     GET  /img/<name>/<id>, /thumb/<name>/<id>, /uploads/<id>, /uploads/<id>/thumb    images, by id only
     GET  /vendor/bootstrap/<file>            Bootstrap's CSS from the pinned package (cir.web.assets)
+    GET  /favicon.ico                        the page's icon
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ from cir.serving.settings import Settings
 from cir.utils import run_cli, setup_logging
 from cir.web.app import create_app
 from cir.web.guards import QuietRequestHandler
+from cir.web.preparing import PreparingServer
 
 log = logging.getLogger("app")
 
@@ -80,11 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_extract and args.reextract_unverified:
         p.error(f"{REEXTRACT_FLAG} is part of the prepare step, which --no-extract skips: drop one of them")
     settings = Settings.from_args(args)
-    if not args.no_extract:
-        prepare(settings, args.reextract_unverified)
     if args.prepare_only:
+        prepare(settings, args.reextract_unverified)
         return 0
-    app = create_app(settings)
+    # Until the app is loaded, the address answers "preparing, N %" instead of refusing connections.
+    with PreparingServer(args.host, args.port) as waiting:
+        if not args.no_extract:
+            prepare(settings, args.reextract_unverified)
+        waiting.phase = "Loading the models and indexes"
+        app = create_app(settings)
     log.info("serving on http://%s:%d/", args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("the development server is for one user on localhost (one thread per connection); serve "

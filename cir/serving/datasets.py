@@ -36,6 +36,8 @@ from cir.serving.errors import BadInput, NotFound
 log = logging.getLogger("datasets")
 
 TAG_KEYS = ("gender", "articleType", "baseColour", "usage")   # the chips offered in tags mode
+# a UUID, a hex digest or a long run of digits: file names no shopper wants to read as a title
+_MACHINE_NAME = re.compile(r"[0-9a-fA-F]{8}(-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}|[0-9a-fA-F]{16,}|[0-9_-]{9,}")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # dataset names appear in URLs
 
 
@@ -190,8 +192,10 @@ class Dataset:
             if counts:
                 self.vocabulary[key] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         self._vocab_sets = {k: {v for v, _ in vals} for k, vals in self.vocabulary.items()}
-        # Lower-cased text per image for the browse filter: name, title and attribute values.
-        self._haystack = [" ".join([n, *(self.records[n].attrs.values() if n in self.records else [])]).lower()
+        # Per image, the words of its id and attribute values for the browse filter, each after a space, so
+        # that " men" finds the word "men" and words starting with it, never the "men" inside "women".
+        self._haystack = [" " + " ".join(_words(" ".join([n, *(self.records[n].attrs.values()
+                                                                  if n in self.records else [])])))
                           for n in index.names]
 
     def row(self, name: Any) -> int:
@@ -211,16 +215,22 @@ class Dataset:
         """What the page shows of an image: id, title and attributes (URLs are added by the web layer)."""
         rec = self.records.get(name)
         attrs = rec.attrs if rec else {}
-        title = attrs.get("productDisplayName") or name
+        title = attrs.get("productDisplayName") or self._plain_title(name)
         return {"id": name, "title": title, "attrs": {k: attrs[k] for k in ("gender", "articleType", "baseColour",
                                                                            "usage", "season", "year")
                                                       if known(attrs.get(k))}}
 
+    def _plain_title(self, name: str) -> str:
+        """A folder image's title: its file stem, unless that is a machine name (a UUID, a hash, digits and
+        dashes only), which says nothing to a shopper: then "Photo N", N its place in the dataset."""
+        stem = Path(name).stem
+        return f"Photo {self.index.id_of(name) + 1}" if _MACHINE_NAME.fullmatch(stem) else stem
+
     def browse(self, q: str = "", page: int = 1, per_page: int = 24) -> tuple[list[str], int]:
         """Image ids of one page of the (filtered) index, and how many match in all."""
         names = self.index.names
-        if q:
-            words = q.lower().split()
+        words = [" " + w for w in _words(q)]
+        if words:   # every word of the filter starts a word of the image's text ("men" is not in "women")
             names = [n for n, h in zip(names, self._haystack) if all(w in h for w in words)]
         lo = (page - 1) * per_page
         return names[lo:lo + per_page], len(names)
@@ -256,6 +266,11 @@ class Dataset:
                 "category": s.category, "count": len(self.index), "has_tags": bool(self.vocabulary),
                 "has_groups": bool(self.groups), "has_captions": self.annotations.available,
                 "has_metadata": bool(self.metadata)}
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words (letters and digits) of a text."""
+    return re.findall(r"\w+", text.lower())
 
 
 def records_for(source: DatasetSource, data_root: str | None) -> tuple[list[ImageRecord], Path]:

@@ -27,9 +27,12 @@ from cir.web.guards import install_guards, parse_json_object
 log = logging.getLogger("app")
 
 
-ATTRIBUTION = ("Product photos: “Fashion Product Images (Small)” (Myntra catalogue), published for research use. "
-               "FashionIQ annotations: CDLA licence. CIRR annotations: MIT licence.")
-
+# Credits per kind of dataset; the footer names only those of the datasets this server loaded.
+CREDITS = {"catalog": "Product photos: “Fashion Product Images (Small)” (Myntra catalogue), published for research "
+                      "use.",
+           "fashioniq": "FashionIQ annotations: CDLA licence.",
+           "cirr": "CIRR annotations: MIT licence."}
+DUPLICATE_COSINE = 0.999   # two results whose (unit) feature rows are this close show the same picture
 
 
 
@@ -125,10 +128,22 @@ def _params() -> dict[str, Any]:
 @bp.get("/")
 def index() -> str:
     eng = _engine()
-    return render_template("index.html", default_dataset=eng.default_dataset, attribution=ATTRIBUTION,
+    return render_template("index.html", default_dataset=eng.default_dataset, attribution=attribution(eng),
                            max_upload_mb=eng.settings.max_upload_bytes // MB, max_caption=MAX_CAPTION_CHARS,
                            metadata=eng.settings.metadata,
                            bootstrap=assets.stylesheet(eng.settings.bootstrap))
+
+
+def attribution(eng: Engine) -> str:
+    """The credits of the datasets actually served (a folder of one's own photos needs none)."""
+    kinds = {ds.source.dataset for ds in eng.datasets.values()}
+    return " ".join(text for kind, text in CREDITS.items() if kind in kinds)
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Response:
+    """Browsers ask for /favicon.ico whatever the page links; a 404 would be logged as a console error."""
+    return send_file(REPO_DIR / "static" / "favicon.ico", mimetype="image/x-icon", max_age=_IMMUTABLE)
 
 
 @bp.get("/api/health")
@@ -229,7 +244,22 @@ def api_search() -> Response:
 
 
 def _hits_json(ds: Dataset, hits: list[Hit]) -> list[dict]:
-    return [{"rank": i + 1, **_image_json(ds, h.name), "score": round(h.score, 4)} for i, h in enumerate(hits)]
+    out = [{"rank": i + 1, **_image_json(ds, h.name), "score": round(h.score, 4)} for i, h in enumerate(hits)]
+    for item, first in zip(out, _duplicates(ds, hits)):
+        if first is not None:
+            item["duplicate_of"] = out[first]["id"]
+    return out
+
+
+def _duplicates(ds: Dataset, hits: list[Hit]) -> list[int | None]:
+    """Per hit, the place of a higher hit showing the same picture (a catalogue holding one photo under two
+    ids), else None. The same pixels give the same feature row, so this compares the shown rows only (a k x k
+    product of the stored float16 rows, microseconds) instead of hashing image files."""
+    if len(hits) < 2:
+        return [None] * len(hits)
+    rows = ds.index.features[[ds.index.id_of(h.name) for h in hits]].float()
+    same = (rows @ rows.T) >= DUPLICATE_COSINE
+    return [next((j for j in range(i) if same[i, j]), None) for i in range(len(hits))]
 
 
 def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str, Any]:

@@ -205,16 +205,21 @@ def test_search_flow_in_a_browser(server, page, catalog_root):
     expect(page.locator("#latency")).to_contain_text(" ms")
     assert ref not in _ids(page, "#results")
 
-    # click results: each becomes the next reference, the trail grows
+    # click results: each becomes the next reference (the shopper types the next change), the trail grows
     trail = page.locator("#trail .trail-item")
     expect(trail).to_have_count(0)
     first = results.nth(0).get_attribute("data-id")
     results.nth(0).click()
     expect(trail).to_have_count(1)
+    expect(page.locator("#caption")).to_have_value("")
+    page.fill("#caption", "in blue")
+    page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-reference", first)
     second = results.nth(1).get_attribute("data-id")
     results.nth(1).click()
     expect(trail).to_have_count(2)
+    page.fill("#caption", "in black")
+    page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-reference", second)
     expect(trail.nth(0)).to_contain_text("is red with longer sleeves")
 
@@ -240,6 +245,8 @@ def test_search_flow_in_a_browser(server, page, catalog_root):
     page.set_input_files("#upload-input", files=[{"name": "my photo.jpg", "mimeType": "image/jpeg", "buffer": photo}])
     expect(page.locator("#search-view")).to_be_visible()
     expect(page.locator("#ref-title")).to_have_text("Your upload")
+    page.fill("#caption", "in blue")
+    page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-reference", re.compile(r"^[0-9a-f]{32}$"))
     expect(results).to_have_count(24)
     page.click("label[for=mode-image]")
@@ -305,11 +312,13 @@ def test_annotated_caption_marks_the_target(server, page):
     if want.rank <= 24:
         expect(marked).to_have_attribute("data-id", ann.target)
         expect(marked.locator(".target-badge")).to_have_text("target")
+    page.click("label[for=advanced-toggle]")   # the number of results is a research control
     page.select_option("#k-select", "12")   # fewer results: the rank is still said, shown or not
     expect(page.locator("#results .thumb-card")).to_have_count(12)
     expect(page.locator("#target-rank")).to_have_attribute("data-rank", str(want.rank))
     expect(marked).to_have_count(1 if want.rank <= 12 else 0)
     expect(page.locator("#target-note")).to_contain_text("below the shown results" if want.rank > 12 else "marked")
+    page.click("label[for=advanced-toggle]")   # back to the shopper's page (the switch is remembered)
     # a typed caption is the user's own: no target any more
     page.fill("#caption", "in white")
     page.click("#search-btn")
@@ -350,7 +359,7 @@ def test_text_and_tags_modes_in_a_browser(server, page):
     page.locator("#results .thumb-card").first.click()
     expect(page.locator("#trail .trail-item")).to_have_count(1)
     expect(page.locator("#ref-card")).to_be_visible()
-    expect(page.locator("#status")).to_contain_text("Type how the wanted item differs")
+    expect(page.locator("#status")).to_contain_text("how the wanted item differs")
     page.fill("#caption", "in white")
     page.click("#search-btn")
     expect(page.locator("#results")).to_have_attribute("data-mode", "composed")
