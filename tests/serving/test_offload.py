@@ -34,19 +34,20 @@ def test_under_gevent_other_greenlets_run_meanwhile():
         import time, gevent, numpy as np
         from cir.serving.offload import Offload, gevent_patched
         assert gevent_patched()
-        ticks = []
+        ticks, span = [], []
         def ticker():
             while True:
-                ticks.append(1); gevent.sleep(0.005)
+                ticks.append(time.perf_counter()); gevent.sleep(0.005)
         def busy():   # numpy releases the GIL in its kernels, as torch and ONNX Runtime do
             a = np.random.default_rng(0).random((400, 400)); t0 = time.perf_counter()
-            while time.perf_counter() - t0 < 0.4:
+            while time.perf_counter() - t0 < 0.6:
                 a = np.linalg.qr(a)[0]
+            span.extend([t0, time.perf_counter()])
         g = gevent.spawn(ticker); gevent.sleep(0)
         Offload(1)(busy)
-        g.kill(); print(len(ticks))
+        g.kill(); print(sum(span[0] < t < span[1] for t in ticks))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout.split()[-1]) >= 10
+    assert int(out.stdout.split()[-1]) >= 2   # inline, none could run while it computed (on any load)
