@@ -91,7 +91,10 @@ class FaissBackend(Backend):
     Search parameters (efSearch, nprobe) not given are tuned at build time: the smallest reaching the
     `recall` target (0.97) on 200 sample queries. Inner product on normalised vectors = cosine.
     `exclude`: k + most excluded are fetched, then the excluded dropped. `subset`: ranked exactly from the
-    mapped features (subsets are small: an img_set). faiss-gpu is used for IVF-PQ when a GPU is present
+    mapped features (subsets are small: an img_set). A filter mask (a wide facet filter; index.search turns
+    selective ones into subsets) becomes an IDSelectorBitmap in the search parameters: the graph or the
+    inverted lists are walked as usual and only allowed ids are collected (the GPU index has no selectors:
+    ranked exactly there). faiss-gpu is used for IVF-PQ when a GPU is present
     (faiss has no GPU HNSW).
     """
 
@@ -267,7 +270,8 @@ class FaissBackend(Backend):
     # -- searching
 
     def search(self, q: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None:
+        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None or (plan.mask is not None
+                                                                          and _on_gpu(self.ann)):
             return exact_search(self.index.features, q, plan)
         vals, ids = _faiss_search(self.ann, self.ann_kind, self.index.features, q, plan, self.search_params)
         return fill_short(self.index.features, q, plan, vals, ids)
@@ -295,7 +299,7 @@ def _faiss_search(ann: Any, ann_kind: str, features: torch.Tensor, q: torch.Tens
     want = min(plan.n, k + plan.most_excluded)
     if ann_kind == "ivfpq":
         want = min(plan.n, want * int(params.get("rerank", 10)))
-    dist, found = ann.search(np.ascontiguousarray(q.numpy()), want)
+    dist, found = _masked_search(ann, ann_kind, np.ascontiguousarray(q.numpy()), want, plan.mask, params)
     ids = torch.from_numpy(found).long()
     vals = torch.from_numpy(dist).float()
     drop = ids < 0
@@ -307,6 +311,36 @@ def _faiss_search(ann: Any, ann_kind: str, features: torch.Tensor, q: torch.Tens
         return rescore(features, q, ids.clamp(min=0), vals, min(k, want))
     top = torch.topk(vals, min(k, want), dim=1)
     return top.values, torch.gather(ids, 1, top.indices)
+
+
+def _masked_search(ann: Any, ann_kind: str, x: np.ndarray, want: int, masks: list[np.ndarray | None] | None,
+                   params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """ann.search, each group of queries sharing a filter mask with an IDSelectorBitmap of it (faiss then
+    collects only allowed ids; the search parameters object replaces the index's, so efSearch / nprobe are
+    set on it too)."""
+    if masks is None:
+        return ann.search(x, want)
+    faiss = _faiss()
+    dist = np.full((len(x), want), -np.inf, dtype=np.float32)
+    found = np.full((len(x), want), -1, dtype=np.int64)
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(masks):
+        groups.setdefault(id(m), []).append(i)
+    for rows in groups.values():
+        mask = masks[rows[0]]
+        if mask is None:
+            dist[rows], found[rows] = ann.search(x[rows], want)
+            continue
+        bits = np.packbits(mask, bitorder="little")     # kept alive until the search returns
+        if ann_kind == "hnsw":
+            sp = faiss.SearchParametersHNSW()
+            sp.efSearch = int(params.get("efSearch", 64))
+        else:
+            sp = faiss.SearchParametersIVF()
+            sp.nprobe = int(params.get("nprobe", 16))
+        sp.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        dist[rows], found[rows] = ann.search(x[rows], want, params=sp)
+    return dist, found
 
 
 def _on_gpu(ann) -> bool:
