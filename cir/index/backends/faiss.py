@@ -23,7 +23,7 @@ import torch
 from cir.utils import content_key, write_json
 
 from ..errors import IndexLoadError
-from ..search import Plan, exact_search, make_plan, rescore
+from ..search import SUBSET_SHARE, Plan, exact_search, make_plan, rescore
 from .base import Backend, ann_recall, fill_short
 
 if TYPE_CHECKING:   # type hints only: the index module imports the backends
@@ -34,6 +34,7 @@ log = logging.getLogger("index")
 
 HNSW_MAX_ROWS = 2_000_000        # auto: HNSW up to here, IVF-PQ above
 ANN_SAMPLE_QUERIES = 200         # queries of the recall@10 check at build time
+MAX_FILTERED_EF = 1024           # efSearch of a filtered HNSW search, at most
 
 
 def _sample_queries(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -93,9 +94,9 @@ class FaissBackend(Backend):
     `exclude`: k + most excluded are fetched, then the excluded dropped. `subset`: ranked exactly from the
     mapped features (subsets are small: an img_set). A filter mask (a wide facet filter; index.search turns
     selective ones into subsets) becomes an IDSelectorBitmap in the search parameters: the graph or the
-    inverted lists are walked as usual and only allowed ids are collected (the GPU index has no selectors:
-    ranked exactly there). faiss-gpu is used for IVF-PQ when a GPU is present
-    (faiss has no GPU HNSW).
+    inverted lists are walked as usual, wider by 1 / the share kept (efSearch, nprobe), and only allowed ids
+    are collected (the GPU index has no selectors: ranked exactly there). faiss-gpu is used for IVF-PQ when
+    a GPU is present (faiss has no GPU HNSW).
     """
 
     kind = "faiss"
@@ -332,12 +333,15 @@ def _masked_search(ann: Any, ann_kind: str, x: np.ndarray, want: int, masks: lis
             dist[rows], found[rows] = ann.search(x[rows], want)
             continue
         bits = np.packbits(mask, bitorder="little")     # kept alive until the search returns
+        # A filter keeping a share s of the rows leaves ~s of the candidates a walk visits: widen it by 1/s
+        # (capped) so that about as many allowed ones are found as without a filter.
+        widen = 1 / max(float(mask.mean()), SUBSET_SHARE)
         if ann_kind == "hnsw":
             sp = faiss.SearchParametersHNSW()
-            sp.efSearch = int(params.get("efSearch", 64))
+            sp.efSearch = min(MAX_FILTERED_EF, math.ceil(int(params.get("efSearch", 64)) * widen))
         else:
             sp = faiss.SearchParametersIVF()
-            sp.nprobe = int(params.get("nprobe", 16))
+            sp.nprobe = math.ceil(int(params.get("nprobe", 16)) * widen)   # faiss caps it at nlist
         sp.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
         dist[rows], found[rows] = ann.search(x[rows], want, params=sp)
     return dist, found
