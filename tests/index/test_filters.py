@@ -116,11 +116,12 @@ def test_per_query_filters_and_boost(folder):
     assert set(i[0, :5].tolist()) == set(range(N - 5, N))
 
 
+@pytest.mark.parametrize("spec", ["faiss:hnsw", "faiss:ivfpq"])
 @pytest.mark.parametrize("share", [0.5, 0.2, 0.01])
-def test_faiss_filtered_recall(folder, tmp_path, share):
+def test_faiss_filtered_recall(folder, tmp_path, share, spec):
     pytest.importorskip("faiss")
     path, x = folder
-    idx = load_index(path, "faiss:hnsw")
+    idx = load_index(path, spec)
     mask = np.random.default_rng(1).random(N) < share
     q = _queries(x, 50, seed=5)
     _, i = search(q, idx, 10, filters=mask)
