@@ -18,7 +18,8 @@ that user.
 
 A request with `metadata` also takes the metadata path (cir.index.metadata): the caption's words that the
 dataset's own product names and attributes hold boost the results having them, negated ones penalise them,
-inside index.search; the result says which words were understood (`SearchResult.understood`).
+inside index.search; the result says which words were understood (`SearchResult.understood`). A request's
+`history` and `filters` (cir.serving.session) go through cir.index.session and index.search's `filters`.
 """
 from __future__ import annotations
 
