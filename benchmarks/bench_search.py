@@ -284,18 +284,20 @@ def filtered(path: Path, q: torch.Tensor, args) -> list[dict]:
     backends = [b.strip() for b in args.backends.split(",")]
     specs = [("exact", "exact")] + [(f"faiss {b}", getattr(args, b)) for b in ("hnsw", "ivfpq") if b in backends]
     rows = []
-    for share in (float(s) for s in args.filtered.split(",") if s):
-        mask = np.random.default_rng(7).random(n) < share
+    for share in [1.0] + [float(s) for s in args.filtered.split(",") if s]:   # 1.0: no filter, for comparison
+        mask = None if share == 1.0 else np.random.default_rng(7).random(n) < share
         exact = load_index(path)
         truth = torch.cat([search(q[lo:lo + 64], exact, 10, filters=mask)[1] for lo in range(0, len(q), 64)])
         for name, spec in specs:
             idx = load_index(path, spec)
             found = torch.cat([search(q[lo:lo + 32], idx, 10, filters=mask)[1] for lo in range(0, len(q), 32)])
             single = latencies(idx, q, 10, None, 1, len(q), filters=mask)
-            rows.append({"share": share, "kept": int(mask.sum()), "backend": name, "spec": idx.backend.label,
-                         "route": "subset (exact over kept rows)" if share <= SUBSET_SHARE else "mask",
-                         "p50_ms": pct(single, 50), "p99_ms": pct(single, 99),
-                         "recall@10": ann_recall(found, truth), "kept_only": bool(mask[found.numpy()].all())})
+            route = ("no filter" if mask is None else "subset (exact over kept rows)" if share <= SUBSET_SHARE
+                     else "mask")
+            rows.append({"share": share, "kept": n if mask is None else int(mask.sum()), "backend": name,
+                         "spec": idx.backend.label, "route": route, "p50_ms": pct(single, 50),
+                         "p99_ms": pct(single, 99), "recall@10": ann_recall(found, truth),
+                         "kept_only": mask is None or bool(mask[found.numpy()].all())})
             log.info("filtered %s: %s", share, rows[-1])
             _drop(idx)
     return rows
