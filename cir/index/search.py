@@ -7,8 +7,8 @@ excluded row can ever be returned) into a Plan; every backend ranks a Plan, and 
 
 An optional `filters` (a boolean row mask, or one per query: cir.index.facets.Facets.select turns
 {"gender": ["Women"], ...} into one) restricts every backend to the rows it keeps; a selective one (at most
-SUBSET_SHARE of the rows) becomes a subset, ranked exactly over those rows, a wider one a mask the backend
-applies (the exact scan: -inf in each block; faiss: an id selector; Milvus: an id expression).
+SUBSET_SHARE of the rows) is ranked by the exact scan as a subset (the kept rows gathered), a wider one as a
+mask (-inf in each block); faiss applies it as an id selector, Milvus as an id expression.
 
 An optional `boost` (a Boost per query, e.g. cir.index.metadata.Terms: the metadata path) changes the scores
 of the top candidates of that ranking and ranks them again; without one search() is the ranking alone.
@@ -46,8 +46,8 @@ class Boost(Protocol):
 # every backend unchanged.
 RERANK_CANDIDATES = 500
 RERANK_ALL_UP_TO = 10_000
-# A filter keeping at most this share of the rows is ranked as a subset (the kept rows gathered and scored
-# exactly: cheaper than scanning every row, and exact where a graph search would starve of allowed rows).
+# The exact scan ranks a filter keeping at most this share of the rows as a subset (the kept rows gathered
+# and scored exactly: cheaper than scanning every row; measured at 1M: 2% kept, 14 ms against a 50 ms scan).
 SUBSET_SHARE = 1 / 16
 
 
@@ -119,8 +119,7 @@ def _filter_masks(filters: Any, b: int, n: int) -> list[np.ndarray | None] | Non
 
 def make_plan(b: int, n: int, k: int, exclude: Any = None, subset: Any = None, filters: Any = None) -> Plan:
     """Check exclude / subset / filters against the batch and the index, and cap k so no excluded or
-    filtered-out row can be returned. A filter within a subset narrows it; a selective one (SUBSET_SHARE)
-    becomes a subset."""
+    filtered-out row can be returned. A filter within a subset narrows it; else it stays a mask."""
     if exclude is not None and len(exclude) != b:
         raise ValueError(f"exclude has {len(exclude)} entries for {b} queries")
     excl: list[np.ndarray | None] = [None] * b
@@ -156,18 +155,15 @@ def make_plan(b: int, n: int, k: int, exclude: Any = None, subset: Any = None, f
 
 def _narrow(subsets: list[np.ndarray] | None, shared: bool, masks: list[np.ndarray | None] | None,
             n: int) -> tuple[list[np.ndarray] | None, bool, list[np.ndarray | None] | None]:
-    """Filters within subsets narrow them; a selective filter becomes a subset; a wide one stays a mask."""
+    """Filters within subsets narrow them; without subsets they stay masks."""
     if masks is None or all(m is None for m in masks):
         return subsets, shared, None
-    b = len(masks)
     one_mask = all(m is masks[0] for m in masks)
-    if subsets is None:
-        if any(m is None or m.sum() > SUBSET_SHARE * n for m in masks):
-            return None, False, masks
-        subsets, shared = [np.arange(n)] * b, True
+    if subsets is None:     # each backend decides how to apply a mask (see selective_subset)
+        return None, False, masks
     if shared and one_mask:
         s = subsets[0][masks[0][subsets[0]]]
-        return [s] * b, True, None
+        return [s] * len(masks), True, None
     return [s if m is None else s[m[s]] for s, m in zip(subsets, masks)], False, None
 
 
@@ -210,6 +206,18 @@ def search(queries: torch.Tensor, index: Searchable | torch.Tensor, k: int,
     if backend is None:
         return exact_search(index, q, plan)
     return backend.search(q, plan)
+
+
+def selective_subset(plan: Plan, share: float = SUBSET_SHARE) -> Plan:
+    """The plan with its filter masks as subsets when every query's keeps at most `share` of the rows (the
+    kept rows are then gathered and scored exactly: cheaper than a scan, exact where an ANN walk would
+    starve of allowed rows); else the plan as it is."""
+    masks = plan.mask
+    if masks is None or plan.subset is not None or any(m is None or m.sum() > share * plan.n for m in masks):
+        return plan
+    if all(m is masks[0] for m in masks):
+        return Plan(plan.k, plan.n, plan.exclude, [np.flatnonzero(masks[0])] * len(masks), True)
+    return Plan(plan.k, plan.n, plan.exclude, [np.flatnonzero(m) for m in masks], False)
 
 
 def _per_query(boost: Boost | Sequence[Boost | None], b: int) -> list[Boost | None]:
@@ -355,6 +363,7 @@ def exact_search(features: torch.Tensor, q: torch.Tensor, plan: Plan, block: int
     b = q.shape[0]
     if plan.k == 0 or b == 0:
         return torch.zeros(b, plan.k), torch.zeros(b, plan.k, dtype=torch.long)
+    plan = selective_subset(plan)
     if plan.subset is not None:
         return _subset_search(features, q, plan)
     qnorm = float(q.norm(dim=1).max())

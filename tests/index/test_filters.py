@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cir.data import ImageRecord
 from cir.index import Facets, FilterError, RowFilter, ann_recall, load_index, load_into_milvus, search
-from cir.index.search import SUBSET_SHARE, make_plan
+from cir.index.search import SUBSET_SHARE, make_plan, selective_subset
 
 N, DIM = 3000, 64
 GENDERS, COLOURS = ("Men", "Women", "Boys", "Girls"), ("Red", "Maroon", "Blue", "Black", "White")
@@ -62,19 +62,20 @@ def test_select_is_and_across_or_within_and_names_unknowns():
     assert facets.attributes_of("red") == {"baseColour"} and "gender" in facets.attributes_of("women")
 
 
-def test_plan_turns_selective_filters_into_subsets():
+def test_plan_keeps_masks_and_the_exact_scan_gathers_selective_ones():
     wide = np.zeros(1000, bool)
     wide[::2] = True
     narrow = np.zeros(1000, bool)
     narrow[:int(SUBSET_SHARE * 1000)] = True
     p = make_plan(2, 1000, 10, filters=wide)
-    assert p.subset is None and p.mask[0] is p.mask[1]
-    p = make_plan(2, 1000, 10, filters=RowFilter(narrow))
+    assert p.subset is None and p.mask[0] is p.mask[1] and selective_subset(p) is p
+    p = selective_subset(make_plan(2, 1000, 10, filters=RowFilter(narrow)))
     assert p.mask is None and p.shared_subset and np.array_equal(p.subset[0], np.flatnonzero(narrow))
     p = make_plan(1, 1000, 100, exclude=[[0, 1, 2]], filters=narrow, subset=[0, 1, 2, 3, 500])
     assert p.k == 1 and p.subset[0].tolist() == [0, 1, 2, 3]     # k capped: one allowed row is left
     p = make_plan(2, 1000, 10, filters=[wide, None])
     assert p.mask[1] is None and p.allowed_rows(0).tolist() == list(range(0, 1000, 2))
+    assert selective_subset(make_plan(2, 1000, 10, filters=[narrow, None])).subset is None
     with pytest.raises(ValueError, match="1000 rows"):
         make_plan(1, 1000, 10, filters=np.ones(5, bool))
 
@@ -117,7 +118,7 @@ def test_per_query_filters_and_boost(folder):
 
 
 @pytest.mark.parametrize("spec", ["faiss:hnsw", "faiss:ivfpq"])
-@pytest.mark.parametrize("share", [0.5, 0.2, 0.01])
+@pytest.mark.parametrize("share", [0.5, 0.2, 0.02, 0.005])
 def test_faiss_filtered_recall(folder, tmp_path, share, spec):
     pytest.importorskip("faiss")
     path, x = folder

@@ -23,7 +23,7 @@ import torch
 from cir.utils import content_key, write_json
 
 from ..errors import IndexLoadError
-from ..search import SUBSET_SHARE, Plan, exact_search, make_plan, rescore
+from ..search import Plan, exact_search, make_plan, rescore
 from .base import Backend, ann_recall, fill_short
 
 if TYPE_CHECKING:   # type hints only: the index module imports the backends
@@ -35,6 +35,7 @@ log = logging.getLogger("index")
 HNSW_MAX_ROWS = 2_000_000        # auto: HNSW up to here, IVF-PQ above
 ANN_SAMPLE_QUERIES = 200         # queries of the recall@10 check at build time
 MAX_FILTERED_EF = 1024           # efSearch of a filtered HNSW search, at most
+MIN_SELECTOR_SHARE = 0.01        # a filter keeping less of the rows is ranked exactly (bench_search.py --filtered)
 
 
 def _sample_queries(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -92,11 +93,11 @@ class FaissBackend(Backend):
     Search parameters (efSearch, nprobe) not given are tuned at build time: the smallest reaching the
     `recall` target (0.97) on 200 sample queries. Inner product on normalised vectors = cosine.
     `exclude`: k + most excluded are fetched, then the excluded dropped. `subset`: ranked exactly from the
-    mapped features (subsets are small: an img_set). A filter mask (a wide facet filter; index.search turns
-    selective ones into subsets) becomes an IDSelectorBitmap in the search parameters: the graph or the
-    inverted lists are walked as usual, wider by 1 / the share kept (efSearch, nprobe), and only allowed ids
-    are collected (the GPU index has no selectors: ranked exactly there). faiss-gpu is used for IVF-PQ when
-    a GPU is present (faiss has no GPU HNSW).
+    mapped features (subsets are small: an img_set). A facet filter keeping at least MIN_SELECTOR_SHARE of
+    the rows becomes an IDSelectorBitmap in the search parameters: the graph or the inverted lists are walked
+    as usual, wider by 1 / the share kept (efSearch, nprobe), and only allowed ids are collected; a more
+    selective one (and any on the GPU index, which has no selectors) is ranked exactly over the kept rows.
+    faiss-gpu is used for IVF-PQ when a GPU is present (faiss has no GPU HNSW).
     """
 
     kind = "faiss"
@@ -271,8 +272,7 @@ class FaissBackend(Backend):
     # -- searching
 
     def search(self, q: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None or (plan.mask is not None
-                                                                          and _on_gpu(self.ann)):
+        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None or _selector_unfit(self.ann, plan):
             return exact_search(self.index.features, q, plan)
         vals, ids = _faiss_search(self.ann, self.ann_kind, self.index.features, q, plan, self.search_params)
         return fill_short(self.index.features, q, plan, vals, ids)
@@ -314,6 +314,14 @@ def _faiss_search(ann: Any, ann_kind: str, features: torch.Tensor, q: torch.Tens
     return top.values, torch.gather(ids, 1, top.indices)
 
 
+def _selector_unfit(ann: Any, plan: Plan) -> bool:
+    """Whether a filter is better ranked exactly: the GPU index has no selectors, and a filter keeping under
+    MIN_SELECTOR_SHARE of the rows would starve the walk of allowed ones (the exact scan then gathers them)."""
+    if plan.mask is None:
+        return False
+    return _on_gpu(ann) or any(m is not None and m.mean() < MIN_SELECTOR_SHARE for m in plan.mask)
+
+
 def _masked_search(ann: Any, ann_kind: str, x: np.ndarray, want: int, masks: list[np.ndarray | None] | None,
                    params: dict) -> tuple[np.ndarray, np.ndarray]:
     """ann.search, each group of queries sharing a filter mask with an IDSelectorBitmap of it (faiss then
@@ -335,7 +343,7 @@ def _masked_search(ann: Any, ann_kind: str, x: np.ndarray, want: int, masks: lis
         bits = np.packbits(mask, bitorder="little")     # kept alive until the search returns
         # A filter keeping a share s of the rows leaves ~s of the candidates a walk visits: widen it by 1/s
         # (capped) so that about as many allowed ones are found as without a filter.
-        widen = 1 / max(float(mask.mean()), SUBSET_SHARE)
+        widen = 1 / max(float(mask.mean()), MIN_SELECTOR_SHARE)
         if ann_kind == "hnsw":
             sp = faiss.SearchParametersHNSW()
             sp.efSearch = min(MAX_FILTERED_EF, math.ceil(int(params.get("efSearch", 64)) * widen))
