@@ -23,7 +23,8 @@ returned (k' = k capped so that they cannot be); `subset` restricts a query to s
 
 The package: errors (the error hierarchy), files (the files of a folder: header, mapping, norms, sampled
 check, fingerprint, checksums), feature_index (FeatureIndex, load_index, with_backend), search (Plan,
-make_plan, search, the exact scan), metadata (Metadata, Terms: the metadata path of composed search), specs +
+make_plan, search, the exact scan), metadata (Metadata, Terms: the metadata path of composed search), facets
+(Facets, RowFilter: facet filters), session (session-aware ranking of a shopper's turns), specs +
 registry (backend specs, kind -> backend class) and backends/ (base, exact, faiss, milvus). The command line
 is `python3 -m cir.index check|build|load` (cir/cli/index.py).
 """
