@@ -2,6 +2,7 @@
 
     python3 benchmarks/bench_search.py --n 1000000 --dim 256 --queries 200 [--real features/catalog-all]
     python3 benchmarks/bench_search.py --n 100000 --skip-milvus-if-slow          # a quick run
+    python3 benchmarks/bench_search.py --only-filtered --backends hnsw,ivfpq     # the filtered case alone
 
 Synthetic data (written once as a real feature folder under .cache/bench-search/, float16): unit vectors
 with the structure of real embeddings, not uniform noise (on which no ANN index works and which no encoder
@@ -16,7 +17,9 @@ open it and answer 32 queries, split into private (RssAnon: copies, graphs, the 
 and of batches of 32 (after one warm-up pass over the queries), recall@10 against the exact scan. milvus-lite
 serves from the benchmark's own process: its memory is that process's growth. The exact scan is
 compared with the machine's memory-bandwidth floor, measured in the same run: the fastest of several numpy
-sums over the same bytes. Prints markdown tables, the command, the load average, then one JSON line.
+sums over the same bytes. The filtered case (--filtered): a facet filter keeping 50%, 10% or 2% of the rows
+(a seeded random mask: synthetic rows have no attributes), p50 / p99 and recall@10 against the exact filtered
+ranking per backend. Prints markdown tables, the command, the load average, then one JSON line.
 """
 from __future__ import annotations
 
@@ -40,6 +43,8 @@ import torch  # noqa: E402
 
 from cir import index as index_mod  # noqa: E402
 from cir.index import ann_recall, load_index, search  # noqa: E402
+from cir.index.backends.faiss import MIN_SELECTOR_SHARE  # noqa: E402
+from cir.index.search import SUBSET_SHARE  # noqa: E402
 from cir.paths import REPO_DIR  # noqa: E402
 from cir.utils import save_tensors, setup_logging, write_json  # noqa: E402
 
@@ -155,7 +160,8 @@ def bandwidth_floor(idx, repeats: int = 7) -> dict:
             "gb_per_s": (mm.nbytes if mm is not None else words.nbytes) / best / 1e9}
 
 
-def latencies(idx, q: torch.Tensor, k: int, exclude: list | None, batch: int, rounds: int) -> list[float]:
+def latencies(idx, q: torch.Tensor, k: int, exclude: list | None, batch: int, rounds: int,
+              filters: np.ndarray | None = None) -> list[float]:
     """Per-call latency (ms) of searching `batch` queries at a time, cycling through the queries."""
     out = []
     for r in range(rounds):
@@ -163,7 +169,7 @@ def latencies(idx, q: torch.Tensor, k: int, exclude: list | None, batch: int, ro
         rows = [(lo + j) % len(q) for j in range(batch)]
         ex = None if exclude is None else [exclude[i] for i in rows]
         t0 = time.perf_counter()
-        search(q[rows], idx, k, exclude=ex)
+        search(q[rows], idx, k, exclude=ex, filters=filters)
         out.append((time.perf_counter() - t0) * 1000)
     return out
 
@@ -271,6 +277,45 @@ def bench(label: str, path: Path, q: torch.Tensor, exclude: list | None, args) -
             "floor": floor, "results": rows, "loadavg_after": os.getloadavg()}
 
 
+def filtered(path: Path, q: torch.Tensor, args) -> list[dict]:
+    """The filtered case: a facet filter keeping a share of the rows (a random mask, independent of the
+    vectors), per backend: p50 / p99 of single queries and recall@10 against the exact filtered ranking.
+    The exact scan gathers the kept rows of a filter keeping at most SUBSET_SHARE; faiss ranks one keeping
+    under MIN_SELECTOR_SHARE that way (exactly), wider ones with an id selector."""
+    n = len(load_index(path))
+    backends = [b.strip() for b in args.backends.split(",")]
+    specs = [("exact", "exact")] + [(f"faiss {b}", getattr(args, b)) for b in ("hnsw", "ivfpq") if b in backends]
+    rows = []
+    for share in [1.0] + [float(s) for s in args.filtered.split(",") if s]:   # 1.0: no filter, for comparison
+        mask = None if share == 1.0 else np.random.default_rng(7).random(n) < share
+        exact = load_index(path)
+        truth = torch.cat([search(q[lo:lo + 64], exact, 10, filters=mask)[1] for lo in range(0, len(q), 64)])
+        for name, spec in specs:
+            idx = load_index(path, spec)
+            found = torch.cat([search(q[lo:lo + 32], idx, 10, filters=mask)[1] for lo in range(0, len(q), 32)])
+            single = latencies(idx, q, 10, None, 1, len(q), filters=mask)
+            exact_subset = share <= SUBSET_SHARE if name == "exact" else share < MIN_SELECTOR_SHARE
+            route = ("no filter" if mask is None else "subset (exact over kept rows)" if exact_subset
+                     else "mask" if name == "exact" else "id selector")
+            rows.append({"share": share, "kept": n if mask is None else int(mask.sum()), "backend": name,
+                         "spec": idx.backend.label, "route": route, "p50_ms": pct(single, 50),
+                         "p99_ms": pct(single, 99), "recall@10": ann_recall(found, truth),
+                         "kept_only": mask is None or bool(mask[found.numpy()].all())})
+            log.info("filtered %s: %s", share, rows[-1])
+            _drop(idx)
+    return rows
+
+
+def filtered_table(label: str, rows: list[dict]) -> str:
+    lines = [f"**{label}, filtered** (a facet filter keeping a share of the rows; recall@10 against the exact "
+             "filtered ranking):", "", "| rows kept | route | backend | p50 ms | p99 ms | recall@10 |",
+             "|---:|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {100 * r['share']:g}% ({r['kept']:,}) | {r['route']} | {r['backend']} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {r['recall@10']:.3f} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 def table(res: dict) -> str:
@@ -312,18 +357,31 @@ def main() -> int:
                    help="estimate the milvus-lite load time on 20,000 rows; skip it past --milvus-max-s")
     p.add_argument("--milvus-max-s", type=int, default=900, help="longest milvus-lite load / index wait, seconds")
     p.add_argument("--cache", default=str(REPO_DIR / ".cache" / "bench-search"), help="where synthetic data goes")
+    p.add_argument("--filtered", default="0.5,0.1,0.02,0.005",
+                   help="shares of rows a facet filter keeps, for the filtered case ('' for none)")
+    p.add_argument("--only-filtered", action="store_true",
+                   help="the filtered case alone (the faiss indexes are built or reused all the same)")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     args = p.parse_args()
     setup_logging(args.verbose)
     t_start = time.time()
     load_before = os.getloadavg()
-    results = []
+    results: list[dict] = []
+    filtered_results: list[tuple[str, list[dict]]] = []
     if args.n:
         t0 = time.perf_counter()
         folder, q = synthetic(Path(args.cache), args.n, args.dim, args.queries)
         log.info("synthetic data ready in %.1f s", time.perf_counter() - t0)
-        results.append(bench("synthetic (clustered, fresh queries)", folder, q, None, args))
-    real = Path(args.real) if args.real else None
+        if args.only_filtered:
+            for kind in ("hnsw", "ivfpq"):
+                if kind in args.backends:
+                    _drop(load_index(folder, getattr(args, kind)))    # built once (or reused)
+        else:
+            results.append(bench("synthetic (clustered, fresh queries)", folder, q, None, args))
+        if args.filtered:
+            label = f"synthetic {args.n:,} x {args.dim}"
+            filtered_results.append((label, filtered(folder, q, args)))
+    real = Path(args.real) if args.real and not args.only_filtered else None
     if real and (real / "manifest.json").is_file():
         # A copy under the cache: saved ANN indexes and milvus.db do not land in features/.
         work = Path(args.cache) / f"real-{real.name}"
@@ -345,10 +403,13 @@ def main() -> int:
     for res in results:
         print(table(res))
         print()
+    for label, rows in filtered_results:
+        print(filtered_table(label, rows))
+        print()
     print(f"Command: `{info['command']}`; {info['machine']} ({info['cpu']}), torch threads "
           f"{info['torch_threads']}; load average before {', '.join(f'{x:.2f}' for x in load_before)}, after "
           f"{', '.join(f'{x:.2f}' for x in info['loadavg_after'])}; {info['seconds']:.0f} s in all.")
-    print(json.dumps({**info, "results": results}, default=float))
+    print(json.dumps({**info, "results": results, "filtered": dict(filtered_results)}, default=float))
     return 0
 
 

@@ -18,11 +18,13 @@ the backend, chosen by a URI-like spec, does the ranking:
 
 Every backend keeps the same contract: scores and row ids [B, k'], best first; `exclude` rows are never
 returned (k' = k capped so that they cannot be); `subset` restricts a query to some rows (a CIRR img_set);
-`boost` (metadata.Terms: the caption's words found in the dataset's own metadata) reranks the top candidates.
+`boost` (metadata.Terms: the caption's words found in the dataset's own metadata) reranks the top candidates;
+`filters` (facets.RowFilter: {"gender": ["Women"]} as a row mask) restricts every backend to the rows kept.
 
 The package: errors (the error hierarchy), files (the files of a folder: header, mapping, norms, sampled
 check, fingerprint, checksums), feature_index (FeatureIndex, load_index, with_backend), search (Plan,
-make_plan, search, the exact scan), metadata (Metadata, Terms: the metadata path of composed search), specs +
+make_plan, search, the exact scan), metadata (Metadata, Terms: the metadata path of composed search), facets
+(Facets, RowFilter: facet filters), session (session-aware ranking of a shopper's turns), specs +
 registry (backend specs, kind -> backend class) and backends/ (base, exact, faiss, milvus). The command line
 is `python3 -m cir.index check|build|load` (cir/cli/index.py).
 """
@@ -33,6 +35,7 @@ from .backends.exact import ExactBackend
 from .backends.faiss import FaissBackend
 from .backends.milvus import MilvusBackend, collection_name, load_into_milvus, milvus_client
 from .errors import BackendUnavailable, IndexLoadError, StaleIndexError
+from .facets import Facets, FilterError, RowFilter
 from .feature_index import FeatureIndex, load_index, open_backend_or_placeholder, rank_subset, with_backend
 from .files import FEATURES_FILE, features_fingerprint, map_features, read_norms, verify_checksums
 from .metadata import Metadata, Terms
@@ -42,8 +45,8 @@ from .specs import BackendSpec, mask_credentials
 
 __all__ = [
     "BACKENDS", "Backend", "BackendSpec", "BackendUnavailable", "Boost", "ExactBackend", "FEATURES_FILE",
-    "FaissBackend", "FeatureIndex", "IndexLoadError", "Metadata", "MilvusBackend", "Plan", "StaleIndexError",
-    "Terms", "UnavailableBackend",
+    "Facets", "FaissBackend", "FeatureIndex", "FilterError", "IndexLoadError", "Metadata", "MilvusBackend", "Plan",
+    "RowFilter", "StaleIndexError", "Terms", "UnavailableBackend",
     "ann_recall", "collection_name", "exact_search", "features_fingerprint", "load_index", "load_into_milvus",
     "make_plan", "map_features", "mask_credentials", "milvus_client", "open_backend",
     "open_backend_or_placeholder", "parse_backend", "rank_subset", "read_norms", "search", "verify_checksums",

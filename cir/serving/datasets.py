@@ -29,7 +29,15 @@ from cir.data import (
     resolve_data_root,
 )
 from cir.encoders import IMAGE_SIDE_KEY, Encoder
-from cir.index import FeatureIndex, IndexLoadError, Metadata, load_index, open_backend_or_placeholder, rank_subset
+from cir.index import (
+    Facets,
+    FeatureIndex,
+    IndexLoadError,
+    Metadata,
+    load_index,
+    open_backend_or_placeholder,
+    rank_subset,
+)
 from cir.serving.annotations import Annotations, annotations_for
 from cir.serving.errors import BadInput, NotFound
 
@@ -184,6 +192,8 @@ class Dataset:
         self.records = {n: by_name[n] for n in index.names if n in by_name}
         self.groups = {n: tuple(m for m in g if m in index) for n, g in (groups or {}).items() if n in index}
         self.metadata = Metadata.from_records(self.records.values(), index.names)
+        # the rows of each tag value: /api/search's `filters` (cir.index.facets); empty without attributes
+        self.facets = Facets.from_records(self.records.values(), index.names, TAG_KEYS)
         self.vocabulary: dict[str, list[tuple[str, int]]] = {}
         for key in TAG_KEYS:
             counts = Counter(r.attrs.get(key, "") for r in self.records.values())

@@ -18,7 +18,8 @@ that user.
 
 A request with `metadata` also takes the metadata path (cir.index.metadata): the caption's words that the
 dataset's own product names and attributes hold boost the results having them, negated ones penalise them,
-inside index.search; the result says which words were understood (`SearchResult.understood`).
+inside index.search; the result says which words were understood (`SearchResult.understood`). A request's
+`history` and `filters` (cir.serving.session) go through cir.index.session and index.search's `filters`.
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose,
 from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
 from cir.images import ImageTooLarge, open_image
-from cir.index import BackendUnavailable, Terms, parse_backend, search
+from cir.index import BackendUnavailable, parse_backend, search
 from cir.index.files import reextract_command
+from cir.index.session import Turn, session_query
 from cir.serving.caching import LRU, Metrics
 from cir.serving.datasets import (
     DamagedDataset,
@@ -55,6 +57,7 @@ from cir.serving.datasets import (
 from cir.serving.errors import BadInput, DamagedModel, NotFound, ServiceUnavailable
 from cir.serving.explanations import Explanations, Rendered
 from cir.serving.inputs import choice, optional_name, parse_bool, parse_int, valid_image_id, validate_text
+from cir.serving.session import parse_filters, parse_history
 from cir.serving.settings import Settings
 from cir.serving.uploads import UploadLimits, UploadStore
 
@@ -84,6 +87,8 @@ class SearchRequest:
     target: str | None = None       # an image whose rank the client wants (the annotated target of a caption)
     metadata: bool = False          # take the metadata path too (the caption's words in the dataset's metadata);
                                     # parse() fills in Settings.metadata when the request does not say
+    history: list[Turn] = field(default_factory=list)   # earlier turns of the session (cir.index.session)
+    filters: dict[str, tuple[str, ...]] | None = None     # facet filters {attribute: values} (cir.index.facets)
 
 
 @dataclass
@@ -340,6 +345,8 @@ class Engine:
         if req.target is not None:
             ds.row(req.target)
         req.metadata = parse_bool(params.get("metadata"), "metadata", self.settings.metadata)
+        req.history = parse_history(params.get("history"), ds, self.uploads)
+        req.filters = parse_filters(params.get("filters"), ds)
         return req
 
     def run(self, req: SearchRequest) -> SearchResult:
@@ -357,11 +364,16 @@ class Engine:
         t2 = time.perf_counter()
         _check_finite(query.reshape(-1).tolist(), f"the {req.mode} query", comb_name, text_name)
         terms = ds.metadata.terms(req.caption) if req.metadata and req.mode in METADATA_MODES else None
+        # the session's turns (none: all unchanged) and the facet filters, decided in cir.index
+        sq = session_query(query, ds.index.features, req.history, req.caption, exclude, ds.metadata, ds.facets, terms)
+        query, exclude, terms = sq.query, sq.exclude, sq.terms
+        keep = ds.facets.select(req.filters) if req.filters else None
         try:
-            scores, ids = search(query, ds.index, req.k, exclude=exclude, boost=terms)
+            scores, ids = search(query, ds.index, req.k, exclude=exclude, boost=sq.boost, filters=keep)
             group = rank_group(query, ds, req.reference) if req.reference and ds.groups else None
             hits = [Hit(ds.index.names[j], float(v)) for v, j in zip(scores[0].tolist(), ids[0].tolist())]
-            target = _target_rank(query, ds, req.target, exclude, hits, group, terms) if req.target else None
+            target = (_target_rank(query, ds, req.target, exclude, hits, group, sq.boost, keep)
+                      if req.target else None)
         except BackendUnavailable as e:
             raise ServiceUnavailable(f"dataset {ds.name!r} cannot be searched right now: {e}") from None
         _check_finite([h.score for h in hits] + [s for _, s in group or ()] + ([target.score] if target else []),
@@ -462,10 +474,11 @@ def _check_finite(values: list[float], what: str, combiner: str | None, text: st
 
 
 def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[list[int]] | None,
-                 hits: list[Hit], group: list[tuple[str, float]] | None, terms: Terms | None = None) -> TargetRank:
+                 hits: list[Hit], group: list[tuple[str, float]] | None, terms: Any = None,
+                 keep: Any = None) -> TargetRank:
     """The target's place: its position among the results when shown, else 1 + the rows (reference left
     out) scoring above it, counted in float32 over the whole index (ties count in its favour), with the
-    metadata path's score changes (`terms`) when it was taken."""
+    metadata path's or the session's score changes (`terms`) when taken, among the rows a filter keeps."""
     group_rank = next((i + 1 for i, (n, _) in enumerate(group or ()) if n == target), None)
     shown = next((i for i, h in enumerate(hits) if h.name == target), None)
     if shown is not None:
@@ -478,6 +491,8 @@ def _target_rank(query: torch.Tensor, ds: Dataset, target: str, exclude: list[li
         scores += torch.from_numpy(terms.adjust(np.arange(len(scores)))).float()
     score = float(scores[row])
     scores[[row, *(exclude or [[]])[0]]] = float("-inf")
+    if keep is not None:
+        scores[torch.from_numpy(~keep.mask)] = float("-inf")
     above = int((scores > score).sum())
     return TargetRank(target, above + 1, score, False, group_rank)
 

@@ -274,7 +274,10 @@ def _search_json(ds: Dataset, req: SearchRequest, res: SearchResult) -> dict[str
             "group": None if res.group is None else _hits_json(ds, res.group),
             "target": None if res.target is None else {**asdict(res.target), **_image_json(ds, res.target.name),
                                                        "score": round(res.target.score, 4)},
-            "understood": None if res.understood is None else asdict(res.understood)}
+            "understood": None if res.understood is None else asdict(res.understood),
+            # only when sent: a single-turn, unfiltered search answers exactly as before
+            **({"filters": {a: list(v) for a, v in req.filters.items()}} if req.filters else {}),
+            **({"history": {"turns": len(req.history)}} if req.history else {})}
 
 
 @bp.post("/api/upload")

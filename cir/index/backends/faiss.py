@@ -34,6 +34,8 @@ log = logging.getLogger("index")
 
 HNSW_MAX_ROWS = 2_000_000        # auto: HNSW up to here, IVF-PQ above
 ANN_SAMPLE_QUERIES = 200         # queries of the recall@10 check at build time
+MAX_FILTERED_EF = 1024           # efSearch of a filtered HNSW search, at most
+MIN_SELECTOR_SHARE = 0.01        # a filter keeping less of the rows is ranked exactly (bench_search.py --filtered)
 
 
 def _sample_queries(features: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
@@ -91,8 +93,11 @@ class FaissBackend(Backend):
     Search parameters (efSearch, nprobe) not given are tuned at build time: the smallest reaching the
     `recall` target (0.97) on 200 sample queries. Inner product on normalised vectors = cosine.
     `exclude`: k + most excluded are fetched, then the excluded dropped. `subset`: ranked exactly from the
-    mapped features (subsets are small: an img_set). faiss-gpu is used for IVF-PQ when a GPU is present
-    (faiss has no GPU HNSW).
+    mapped features (subsets are small: an img_set). A facet filter keeping at least MIN_SELECTOR_SHARE of
+    the rows becomes an IDSelectorBitmap in the search parameters: the graph or the inverted lists are walked
+    as usual, wider by 1 / the share kept (efSearch, nprobe), and only allowed ids are collected; a more
+    selective one (and any on the GPU index, which has no selectors) is ranked exactly over the kept rows.
+    faiss-gpu is used for IVF-PQ when a GPU is present (faiss has no GPU HNSW).
     """
 
     kind = "faiss"
@@ -267,7 +272,7 @@ class FaissBackend(Backend):
     # -- searching
 
     def search(self, q: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, torch.Tensor]:
-        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None:
+        if plan.k == 0 or q.shape[0] == 0 or plan.subset is not None or _selector_unfit(self.ann, plan):
             return exact_search(self.index.features, q, plan)
         vals, ids = _faiss_search(self.ann, self.ann_kind, self.index.features, q, plan, self.search_params)
         return fill_short(self.index.features, q, plan, vals, ids)
@@ -295,7 +300,7 @@ def _faiss_search(ann: Any, ann_kind: str, features: torch.Tensor, q: torch.Tens
     want = min(plan.n, k + plan.most_excluded)
     if ann_kind == "ivfpq":
         want = min(plan.n, want * int(params.get("rerank", 10)))
-    dist, found = ann.search(np.ascontiguousarray(q.numpy()), want)
+    dist, found = _masked_search(ann, ann_kind, np.ascontiguousarray(q.numpy()), want, plan.mask, params)
     ids = torch.from_numpy(found).long()
     vals = torch.from_numpy(dist).float()
     drop = ids < 0
@@ -307,6 +312,47 @@ def _faiss_search(ann: Any, ann_kind: str, features: torch.Tensor, q: torch.Tens
         return rescore(features, q, ids.clamp(min=0), vals, min(k, want))
     top = torch.topk(vals, min(k, want), dim=1)
     return top.values, torch.gather(ids, 1, top.indices)
+
+
+def _selector_unfit(ann: Any, plan: Plan) -> bool:
+    """Whether a filter is better ranked exactly: the GPU index has no selectors, and a filter keeping under
+    MIN_SELECTOR_SHARE of the rows would starve the walk of allowed ones (the exact scan then gathers them)."""
+    if plan.mask is None:
+        return False
+    return _on_gpu(ann) or any(m is not None and m.mean() < MIN_SELECTOR_SHARE for m in plan.mask)
+
+
+def _masked_search(ann: Any, ann_kind: str, x: np.ndarray, want: int, masks: list[np.ndarray | None] | None,
+                   params: dict) -> tuple[np.ndarray, np.ndarray]:
+    """ann.search, each group of queries sharing a filter mask with an IDSelectorBitmap of it (faiss then
+    collects only allowed ids; the search parameters object replaces the index's, so efSearch / nprobe are
+    set on it too)."""
+    if masks is None:
+        return ann.search(x, want)
+    faiss = _faiss()
+    dist = np.full((len(x), want), -np.inf, dtype=np.float32)
+    found = np.full((len(x), want), -1, dtype=np.int64)
+    groups: dict[int, list[int]] = {}
+    for i, m in enumerate(masks):
+        groups.setdefault(id(m), []).append(i)
+    for rows in groups.values():
+        mask = masks[rows[0]]
+        if mask is None:
+            dist[rows], found[rows] = ann.search(x[rows], want)
+            continue
+        bits = np.packbits(mask, bitorder="little")     # kept alive until the search returns
+        # A filter keeping a share s of the rows leaves ~s of the candidates a walk visits: widen it by 1/s
+        # (capped) so that about as many allowed ones are found as without a filter.
+        widen = 1 / max(float(mask.mean()), MIN_SELECTOR_SHARE)
+        if ann_kind == "hnsw":
+            sp = faiss.SearchParametersHNSW()
+            sp.efSearch = min(MAX_FILTERED_EF, math.ceil(int(params.get("efSearch", 64)) * widen))
+        else:
+            sp = faiss.SearchParametersIVF()
+            sp.nprobe = math.ceil(int(params.get("nprobe", 16)) * widen)   # faiss caps it at nlist
+        sp.sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+        dist[rows], found[rows] = ann.search(x[rows], want, params=sp)
+    return dist, found
 
 
 def _on_gpu(ann) -> bool:

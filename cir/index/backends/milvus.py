@@ -153,7 +153,7 @@ class MilvusBackend(Backend):
 
     The collection (one per index folder, see collection_name) is filled by `python3 -m cir.index load`; it
     holds row ids (primary key) and float32 vectors, and records the features' fingerprint, so an index
-    folder re-extracted since is detected as stale. exclude / subset become filter expressions.
+    folder re-extracted since is detected as stale. exclude / subset / facet filters become filter expressions.
     """
 
     kind = "milvus"
@@ -193,9 +193,17 @@ class MilvusBackend(Backend):
             self.client.load_collection(self.name)
 
     @staticmethod
-    def _filter(exclude: np.ndarray | None, allowed: np.ndarray | None) -> str:
+    def _filter(exclude: np.ndarray | None, allowed: np.ndarray | None, n: int | None = None) -> str:
+        """The filter expression of a query: its allowed rows (a subset or a facet filter) and excluded rows.
+        A filter keeping most rows is written as the rows it leaves out (the shorter list). The collection
+        holds ids and vectors only, so facets are ids here; attribute fields would keep the expression short
+        on a large collection."""
         parts = []
-        if allowed is not None:
+        if allowed is not None and n is not None and len(allowed) > n // 2:
+            left_out = np.setdiff1d(np.arange(n), allowed)
+            if len(left_out):
+                parts.append(f"id not in [{','.join(map(str, left_out.tolist()))}]")
+        elif allowed is not None:
             parts.append(f"id in [{','.join(map(str, allowed.tolist()))}]")
         if exclude is not None and len(exclude):
             parts.append(f"id not in [{','.join(map(str, exclude.tolist()))}]")
@@ -212,7 +220,7 @@ class MilvusBackend(Backend):
         # Queries sharing a filter (usually: all of them, or none excluded) go in one request.
         groups: dict[str, list[int]] = {}
         for i in range(b):
-            groups.setdefault(self._filter(plan.exclude[i], plan.allowed(i)), []).append(i)
+            groups.setdefault(self._filter(plan.exclude[i], plan.allowed_rows(i), plan.n), []).append(i)
         with _milvus_calls(self.uri):
             for expr, rows in groups.items():
                 for lo in range(0, len(rows), 1024):
