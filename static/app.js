@@ -14,7 +14,8 @@ const state = {
   ref: null,             // {kind: "dataset"|"upload", id, dataset, title, thumb}
   mode: "composed",
   tags: {},              // attribute -> value (tags mode)
-  trail: [],             // past steps: {ref, caption, mode, target}
+  trail: [],             // past steps: {ref, caption, mode, target, seen (the results it showed)}
+  shown: [],             // ids of the results on screen (a turn's `seen` when one of them is clicked)
   target: null,          // the annotated target of the picked caption (cleared when the caption is edited)
   captions: {},          // "dataset/reference" -> its annotated captions (GET /api/datasets/<name>/captions)
   busy: 0,
@@ -385,7 +386,21 @@ function searchBody(m, caption) {
   if (state.mode === "composed" && $("#combiner-select").value) body.combiner = $("#combiner-select").value;
   if (state.mode !== "image" && $("#text-encoder-select").value !== "auto") body.text_encoder = $("#text-encoder-select").value;
   if (m.needs_caption) body.metadata = $("#metadata-toggle").checked;
+  const history = sessionHistory(m);
+  if (history.length) body.history = history;
   return body;
+}
+
+// The turns that led here, as the API's `history` (cir.index.session ranks with them: earlier wishes kept
+// unless this caption overrides them, results already shown demoted). Only composed turns on this dataset's
+// own images: an upload may have expired, and another dataset's ids mean nothing here.
+function sessionHistory(m) {
+  if (!m.needs_reference || !m.needs_caption) return [];
+  return state.trail
+    .filter((s) => s.ref && s.ref.kind === "dataset" && s.ref.dataset === state.dataset && s.caption &&
+                   (s.mode === "composed" || s.mode === "sum"))
+    .slice(-20)
+    .map((s) => ({reference: s.ref.id, caption: s.caption, feedback: s.seen ? {seen: s.seen} : undefined}));
 }
 
 async function runSearch(opts = {}) {
@@ -404,6 +419,7 @@ async function runSearch(opts = {}) {
     if (ticket !== state.searchTicket) return;
     renderResults(data);
     state.lastQuery = body;
+    state.shown = data.ids || [];
     const notice = notUnderstood(data);
     showStatus(notice || data.warning || "");
   } catch (e) {
@@ -479,7 +495,7 @@ function followResult(item) {
   // the current step goes on the trail; the clicked result becomes the next reference, and the shopper says
   // the next change (the old caption described the step just taken, not this one)
   state.trail.push({ref: state.ref, caption: $("#caption").value.trim(), mode: state.mode, tags: {...state.tags},
-                    target: state.target});
+                    target: state.target, seen: state.shown.slice(0, 24)});
   startTurn({kind: "dataset", id: item.id, dataset: state.dataset, title: item.title, thumb: item.thumb});
 }
 

@@ -74,13 +74,15 @@ function refFromUrl(kind, id, dataset) {
 }
 
 function stepToJson(step) {
+  // seen: the results the step showed, which the session demotes: a shared link must rank as the page did
   return [step.ref ? step.ref.kind[0] : "", step.ref ? step.ref.id : "", step.mode, step.caption || "",
-          step.tags || {}];
+          step.tags || {}, step.seen || []];
 }
 
 function stepFromJson(a, dataset) {
+  const seen = Array.isArray(a[5]) ? a[5].filter((x) => typeof x === "string").slice(0, 200) : [];
   return {ref: refFromUrl(a[0] === "u" ? "upload" : "dataset", a[1], dataset), mode: a[2], caption: a[3],
-          tags: a[4] || {}, target: null};
+          tags: a[4] || {}, target: null, seen: seen.length ? seen : undefined};
 }
 
 function urlOf() {

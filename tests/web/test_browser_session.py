@@ -290,3 +290,24 @@ def test_a_request_not_understood_is_said(shop, open_page, caption, said):
     expect(page.locator("#summary")).to_contain_text("looking for red")
     expect(page.locator("#status")).to_be_hidden()
     assert page.problems == []
+
+
+def test_the_trail_is_the_sessions_history(demo, open_page):
+    """After a result is clicked, the next search sends the turns that led to it as `history` (the reference,
+    its caption and the results it showed), so the server keeps the earlier wish and demotes what was seen."""
+    base, _ = demo
+    page = open_page()
+    ref = _first_search(page, base, "in red")
+    shown = page.locator("#results .thumb-card")
+    first = shown.nth(0).get_attribute("data-id")
+    shown.nth(0).click()
+    page.fill("#caption", "with long sleeves")
+    with page.expect_request(lambda r: r.url.endswith("/api/search")) as req:
+        page.click("#search-btn")
+    body = req.value.post_data_json
+    assert body["reference"] == first and body["caption"] == "with long sleeves"
+    (turn,) = body["history"]
+    assert turn["reference"] == ref and turn["caption"] == "in red" and first in turn["feedback"]["seen"]
+    expect(page.locator("#results")).to_have_attribute("data-reference", first)
+    expect(page.locator("#results .thumb-card").first).to_be_visible()
+    assert page.problems == []
