@@ -152,7 +152,8 @@ def rank_turn(w: World, m: Method, s: Shopper, query: torch.Tensor, caption: str
     return ids[0].tolist()
 
 
-def run(w: World, m: Method, pairs: list[tuple[int, int]], turns: int, phrasings: str, seed: int) -> list[Shopper]:
+def run(w: World, m: Method, pairs: list[tuple[int, int]], turns: int, phrasings: str, seed: int,
+        shown_k: int = SHOWN) -> list[Shopper]:
     """Every session of one method, turn by turn (the captions of a turn composed in one batch)."""
     fusion, combiner = load_method(m.fusion)
     shoppers = [Shopper(t, r, random.Random(f"{seed}-{i}")) for i, (t, r) in enumerate(pairs)]
@@ -167,7 +168,7 @@ def run(w: World, m: Method, pairs: list[tuple[int, int]], turns: int, phrasings
         for s, q, cap in zip(live, queries, captions):
             ranking = rank_turn(w, m, s, q[None], cap)
             s.ranks.append(ranking.index(s.target) + 1 if s.target in ranking else len(ranking) + 1)
-            shown = ranking[:SHOWN]
+            shown = ranking[:shown_k]
             s.reached |= any(all(w.attrs[j][k] == w.attrs[s.target][k] for k in KEYS) for j in shown)
             if s.target in shown:
                 s.success = len(s.ranks)
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--turns", type=int, default=5, help="turns per session (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phrasings", default="all,heldout", help="caption templates: all, heldout (comma list)")
+    p.add_argument("--shown", type=int, default=SHOWN,
+                   help=f"results the shopper sees each turn; success is the target among them (default {SHOWN}; "
+                        "a phone screen shows about 4)")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     args = p.parse_args(argv)
     setup_logging()
@@ -224,8 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for phrasings in args.phrasings.split(","):
         for m in METHODS:
-            results[(m.label, phrasings)] = summary(run(w, m, pairs, args.turns, phrasings, args.seed), args.turns)
-    print(f"\n{len(pairs)} sessions, {args.turns} turns, seed {args.seed}, click by {args.click}, catalogue test split "
+            results[(m.label, phrasings)] = summary(run(w, m, pairs, args.turns, phrasings, args.seed, args.shown),
+                                                        args.turns)
+    print(f"\n{len(pairs)} sessions, {args.turns} turns, {args.shown} shown, seed {args.seed}, click by {args.click}, "
+          f"catalogue test split "
           f"({len(index)} images), lite encoder, {time.perf_counter() - t0:.0f} s\n")
     print("\n".join(table(results, args.turns)))
     if args.json:
