@@ -47,36 +47,59 @@ def chromium():
         b.close()
 
 
+def new_page(browser, allow=None, viewport=None):
+    """A page that records every problem in page.problems: console errors (CSP violations are reported
+    there), uncaught exceptions, failed requests, HTTP errors, and requests to any origin but the local
+    server, which are blocked (offline). `allow(route)` may answer a blocked request instead. page.responses
+    maps each URL to its (status, content type)."""
+    # reduced motion: Bootstrap then skips its colour transitions, so screenshots never catch one midway
+    context = browser.new_context(viewport=viewport or {"width": 1280, "height": 800}, reduced_motion="reduce")
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    problems: list[str] = []
+    responses: dict[str, tuple[int, str]] = {}
+
+    def route(r):
+        if LOCAL.match(r.request.url):
+            r.continue_()
+        elif allow is not None and allow(r):
+            pass
+        else:
+            problems.append(f"request to another origin: {r.request.url}")
+            r.abort()
+    context.route("**/*", route)
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
+    # ERR_ABORTED: the page itself dropped the request (a grid replaced while its thumbnails load)
+    page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED" else
+            problems.append(f"failed: {r.url} {r.failure}"))
+
+    def response(r):
+        responses[r.url] = (r.status, r.headers.get("content-type", ""))
+        if r.status >= 400:
+            problems.append(f"HTTP {r.status}: {r.url}")
+    page.on("response", response)
+    page.problems, page.responses = problems, responses
+    return page
+
+
+@pytest.fixture(scope="session")
+def make_page():
+    """new_page, for test modules (a conftest is not imported by name)."""
+    return new_page
+
+
 @pytest.fixture()
 def open_page(chromium):
-    """open_page(viewport=...) -> a page recording console errors, uncaught exceptions, failed requests, HTTP
-    errors and requests to another origin (blocked: the page must work offline) in page.problems."""
-    contexts = []
+    """open_page(viewport=...) -> a fresh page of new_page, closed after the test."""
+    pages = []
 
     def new(viewport=None):
-        context = chromium.new_context(viewport=viewport or {"width": 1280, "height": 800}, reduced_motion="reduce")
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        problems: list[str] = []
-
-        def route(r):
-            if LOCAL.match(r.request.url):
-                r.continue_()
-            else:
-                problems.append(f"request to another origin: {r.request.url}")
-                r.abort()
-        context.route("**/*", route)
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
-        page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED" else
-                problems.append(f"failed: {r.url} {r.failure}"))
-        page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
-        page.problems = problems
-        return page
+        pages.append(new_page(chromium, viewport=viewport))
+        return pages[-1]
     yield new
-    for context in contexts:
-        context.close()
+    for page in pages:
+        page.context.close()
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("chromium is not installed (apt-get install -y chromium)", allow_module_level=True)
 
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 from cir.paths import REPO_DIR  # noqa: E402
 from cir.serving.settings import Settings  # noqa: E402
@@ -41,7 +41,6 @@ from cir.web.app import create_app  # noqa: E402
 pytestmark = pytest.mark.slow   # long end-to-end runs: deselect with -m 'not slow'
 
 REPO = REPO_DIR
-LOCAL = re.compile(r"^http://127\.0\.0\.1:\d+/")
 BOOTSTRAP_URL = "/vendor/bootstrap/css/bootstrap.min.css"
 PRIMARY = "rgb(13, 110, 253)"  # Bootstrap 5's --bs-primary: .btn-primary's background, .btn-outline-primary's text
 
@@ -68,51 +67,8 @@ def server(demo_world, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-def _new_page(browser, allow=None):
-    """A page that records every problem in page.problems: console errors (CSP violations are reported
-    there), uncaught exceptions, failed requests, HTTP errors, and requests to any origin but the local
-    server, which are blocked (offline). `allow(route)` may answer a blocked request instead."""
-    # reduced motion: Bootstrap then skips its colour transitions, so screenshots never catch one midway
-    context = browser.new_context(viewport={"width": 1280, "height": 800}, reduced_motion="reduce")
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    problems: list[str] = []
-    responses: dict[str, tuple[int, str]] = {}
-
-    def route(r):
-        if LOCAL.match(r.request.url):
-            r.continue_()
-        elif allow is not None and allow(r):
-            pass
-        else:
-            problems.append(f"request to another origin: {r.request.url}")
-            r.abort()
-    context.route("**/*", route)
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(f"uncaught: {e}"))
-    # ERR_ABORTED: the page itself dropped the request (a grid replaced while its thumbnails load)
-    page.on("requestfailed", lambda r: None if r.failure == "net::ERR_ABORTED" else
-            problems.append(f"failed: {r.url} {r.failure}"))
-
-    def response(r):
-        responses[r.url] = (r.status, r.headers.get("content-type", ""))
-        if r.status >= 400:
-            problems.append(f"HTTP {r.status}: {r.url}")
-    page.on("response", response)
-    page.problems, page.responses = problems, responses
-    return page
-
-
-@pytest.fixture(scope="module")
-def page(browser):
-    page = _new_page(browser)
+def page(chromium, make_page):
+    page = make_page(chromium)
     yield page
     page.context.close()
 
@@ -146,7 +102,7 @@ def test_page_is_styled_offline_under_its_csp(server, page):
     page.problems.clear()
 
 
-def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, browser):
+def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, chromium, make_page):
     """bootstrap=cdn: the CDN link with its integrity hash passes the cdn CSP (the CDN answered here by the
     packaged file, byte-identical to the CDN's)."""
     app = create_app(Settings(**demo_world, upload_dir=tmp_path / "uploads", bootstrap="cdn", warm_up=False))
@@ -158,7 +114,7 @@ def test_page_with_bootstrap_from_the_cdn(demo_world, tmp_path, browser):
             return False
         route.fulfill(path=str(css), content_type="text/css", headers={"Access-Control-Allow-Origin": "*"})
         return True
-    page = _new_page(browser, allow=cdn)
+    page = make_page(chromium, allow=cdn)
     try:
         resp = page.goto(base + "/")
         assert "https://cdn.jsdelivr.net" in resp.headers["content-security-policy"]
