@@ -20,7 +20,6 @@ import http.client
 import json
 import logging
 import random
-import shlex
 import threading
 import time
 
@@ -100,9 +99,8 @@ def main() -> int:
     add_server_args(p)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    env = {"CIR_FEATURES": args.features, "CIR_DEFAULT_DATASET": args.dataset}
     rows = []
-    with Server(args.config, shlex.split(args.gunicorn_args), args.workers, env) as server:
+    with Server.from_args(args) as server:
         refs = server.references(args.dataset)
         for i, n in enumerate(int(x) for x in args.explainers.split(",")):
             rows.append(phase(server, args, refs, n, seed=100 * (i + 1)))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 
 from serving import Server, add_server_args, machine, quoted_argv, run_clients, summary
 
@@ -35,8 +34,7 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    env = {"CIR_FEATURES": args.features, "CIR_DEFAULT_DATASET": args.dataset}
-    with Server(args.config, shlex.split(args.gunicorn_args), args.workers, env) as server:
+    with Server.from_args(args) as server:
         refs = server.references(args.dataset)
         server_header = server.headers().get("Server")
         # The warm-up runs on its own, so that the CPU time below covers exactly the counted queries.

@@ -35,7 +35,6 @@ import logging
 import os
 import random
 import re
-import shlex
 import signal
 import threading
 import time
@@ -325,8 +324,7 @@ def print_table(rows: list[dict]) -> None:
 def main() -> int:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    env = {"CIR_FEATURES": args.features, "CIR_DEFAULT_DATASET": args.dataset}
-    with Server(args.config, shlex.split(args.gunicorn_args), args.workers, env, log_level="info", log=[]) as server:
+    with Server.from_args(args, log_level="info", log=[]) as server:
         rows = run_phases(server, args)
         notable = [line for _, line in server.log if "WARNING" in line or "ERROR" in line or "CRITICAL" in line]
     if args.server_log:

@@ -19,7 +19,6 @@ import json
 import logging
 import multiprocessing
 import selectors
-import shlex
 import socket
 import time
 
@@ -126,9 +125,8 @@ def main() -> int:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    env = {"CIR_FEATURES": args.features, "CIR_DEFAULT_DATASET": args.dataset}
     rows = []
-    with Server(args.config, shlex.split(args.gunicorn_args), args.workers, env) as server:
+    with Server.from_args(args) as server:
         refs = server.references(args.dataset)
         # Warm up every worker (first queries load lazily built parts) before anything is counted.
         run_clients(server.port, args.dataset, refs, args.clients, 0, args.warmup, timeout=args.timeout)

@@ -78,6 +78,12 @@ class Server:
         return [sys.executable, "-m", "gunicorn", "-c", config_file, *self.extra_args,
                 "-b", f"127.0.0.1:{self.port}", "--log-level", self.log_level, "app:create_app()"]
 
+    @classmethod
+    def from_args(cls, args, **kw) -> "Server":
+        """The server add_server_args's flags describe, serving args.features with args.dataset as default."""
+        env = {"CIR_FEATURES": args.features, "CIR_DEFAULT_DATASET": args.dataset}
+        return cls(args.config, shlex.split(args.gunicorn_args), args.workers, env, **kw)
+
     def __enter__(self) -> "Server":
         # gunicorn reads ./gunicorn.conf.py when no -c is given, so "no config" needs an explicit empty one.
         config_file = self.config
