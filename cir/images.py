@@ -89,6 +89,13 @@ def open_image(path: str | os.PathLike, max_side: int | None = None, max_pixels:
         return as_displayed(im, max_side)
 
 
+def image_header(path: str | os.PathLike) -> tuple[str | None, tuple[int, int]]:
+    """The file's format and size, from its header alone (no pixel decoded); ImageTooLarge past PIL's bomb
+    limit, as open_image."""
+    with open_image_file(path) as f, _opened(f) as im:
+        return im.format, im.size
+
+
 def _opened(f: IO[bytes]) -> Image.Image:
     """Image.open, with PIL's decompression-bomb refusal (an Exception, not an OSError) as ImageTooLarge."""
     try:

@@ -35,13 +35,12 @@ from typing import Any, Iterator, Mapping, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
 
 from cir import encoders
 from cir.combiner import SHIPPED_COMBINERS, Combiner, check_compatible, compose, load_method
 from cir.encoders import Encoder, TextSide
 from cir.encoders.texts import CachedTexts
-from cir.images import ImageTooLarge, open_image
+from cir.images import image_header, open_image
 from cir.index import BackendUnavailable, parse_backend, search
 from cir.index.files import reextract_command
 from cir.index.session import Turn, session_query
@@ -446,14 +445,9 @@ class Engine:
         if data is not None:
             return data
         size = self.settings.thumb_size
-        raw = path.read_bytes()
-        try:
-            with Image.open(io.BytesIO(raw)) as im:
-                as_is = im.format == "JPEG" and max(im.size) <= size   # catalogue photos are 224 px JPEGs already
-        except Image.DecompressionBombError as e:
-            raise ImageTooLarge(str(e)) from None
-        if as_is:
-            data = raw
+        fmt, dims = image_header(path)
+        if fmt == "JPEG" and max(dims) <= size:   # catalogue photos are 224 px JPEGs already
+            data = path.read_bytes()
         else:   # decoded at the size shown (JPEGs by libjpeg's scaling), and never more than max_image_pixels
             im = open_image(path, size, self.settings.max_image_pixels)
             buf = io.BytesIO()
