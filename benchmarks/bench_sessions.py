@@ -15,12 +15,12 @@ every template ("all") or only the held-out ones (never seen in training). The s
 closest to the target (most of the four attributes equal, then the highest feature cosine), which is the
 next turn's reference.
 
-Rows: image only, sum and the Combiner ranking each turn alone (today's single-turn behaviour, the Combiner
-also with the metadata path as the API's default), and the session-aware Combiner (cir.index.session: the
-API with `history`), with two ablations (earlier words carried only; seen results demoted only). Reported:
-success within 1, 3 and 5 turns, the target's median rank after each turn (a session that has succeeded
-keeps its last rank), and the share of sessions in which a shown item had all four of the target's
-attributes. Prints markdown tables, then one JSON line.
+Rows: image only, text only (the turn's words typed as a search), sum and the Combiner ranking each turn
+alone (today's single-turn behaviour, the Combiner also with the metadata path as the API's default), and the
+session-aware Combiner (cir.index.session: the API with `history`), with two ablations (earlier words
+carried only; seen results demoted only). Reported: success within 1, 3 and 5 turns, the target's median
+rank after each turn (a session that has succeeded keeps its last rank), and the share of sessions in which a
+shown item had all four of the target's attributes. Prints markdown tables, then one JSON line.
 """
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ class Method:
 
 METHODS = (
     Method("image only", "image"),
+    Method("text only (each turn's words typed as a search, API default)", "text", metadata=True),
     Method("sum (single turn)", "sum"),
     Method("Combiner (single turn)", "combiner"),
     Method("Combiner + metadata (single turn, API default)", "combiner", metadata=True),
